@@ -1,0 +1,3 @@
+"""popwatch probe: exact DNS latency measurements."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,86 @@
+"""The one error vocabulary of the probe.
+
+Library and OS exceptions become a closed set of outcomes here and nowhere else:
+
+* ``rcode`` is a DNS rcode name (``NOERROR``, ``NXDOMAIN``, ...) when an answer came, or
+  one of :data:`NO_ANSWER_RCODES` when none did;
+* ``error`` is ``"<kind>: <detail>"`` with ``kind`` from :data:`ERROR_KINDS`, so
+  dashboards can group by the part before the colon and people can read the rest.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+from typing import Final
+
+TIMEOUT: Final = "TIMEOUT"
+NETERR: Final = "NETERR"
+NO_ANSWER_RCODES: Final = frozenset({TIMEOUT, NETERR})
+
+#: every ``kind`` an ``error`` string may start with
+ERROR_KINDS: Final = frozenset(
+    {
+        "timeout",  # no answer within the deadline
+        "refused",  # ICMP port unreachable (UDP) or RST on connect (TCP)
+        "unreachable",  # no route, host or network unreachable
+        "reset",  # the connection was reset after it was open
+        "closed",  # the peer closed the connection before a whole answer came
+        "tls",  # TLS handshake or certificate failure
+        "http",  # DoH answered with a status other than 200, or not HTTP
+        "malformed",  # an answer came but it is not a DNS message for our query
+        "resolve",  # a server host name could not be resolved
+        "oserror",  # any other socket error, with its errno name
+    }
+)
+
+
+class CheckError(Exception):
+    """A measurement that ended without a DNS answer (or with an unusable one)."""
+
+    def __init__(self, rcode: str, kind: str, detail: str = "") -> None:
+        assert rcode in NO_ANSWER_RCODES, rcode
+        assert kind in ERROR_KINDS, kind
+        self.rcode = rcode
+        self.kind = kind
+        self.detail = detail
+        super().__init__(self.error)
+
+    @property
+    def error(self) -> str:
+        return f"{self.kind}: {self.detail}" if self.detail else self.kind
+
+
+_ERRNO_KIND: Final = {
+    errno.ECONNREFUSED: "refused",
+    errno.EHOSTUNREACH: "unreachable",
+    errno.ENETUNREACH: "unreachable",
+    errno.EADDRNOTAVAIL: "unreachable",
+    errno.ECONNRESET: "reset",
+    errno.EPIPE: "reset",
+    errno.ECONNABORTED: "reset",
+}
+
+
+def classify(exc: BaseException, phase: str = "") -> CheckError:
+    """Map any exception raised while measuring to a :class:`CheckError`.
+
+    ``phase`` (``connect``, ``tls``, ``query``) is named in the detail so that a reader
+    knows how far the measurement got.
+    """
+    where = f"{phase}: " if phase else ""
+    if isinstance(exc, CheckError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return CheckError(TIMEOUT, "timeout", f"{phase or 'answer'} timed out")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return CheckError(NETERR, "tls", f"{where}certificate: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLError):
+        return CheckError(NETERR, "tls", f"{where}{exc.reason or exc}")
+    if isinstance(exc, EOFError):
+        return CheckError(NETERR, "closed", f"{where}connection closed by peer")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        kind = _ERRNO_KIND.get(exc.errno, "oserror")
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        return CheckError(NETERR, kind, f"{where}{name} {exc.strerror or ''}".rstrip())
+    return CheckError(NETERR, "oserror", f"{where}{type(exc).__name__}: {exc}")

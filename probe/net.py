@@ -1,0 +1,406 @@
+"""Socket I/O with kernel timestamps: the part of the probe that decides what ``rtt_ms`` is.
+
+On Linux every socket asks for ``SO_TIMESTAMPING`` software stamps:
+
+* the TX stamp is taken by the kernel when the query is handed to the network device and is
+  read back from the socket's error queue (``MSG_ERRQUEUE``);
+* the RX stamp is taken when the answer enters the network stack and arrives as
+  ``recvmsg`` ancillary data.
+
+So ``rtt_ns = rx_stamp - tx_stamp`` does not include event-loop latency on either side.
+Where either stamp is missing (another OS, a kernel that refuses the option, or the first
+packet before the kernel turned stamping on) the exchange falls back to
+``time.perf_counter_ns()`` taken around ``send`` and ``recvmsg``, and says so in
+:attr:`Exchange.kernel`.
+
+One :class:`UdpFlow` is one fresh, connected UDP socket: a new random source port per
+measurement, the kernel drops datagrams from other addresses, and an ICMP port unreachable
+surfaces as ``ECONNREFUSED``. Nothing here retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, Self
+
+# <linux/net_tstamp.h>; SO_TIMESTAMPING(_OLD) is 37 on every Linux architecture Python runs
+# on except a few old ones (parisc, sparc, alpha) that we do not support for kernel stamps.
+SO_TIMESTAMPING: Final = 37
+SOF_TIMESTAMPING_TX_SOFTWARE: Final = 1 << 1
+SOF_TIMESTAMPING_RX_SOFTWARE: Final = 1 << 3
+SOF_TIMESTAMPING_SOFTWARE: Final = 1 << 4
+SOF_TIMESTAMPING_OPT_ID: Final = 1 << 7
+SOF_TIMESTAMPING_OPT_TSONLY: Final = 1 << 11
+_FLAGS: Final = (
+    SOF_TIMESTAMPING_TX_SOFTWARE
+    | SOF_TIMESTAMPING_RX_SOFTWARE
+    | SOF_TIMESTAMPING_SOFTWARE
+    | SOF_TIMESTAMPING_OPT_ID
+    | SOF_TIMESTAMPING_OPT_TSONLY
+)
+_ANCBUF: Final = 256
+_MAX_DATAGRAM: Final = 65535
+_SUPPORTED: Final = sys.platform == "linux"
+
+_keeper: socket.socket | None = None
+
+
+def kernel_timestamping_available() -> bool:
+    """True when this process can get kernel TX and RX software timestamps."""
+    return _keeper is not None or warm_up()
+
+
+def warm_up(wait: float = 0.5) -> bool:
+    """Turn kernel RX stamping on for the life of the process, and wait until it is on.
+
+    Linux switches RX stamping on lazily (a deferred static key) when the first socket
+    asks for it, so datagrams that arrive just after that carry no stamp. A socket that
+    keeps the option set for as long as the process lives keeps stamping on; this sends
+    datagrams to itself until one comes back stamped, or ``wait`` seconds pass.
+    """
+    global _keeper
+    if _keeper is not None:
+        return True
+    if not _SUPPORTED:
+        return False
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _FLAGS)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.05)
+    except OSError:
+        sock.close()
+        return False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            sock.sendto(b"warm-up", sock.getsockname())
+            _, anc, _, _ = sock.recvmsg(16, _ANCBUF)
+        except OSError:
+            continue
+        if _stamp(anc) is not None:
+            break
+        time.sleep(0.002)
+    sock.setblocking(False)
+    with contextlib.suppress(OSError):  # stamps of the warm-up sends
+        while True:
+            sock.recvmsg(0, _ANCBUF, socket.MSG_ERRQUEUE)
+    _keeper = sock
+    return True
+
+
+def _enable(sock: socket.socket) -> bool:
+    if not warm_up():
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _FLAGS)
+    except OSError:
+        return False
+    return True
+
+
+def _stamp(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    """The software timestamp (epoch ns) in ``struct scm_timestamping``, if any."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(data) >= 16:
+            sec, nsec = struct.unpack_from("@qq", data)
+            if sec or nsec:
+                return int(sec * 1_000_000_000 + nsec)
+    return None
+
+
+@dataclass(slots=True, frozen=True)
+class Exchange:
+    """One timed query/answer exchange."""
+
+    data: bytes
+    #: epoch ns of the send: the kernel TX stamp, or ``time.time_ns()`` just before send
+    sent_ns: int
+    #: query leaving -> answer arriving, in ns (kernel stamps, or perf_counter around I/O)
+    rtt_ns: int
+    #: True when both ends of ``rtt_ns`` are kernel timestamps
+    kernel: bool
+    #: datagrams that arrived on the flow and were not the answer (wrong ID or question)
+    ignored: int = 0
+
+
+class _Stamped:
+    """Shared parts of a timestamped socket: error-queue draining and readiness waits."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.kernel = _enable(sock)
+        self._tx: int | None = None
+
+    def _drain_errqueue(self) -> None:
+        """Read TX stamps (and nothing else) from the socket's error queue."""
+        if not self.kernel:
+            return
+        while True:
+            try:
+                _, anc, _, _ = self.sock.recvmsg(0, _ANCBUF, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # an asynchronous socket error is reported by the next normal recv
+                return
+            stamp = _stamp(anc)
+            if stamp is not None:
+                self._tx = stamp
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class UdpFlow(_Stamped):
+    """A fresh connected UDP socket to one server: one random source port per flow.
+
+    A second exchange on the same flow (a CHAOS identity query after the timed query)
+    keeps the 5-tuple, so ECMP and anycast routing send it to the same site.
+    """
+
+    def __init__(self, family: socket.AddressFamily, addr: tuple[str, int]) -> None:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            super().__init__(sock)
+            sock.connect(addr)
+        except BaseException:
+            sock.close()
+            raise
+        self.peer = sock.getpeername()[:2]
+
+    async def exchange(
+        self, wire: bytes, accept: Callable[[bytes], bool], timeout: float
+    ) -> Exchange:
+        """Send one datagram and wait for the first answer that ``accept`` takes.
+
+        Datagrams that ``accept`` rejects (wrong ID, wrong question) are counted and
+        ignored, as a stub resolver must; the wait goes on until the deadline.
+        Raises ``TimeoutError`` or ``OSError`` (e.g. ``ECONNREFUSED`` after an ICMP port
+        unreachable).
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[bytes, int | None, int]] = loop.create_future()
+        sock = self.sock
+        ignored = 0
+        self._tx = None
+
+        def on_readable() -> None:
+            nonlocal ignored
+            self._drain_errqueue()
+            while not fut.done():
+                try:
+                    data, anc, _flags, src = sock.recvmsg(_MAX_DATAGRAM, _ANCBUF)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    fut.set_exception(exc)
+                    return
+                t_user = time.perf_counter_ns()
+                if src[:2] != self.peer or not accept(data):
+                    ignored += 1
+                    continue
+                fut.set_result((data, _stamp(anc), t_user))
+
+        fd = sock.fileno()
+        loop.add_reader(fd, on_readable)
+        try:
+            sent_wall = time.time_ns()
+            t_send = time.perf_counter_ns()
+            sock.send(wire)
+            self._drain_errqueue()  # on loopback and most drivers the stamp is already there
+            async with asyncio.timeout(timeout):
+                data, rx, t_recv = await fut
+            if rx is not None and self._tx is None:
+                self._drain_errqueue()
+        finally:
+            loop.remove_reader(fd)
+        tx = self._tx
+        if self.kernel and rx is not None and tx is not None and rx >= tx:
+            return Exchange(data, tx, rx - tx, True, ignored)
+        return Exchange(data, sent_wall, t_recv - t_send, False, ignored)
+
+
+class StreamConn(_Stamped):
+    """A TCP connection, optionally with TLS done through memory BIOs.
+
+    TLS runs over :class:`ssl.MemoryBIO` rather than an ``SSLSocket`` so that every read
+    is our own ``recvmsg`` and still carries the kernel RX stamp. ``connect_ns`` and
+    ``tls_ns`` are user-space intervals (perf_counter around the non-blocking connect and
+    the handshake); the query exchange itself is timed with kernel stamps.
+    """
+
+    def __init__(self, family: socket.AddressFamily) -> None:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.kernel = False
+        self._tx = None
+        self._tls: ssl.SSLObject | None = None
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._pending = bytearray()  # decrypted or raw bytes read but not yet consumed
+        self._pending_stamp: int | None = None
+        self._pending_user: int = 0
+        self.connect_ns: int | None = None
+        self.tls_ns: int | None = None
+        self.tls_version: str | None = None
+
+    async def connect(self, addr: tuple[str, int], timeout: float) -> None:
+        """TCP connect; ``connect_ns`` lies between ``connect()`` and the SYN-ACK's ACK."""
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter_ns()
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(self.sock, addr)
+        self.connect_ns = time.perf_counter_ns() - t0
+
+    async def start_tls(
+        self, ctx: ssl.SSLContext, server_hostname: str | None, timeout: float
+    ) -> None:
+        """TLS handshake; ``tls_ns`` lies between sending ClientHello and the last flight."""
+        self._tls = ctx.wrap_bio(self._in, self._out, server_hostname=server_hostname)
+        t0 = time.perf_counter_ns()
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    self._tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    await self._flush_tls()
+                    data, _, _ = await self._recv_raw(65536)
+                    if not data:
+                        raise EOFError("closed during TLS handshake") from None
+                    self._in.write(data)
+            await self._flush_tls()
+        self.tls_ns = time.perf_counter_ns() - t0
+        self.tls_version = self._tls.version()
+
+    async def _flush_tls(self) -> None:
+        data = self._out.read()
+        if data:
+            await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        fd = self.sock.fileno()
+        loop.add_reader(fd, ready)
+        try:
+            await fut
+        finally:
+            loop.remove_reader(fd)
+
+    async def _recv_raw(self, size: int) -> tuple[bytes, int | None, int]:
+        """One ``recvmsg``: data, its kernel RX stamp and the perf_counter instant."""
+        while True:
+            try:
+                data, anc, _, _ = self.sock.recvmsg(size, _ANCBUF)
+            except (BlockingIOError, InterruptedError):
+                self._drain_errqueue()
+                await self._readable()
+                continue
+            return data, _stamp(anc), time.perf_counter_ns()
+
+    async def _read_some(self, size: int = 65536) -> tuple[bytes, int | None, int]:
+        """The next application bytes (decrypted under TLS) with the stamp that brought them.
+
+        For plain TCP the first read after a send asks for one byte, so its stamp is the
+        stamp of the first segment of the answer, not of a later one (Linux stamps a TCP
+        read with the last segment it copied from).
+        """
+        if self._pending:
+            data = bytes(self._pending)
+            self._pending.clear()
+            return data, self._pending_stamp, self._pending_user
+        if self._tls is None:
+            data, stamp, t_user = await self._recv_raw(size)
+            if not data:
+                raise EOFError("connection closed before the answer")
+            return data, stamp, t_user
+        while True:
+            try:
+                data = self._tls.read(65536)
+            except ssl.SSLWantReadError:
+                raw, stamp, t_user = await self._recv_raw(65536)
+                if not raw:
+                    raise EOFError("connection closed before the answer") from None
+                self._in.write(raw)
+                self._pending_stamp, self._pending_user = stamp, t_user
+                continue
+            except ssl.SSLZeroReturnError:
+                raise EOFError("TLS close_notify before the answer") from None
+            if not data:
+                raise EOFError("connection closed before the answer")
+            return data, self._pending_stamp, self._pending_user
+
+    async def exchange(
+        self, payload: bytes, frame_len: Callable[[bytes], int | None], timeout: float
+    ) -> Exchange:
+        """Send ``payload`` in one write; read until ``frame_len(buffer)`` bytes are here.
+
+        ``rtt_ns`` lies between the kernel TX stamp of the write and the RX stamp of the
+        first segment that carried answer bytes.
+        """
+        if _SUPPORTED and not self.kernel:
+            # switched on only now, so the handshake's segments leave no TX stamps behind
+            self.kernel = _enable(self.sock)
+        self._tx = None
+        if self._tls is not None:
+            self._tls.write(payload)
+            wire = self._out.read()
+        else:
+            wire = payload
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            sent_wall = time.time_ns()
+            t_send = time.perf_counter_ns()
+            n = self.sock.send(wire)
+            if n < len(wire):
+                await loop.sock_sendall(self.sock, wire[n:])
+            self._drain_errqueue()
+            buf, rx, t_recv = await self._read_some(1)
+            need = frame_len(buf)
+            while need is None or len(buf) < need:
+                more, _, _ = await self._read_some()
+                buf += more
+                need = frame_len(buf)
+            if need < len(buf):
+                self._pending[:0] = buf[need:]
+                buf = buf[:need]
+            if self._tx is None:
+                self._drain_errqueue()
+        tx = self._tx
+        if self.kernel and rx is not None and tx is not None and rx >= tx:
+            return Exchange(buf, tx, rx - tx, True)
+        return Exchange(buf, sent_wall, t_recv - t_send, False)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()

@@ -1,0 +1,86 @@
+"""Measurement records and the batch envelope: the contract between probe and collector.
+
+Stdlib and msgspec only. The collector imports this module; the probe never imports the
+collector. Field names carry their units. A field that has no value is absent, never 0:
+a failed query has ``rcode`` ``TIMEOUT``/``NETERR``, an ``error`` and no ``rtt_ms``.
+
+Schema versions: every batch says ``schema``; samples of every version live in
+``tests/data/wire/`` with a test that they still decode.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+
+NonNegMs = Annotated[float, msgspec.Meta(ge=0, le=3_600_000)]
+EpochNs = Annotated[int, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+Transport = Literal["udp", "tcp", "tls", "https"]
+Topology = Literal["unicast", "anycast", "resolver"]
+Timestamping = Literal["kernel", "user"]
+
+
+class DnsRecord(
+    msgspec.Struct, tag="dns", tag_field="kind", omit_defaults=True, kw_only=True
+):
+    """One DNS query, timed. ``kind`` is ``"dns"``."""
+
+    ts: EpochNs  # epoch ns of the send (kernel TX stamp when timestamping is "kernel")
+    target: Label  # the target's name in the targets file
+    server: Label  # the IP address queried
+    port: Port
+    transport: Transport
+    qname: Label
+    qtype: Label
+    rcode: Label  # DNS rcode name, or TIMEOUT / NETERR when no answer came
+    timestamping: Timestamping
+    rtt_ms: NonNegMs | None = None  # query sent -> answer received (see DESIGN.md, Timing)
+    connect_ms: NonNegMs | None = None  # TCP connect: connect() -> handshake complete
+    tls_ms: NonNegMs | None = None  # TLS: ClientHello sent -> handshake complete
+    site: str | None = None  # PoP identity from NSID or CHAOS TXT, as text
+    answers: Annotated[int, msgspec.Meta(ge=0)] | None = None  # RRs in the answer section
+    size: Annotated[int, msgspec.Meta(ge=0)] | None = None  # answer size in bytes (DNS message)
+    ttl: Annotated[int, msgspec.Meta(ge=0)] | None = None  # smallest TTL in the answer section
+    serial: Annotated[int, msgspec.Meta(ge=0, le=4294967295)] | None = None  # SOA serial
+    truncated: bool = False  # the answer had the TC bit (no TCP retry is made)
+    error: str | None = None  # "<kind>: <detail>" when rcode is TIMEOUT / NETERR
+    topology: Topology | None = None
+    provider: str | None = None
+    family: Literal[4, 6] | None = None  # address family of ``server``
+
+
+Measurement = DnsRecord
+
+
+class Batch(msgspec.Struct, kw_only=True):
+    """What the probe POSTs: a batch of measurements with an idempotency id."""
+
+    schema: Literal[1]
+    batch: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    sent_at: EpochNs
+    measurements: list[Measurement]
+
+
+_encoder: Final = msgspec.json.Encoder()
+_record_decoder: Final = msgspec.json.Decoder(Measurement)
+_batch_decoder: Final = msgspec.json.Decoder(Batch)
+
+
+def encode(obj: Measurement | Batch) -> bytes:
+    """JSON bytes of a record or a batch."""
+    return _encoder.encode(obj)
+
+
+def decode_record(data: bytes | str) -> Measurement:
+    """A record from JSON; raises ``msgspec.ValidationError`` with the field path."""
+    return _record_decoder.decode(data)
+
+
+def decode_batch(data: bytes | str) -> Batch:
+    """A whole batch from JSON; raises ``msgspec.ValidationError`` with the field path."""
+    return _batch_decoder.decode(data)

@@ -1,0 +1,303 @@
+"""Real DNS servers on loopback for tests and benchmarks: Knot, NSD and dnsdist.
+
+Each server runs from Debian's package in a temporary directory on free ports, with its
+own NSID and CHAOS identity, and can say how many queries it has answered (counted on the
+server side, so tests can hold the probe to "one measurement, one query").
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+SERIAL = 2026112501
+ZONE = "example.test."
+# a long TXT record: more than 512 bytes of answer, so it truncates without EDNS
+BIG_TXT = " ".join(f'"{"x" * 200}-{i}"' for i in range(4))
+DNSKEY = base64.b64encode(bytes(range(64))).decode()
+
+ZONE_TEXT = f"""$ORIGIN {ZONE}
+$TTL 300
+@       3600 SOA ns1 hostmaster {SERIAL} 3600 900 1209600 300
+@       NS    ns1
+@       MX    10 mail
+@       TXT   "v=spf1 -all"
+@       CAA   0 issue "ca.example.net"
+@       DNSKEY 257 3 13 {DNSKEY}
+ns1     A     127.0.0.1
+ns1     AAAA  ::1
+www     120 A 192.0.2.80
+www     120 AAAA 2001:db8::80
+www     HTTPS 1 . alpn="h2,http/1.1"
+alias   CNAME www
+mail    A     192.0.2.25
+big     TXT   {BIG_TXT}
+"""
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 and ::1 (best effort)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                for typ in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(fam, typ) as t:
+                        t.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def _wait_udp(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Wait until a DNS server answers on ``port`` (a query for the zone's SOA)."""
+    import dns.message
+    import dns.query
+
+    q = dns.message.make_query(ZONE, "SOA")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            dns.query.udp(q, host, port=port, timeout=0.2)
+            return
+        except (OSError, dns.exception.Timeout):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no DNS answer on {host}:{port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
+class Server:
+    """A server process in its own temporary directory."""
+
+    name = "server"
+
+    def __init__(self, nsid: str, identity: str) -> None:
+        self.nsid = nsid
+        self.identity = identity
+        self.dir = Path(tempfile.mkdtemp(prefix=f"popwatch-{self.name}-"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _start(self, argv: list[str]) -> None:
+        self.log = open(self.dir / "log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def queries(self) -> int:
+        raise NotImplementedError
+
+
+class Knot(Server):
+    """Knot DNS (knotd) serving example.test on 127.0.0.1 and ::1, with mod-stats on."""
+
+    name = "knot"
+
+    def start(self) -> Knot:
+        (self.dir / "example.test.zone").write_text(ZONE_TEXT)
+        (self.dir / "knot.conf").write_text(
+            f"""
+server:
+    rundir: "{self.dir}"
+    listen: [ 127.0.0.1@{self.port}, ::1@{self.port} ]
+    identity: "{self.identity}"
+    nsid: "{self.nsid}"
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+database:
+    storage: "{self.dir}"
+log:
+  - target: stderr
+    any: warning
+mod-stats:
+  - id: counts
+    request-protocol: on
+    server-operation: off
+    request-bytes: off
+    response-bytes: off
+    edns-presence: off
+    flag-presence: off
+    response-code: off
+    reply-nodata: off
+    query-type: off
+    query-size: off
+    reply-size: off
+template:
+  - id: default
+    storage: "{self.dir}"
+    global-module: mod-stats/counts
+    semantic-checks: off
+zone:
+  - domain: {ZONE}
+    file: example.test.zone
+control:
+    listen: "{self.dir}/knot.sock"
+"""
+        )
+        self._start(["knotd", "-c", str(self.dir / "knot.conf")])
+        _wait_udp(self.port)
+        return self
+
+    def queries(self) -> int:
+        """Requests Knot has received, over every protocol (mod-stats request-protocol)."""
+        out = subprocess.run(
+            ["knotc", "-s", str(self.dir / "knot.sock"), "stats", "mod-stats"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return sum(int(n) for n in re.findall(r"request-protocol\[[^\]]+\] = (\d+)", out))
+
+
+class Nsd(Server):
+    """NSD serving example.test on 127.0.0.1 and ::1."""
+
+    name = "nsd"
+
+    def start(self) -> Nsd:
+        (self.dir / "example.test.zone").write_text(ZONE_TEXT)
+        subprocess.run(
+            ["nsd-control-setup", "-d", str(self.dir)], check=True, capture_output=True
+        )
+        self.control_port = free_port(socket.SOCK_STREAM)
+        (self.dir / "nsd.conf").write_text(
+            f"""
+server:
+    ip-address: 127.0.0.1@{self.port}
+    ip-address: ::1@{self.port}
+    port: {self.port}
+    server-count: 1
+    username: ""
+    chroot: ""
+    zonesdir: "{self.dir}"
+    database: ""
+    zonelistfile: "{self.dir}/zone.list"
+    xfrdfile: "{self.dir}/xfrd.state"
+    xfrdir: "{self.dir}"
+    pidfile: "{self.dir}/nsd.pid"
+    logfile: "{self.dir}/nsd.log"
+    identity: "{self.identity}"
+    hide-identity: no
+    nsid: "ascii_{self.nsid}"
+    verbosity: 0
+    statistics: 0
+    tcp-count: 100
+    reuseport: no
+remote-control:
+    control-enable: yes
+    control-interface: 127.0.0.1
+    control-port: {self.control_port}
+    server-key-file: "{self.dir}/nsd_server.key"
+    server-cert-file: "{self.dir}/nsd_server.pem"
+    control-key-file: "{self.dir}/nsd_control.key"
+    control-cert-file: "{self.dir}/nsd_control.pem"
+zone:
+    name: {ZONE}
+    zonefile: example.test.zone
+"""
+        )
+        self._start(["nsd", "-d", "-c", str(self.dir / "nsd.conf")])
+        _wait_udp(self.port)
+        return self
+
+    def queries(self) -> int:
+        """Queries NSD has received (``nsd-control stats_noreset``: ``num.queries``)."""
+        out = subprocess.run(
+            ["nsd-control", "-c", str(self.dir / "nsd.conf"), "stats_noreset"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        m = re.search(r"^num\.queries=(\d+)$", out, re.M)
+        assert m, out
+        return int(m.group(1))
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for localhost, 127.0.0.1 and ::1."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-days", "2", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+class Dnsdist(Server):
+    """dnsdist terminating DoT and DoH (self-signed) in front of a backend server."""
+
+    name = "dnsdist"
+
+    def start(self, backend_port: int) -> Dnsdist:
+        self.cert, self.key = make_cert(self.dir)
+        self.dot_port = free_port(socket.SOCK_STREAM)
+        self.doh_port = free_port(socket.SOCK_STREAM)
+        self.console_port = free_port(socket.SOCK_STREAM)
+        lines = [
+            f"setLocal('127.0.0.1:{self.port}')",
+            f"addLocal('[::1]:{self.port}')",
+            # health checks would add queries the probe never sent: one at start, then hourly
+            f"newServer({{address='127.0.0.1:{backend_port}', checkInterval=3600}})",
+            f"controlSocket('127.0.0.1:{self.console_port}')",
+            "setKey('" + base64.b64encode(os.urandom(32)).decode() + "')",
+        ]
+        for host in ("127.0.0.1", "[::1]"):
+            lines.append(
+                f"addTLSLocal('{host}:{self.dot_port}', '{self.cert}', '{self.key}')"
+            )
+            lines.append(
+                f"addDOHLocal('{host}:{self.doh_port}', '{self.cert}', '{self.key}', "
+                "'/dns-query')"
+            )
+        (self.dir / "dnsdist.conf").write_text("\n".join(lines) + "\n")
+        self._start(["dnsdist", "--supervised", "--disable-syslog", "-C", str(self.dir / "dnsdist.conf")])
+        _wait_udp(self.port)
+        for port in (self.dot_port, self.doh_port):
+            deadline = time.monotonic() + 10
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"dnsdist did not listen on {port}")
+                time.sleep(0.05)
+        return self
+
+
+@contextlib.contextmanager
+def knot(nsid: str = "knot-fra1", identity: str = "knot-id-fra1") -> Iterator[Knot]:
+    with Knot(nsid, identity) as k:
+        yield k.start()
