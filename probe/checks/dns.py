@@ -14,7 +14,7 @@ import ssl
 import struct
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import dns.edns
 import dns.exception
@@ -34,7 +34,7 @@ _CHAOS_NAMES: Final = ("id.server.", "hostname.bind.")
 _USER_AGENT: Final = "popwatch-probe"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class DnsJob:
     """One series: a target's query, over one transport, to one server address."""
 
@@ -54,6 +54,20 @@ class DnsJob:
         return {"udp": t.port, "tcp": t.port, "tls": t.tls_port, "https": t.doh_port}[
             self.transport
         ]
+
+    kind = "dns"
+
+    @property
+    def interval(self) -> float:
+        return self.target.interval
+
+    @property
+    def deadline(self) -> float:
+        """Outer bound for the whole measurement: each phase has ``timeout`` of its own."""
+        phases = {"udp": 1, "tcp": 2, "tls": 3, "https": 3}[self.transport]
+        if self.target.identify == "chaos":
+            phases += 2
+        return self.target.timeout * phases + 1.0
 
     @property
     def key(self) -> str:
@@ -280,17 +294,9 @@ def _ms(ns: int | None) -> float | None:
     return None if ns is None else round(ns / _NS_PER_MS, 6)
 
 
-async def measure(job: DnsJob) -> DnsRecord:
-    """Time one query of ``job`` and return its record (failures are records too)."""
+def _base(job: DnsJob) -> dict[str, Any]:
     t = job.target
-    https = job.transport == "https"
-    nsid = t.identify == "nsid"
-    template = _template(job.qname, job.qtype, t.recursion, t.dnssec, t.edns, t.edns_bufsize, nsid)
-    # RFC 8484 asks DoH clients for ID 0; elsewhere a fresh random ID per query
-    query = _with_id(template, 0 if https else secrets.randbits(16))
-    family = socket.AF_INET6 if job.family == 6 else socket.AF_INET
-    addr = (job.address, job.port)
-    base = {
+    return {
         "target": t.name,
         "server": job.address,
         "port": job.port,
@@ -301,8 +307,41 @@ async def measure(job: DnsJob) -> DnsRecord:
         "provider": t.provider or None,
         "family": job.family,
     }
+
+
+def failure(
+    job: DnsJob,
+    exc: BaseException,
+    ts: int,
+    *,
+    phase: str = "",
+    connect_ns: int | None = None,
+    tls_ns: int | None = None,
+) -> DnsRecord:
+    """The record of a measurement that got no usable answer: rcode and error, no rtt_ms."""
+    err = errors.classify(exc, phase)
+    return DnsRecord(
+        ts=ts,
+        rcode=err.rcode,
+        error=err.error,
+        connect_ms=_ms(connect_ns),
+        tls_ms=_ms(tls_ns),
+        timestamping="kernel" if net.kernel_timestamping_available() else "user",
+        **_base(job),
+    )
+
+
+async def measure(job: DnsJob) -> DnsRecord:
+    """Time one query of ``job`` and return its record (failures are records too)."""
+    t = job.target
+    https = job.transport == "https"
+    nsid = t.identify == "nsid"
+    template = _template(job.qname, job.qtype, t.recursion, t.dnssec, t.edns, t.edns_bufsize, nsid)
+    # RFC 8484 asks DoH clients for ID 0; elsewhere a fresh random ID per query
+    query = _with_id(template, 0 if https else secrets.randbits(16))
+    family = socket.AF_INET6 if job.family == 6 else socket.AF_INET
+    addr = (job.address, job.port)
     started = time.time_ns()
-    kernel = net.kernel_timestamping_available()
     connect_ns = tls_ns = None
     phase = "query"
     flow: net.UdpFlow | net.StreamConn
@@ -330,16 +369,7 @@ async def measure(job: DnsJob) -> DnsRecord:
             if t.identify == "chaos":
                 site = await _identify_chaos(flow, job, https)
     except Exception as exc:  # every failure is still a measurement
-        err = errors.classify(exc, phase)
-        return DnsRecord(
-            ts=started,
-            rcode=err.rcode,
-            error=err.error,
-            connect_ms=_ms(connect_ns),
-            tls_ms=_ms(tls_ns),
-            timestamping="kernel" if kernel else "user",
-            **base,  # type: ignore[arg-type]
-        )
+        return failure(job, exc, started, phase=phase, connect_ns=connect_ns, tls_ns=tls_ns)
     return DnsRecord(
         ts=ex.sent_ns,
         rcode=answer.rcode,
@@ -353,5 +383,5 @@ async def measure(job: DnsJob) -> DnsRecord:
         ttl=answer.ttl,
         serial=answer.serial,
         truncated=answer.truncated,
-        **base,  # type: ignore[arg-type]
+        **_base(job),
     )

@@ -1,0 +1,337 @@
+"""``popwatch-probe``: measure DNS latency once from the shell, or run the probe agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import statistics
+import sys
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from probe import __version__, net
+from probe.checks.dns import DnsJob
+from probe.config import QTYPES, ConfigError, Target, load_config, load_targets, parse_hostport
+from probe.output import JsonLinesOutput
+from probe.resolve import ResolveError, resolve
+from probe.runner import Prober, run_job
+from probe.wire import DnsRecord, encode
+
+log = logging.getLogger("popwatch.probe")
+
+ONCE_EXAMPLES = """\
+examples:
+  popwatch-probe once --server 192.0.2.53 --qname example.com --nsid
+  popwatch-probe once --server ns1.example.net --qname example.com --qtype SOA --count 10
+  popwatch-probe once --server [2001:db8::53]:5353 --qname example.com --tcp --chaos
+  popwatch-probe once --server 192.0.2.53 --qname example.com --tls --tls-name dns.example.net
+  popwatch-probe once --https https://dns.example.net/dns-query --qname example.com --rd
+  popwatch-probe once --server 127.0.0.1:5300 --qname www.example.test --count 100 --json
+
+rtt_ms is the time between the query leaving and the answer arriving as the kernel saw
+them (timestamping "kernel"), or perf_counter around send/recv where the kernel cannot
+stamp ("user"). A lost answer is TIMEOUT and is never retried. Exit status is 0 when at
+least one answer came, 1 when none did, 2 for bad arguments.
+"""
+
+RUN_EXAMPLES = """\
+examples:
+  popwatch-probe run --targets targets.yaml                 # JSON lines on stdout
+  popwatch-probe run --config probe.yaml --output /var/lib/popwatch/out.jsonl
+  POPWATCH_TARGETS=targets.yaml popwatch-probe run
+
+Every key of the config and targets files is documented in probe/example.yaml
+(`popwatch-probe example` prints it). SIGTERM or Ctrl-C stops after in-flight
+measurements finish and the output is flushed.
+"""
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --------------------------------------------------------------------------- once
+
+
+def _once_target(args: argparse.Namespace) -> tuple[Target, str, str]:
+    """A Target built from ``once`` flags, the transport, and the host to resolve."""
+    transport = "udp"
+    doh_port, doh_path, tls_name = 443, "/dns-query", args.tls_name
+    if args.https:
+        url = urllib.parse.urlsplit(args.https)
+        if url.scheme != "https" or not url.hostname:
+            raise ValueError(f"--https {args.https!r}: expected https://HOST[:PORT]/PATH")
+        transport = "https"
+        doh_port = url.port or 443
+        doh_path = url.path or "/dns-query"
+        if url.query:
+            doh_path += "?" + url.query
+        tls_name = tls_name or url.hostname
+    elif args.tls:
+        transport = "tls"
+    elif args.tcp:
+        transport = "tcp"
+    default_port = {"udp": 53, "tcp": 53, "tls": 853, "https": doh_port}[transport]
+    if args.server:
+        host, port = parse_hostport(args.server, default_port)
+    elif args.https:
+        host, port = urllib.parse.urlsplit(args.https).hostname or "", doh_port
+    else:
+        raise ValueError("--server is required (or --https URL)")
+    families = [4] if args.ipv4 else [6] if args.ipv6 else [4, 6]
+    spec: dict[str, Any] = {
+        "name": "once",
+        "topology": "resolver" if args.rd else "unicast",
+        "server": host,
+        "queries": [{"qname": args.qname, "qtype": args.qtype}],
+        "port": port if transport in ("udp", "tcp") else 53,
+        "tls_port": port if transport == "tls" else 853,
+        "doh_port": port if transport == "https" else doh_port,
+        "doh_path": doh_path,
+        "tls_name": tls_name,
+        "tls_ca": args.tls_ca,
+        "tls_verify": not args.insecure,
+        "transports": [transport],
+        "families": families,
+        "interval": max(args.interval, args.timeout + 0.001, 1.0),
+        "timeout": args.timeout,
+        "identify": "chaos" if args.chaos else "nsid" if args.nsid else "none",
+        "rd": args.rd,
+        "dnssec": args.dnssec,
+        "edns": not args.no_edns,
+        "edns_bufsize": args.bufsize,
+    }
+    try:
+        target = msgspec.convert(spec, Target)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc).split(" - at ")[0]) from None
+    return target, transport, host
+
+
+_COLS = ("#", "server", "proto", "rcode", "rtt_ms", "conn_ms", "tls_ms", "site", "size", "ttl",
+         "serial", "stamp")
+
+
+def _row(i: int, r: DnsRecord) -> list[str]:
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    return [
+        str(i),
+        f"{r.server}:{r.port}" if r.family == 4 else f"[{r.server}]:{r.port}",
+        r.transport + (" TC" if r.truncated else ""),
+        r.rcode,
+        f(r.rtt_ms),
+        f(r.connect_ms),
+        f(r.tls_ms),
+        r.site or "-",
+        "-" if r.size is None else str(r.size),
+        "-" if r.ttl is None else str(r.ttl),
+        "-" if r.serial is None else str(r.serial),
+        r.timestamping + (f"  {r.error}" if r.error else ""),
+    ]
+
+
+_WIDTHS = (4, 24, 6, 9, 9, 8, 8, 16, 5, 6, 11, 6)
+
+
+def _print_row(cells: Sequence[str]) -> None:
+    print("  ".join(c.ljust(w) for c, w in zip(cells, _WIDTHS, strict=True)).rstrip(), flush=True)
+
+
+def _summary(records: list[DnsRecord]) -> str:
+    rtts = sorted(r.rtt_ms for r in records if r.rtt_ms is not None)
+    lost = len(records) - len(rtts)
+    line = f"{len(records)} queries, {len(rtts)} answered, {lost} without answer"
+    if rtts:
+        p95 = rtts[min(len(rtts) - 1, math.ceil(0.95 * len(rtts)) - 1)]
+        line += (
+            f"; rtt_ms min {rtts[0]:.3f} median {statistics.median(rtts):.3f} "
+            f"p95 {p95:.3f} max {rtts[-1]:.3f}"
+        )
+    return line
+
+
+async def _once(args: argparse.Namespace) -> int:
+    target, transport, host = _once_target(args)
+    net.warm_up()
+    try:
+        addresses = await resolve(host, target.families)
+    except ResolveError as exc:
+        print(f"popwatch-probe once: {exc}", file=sys.stderr)
+        return 1
+    fam, address = addresses[0]
+    job = DnsJob(target, address, transport, target.queries[0].qname, target.queries[0].qtype)
+    if not args.json:
+        _print_row(_COLS)
+    records: list[DnsRecord] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(args.count):
+        # absolute schedule: query i leaves at start + i*interval, however long i-1 took
+        delay = start + i * args.interval - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        record = await run_job(job)
+        records.append(record)
+        if args.json:
+            sys.stdout.buffer.write(encode(record) + b"\n")
+            sys.stdout.buffer.flush()
+        else:
+            _print_row(_row(i + 1, record))
+    if not args.json:
+        print(_summary(records))
+    return 0 if any(r.rtt_ms is not None for r in records) else 1
+
+
+# --------------------------------------------------------------------------- run
+
+
+async def _run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if args.targets:
+        cfg.targets = [*cfg.targets, *load_targets(args.targets)]
+    if args.output:
+        cfg.output = args.output
+    if args.id:
+        cfg.id = args.id
+    if args.concurrency:
+        cfg.concurrency = args.concurrency
+    _setup_logging(cfg.log_level)
+    if not cfg.targets:
+        print(
+            "popwatch-probe run: no targets: pass --targets FILE, set POPWATCH_TARGETS, "
+            "or list targets in the config file",
+            file=sys.stderr,
+        )
+        return 2
+    if cfg.metrics_listen:
+        from prometheus_client import start_http_server
+
+        mhost, mport = parse_hostport(cfg.metrics_listen, 9553)
+        start_http_server(mport, mhost)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        sink = await stack.enter_async_context(JsonLinesOutput(cfg.output))
+        prober = Prober(cfg, sink)
+        await prober.run(stop)
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="popwatch-probe",
+        description="popwatch probe: exact DNS latency measurements of unicast and anycast "
+        "nameservers, with the anycast site (PoP) that answered.",
+    )
+    p.add_argument("--version", action="version", version=f"popwatch-probe {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    once = sub.add_parser(
+        "once",
+        help="time queries against one server now and print them",
+        description="Time COUNT queries against one server and print each result "
+        "(a table, or wire records with --json).",
+        epilog=ONCE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    once.add_argument("--server", metavar="HOST[:PORT]",
+                      help="server IP or host name; [v6]:PORT for a port with IPv6")
+    once.add_argument("--qname", required=True, help="name to query, e.g. example.com")
+    once.add_argument("--qtype", default="SOA", type=str.upper, choices=QTYPES,
+                      help="query type (default SOA)")
+    proto = once.add_mutually_exclusive_group()
+    proto.add_argument("--tcp", action="store_true", help="DNS over TCP (default UDP)")
+    proto.add_argument("--tls", action="store_true", help="DNS over TLS (default port 853)")
+    proto.add_argument("--https", metavar="URL", help="DNS over HTTPS to URL (HTTP/1.1 POST)")
+    ident = once.add_mutually_exclusive_group()
+    ident.add_argument("--nsid", action="store_true",
+                       help="ask for NSID on the timed query itself (site = NSID)")
+    ident.add_argument("--chaos", action="store_true",
+                       help="after each query ask CHAOS TXT id.server/hostname.bind on the same "
+                       "flow (site = that answer)")
+    once.add_argument("--count", type=int, default=1, help="how many queries (default 1)")
+    once.add_argument("--interval", type=float, default=1.0,
+                      help="seconds between query starts (default 1)")
+    once.add_argument("--timeout", type=float, default=2.0,
+                      help="seconds to wait for each phase (default 2)")
+    once.add_argument("--rd", action="store_true", help="set RD (ask a resolver to recurse)")
+    once.add_argument("--dnssec", action="store_true", help="set the DO bit")
+    once.add_argument("--no-edns", action="store_true", help="send no OPT record")
+    once.add_argument("--bufsize", type=int, default=1232,
+                      help="EDNS UDP buffer size (default 1232)")
+    once.add_argument("--tls-name", help="name to verify the TLS certificate against (and SNI)")
+    once.add_argument("--tls-ca", metavar="FILE", help="CA bundle (PEM) for --tls/--https")
+    once.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    fam = once.add_mutually_exclusive_group()
+    fam.add_argument("-4", dest="ipv4", action="store_true", help="use IPv4 only")
+    fam.add_argument("-6", dest="ipv6", action="store_true", help="use IPv6 only")
+    once.add_argument("--json", action="store_true",
+                      help="print one wire record per line (what `run` would ship)")
+
+    run = sub.add_parser(
+        "run",
+        help="run the probe: measure every target on its schedule",
+        description="Measure every target on its schedule and write wire records as JSON "
+        "lines. POPWATCH_* variables override the config file.",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--config", metavar="FILE", help="probe config file (YAML)")
+    run.add_argument("--targets", metavar="FILE", help="targets file (YAML); adds to the config's")
+    run.add_argument("--output", metavar="FILE|-", help="where records go (default -, stdout)")
+    run.add_argument("--id", help="probe id (default: host name); seeds the start offsets")
+    run.add_argument("--concurrency", type=int, help="measurements in flight at most")
+
+    sub.add_parser("example", help="print the example config with every key documented")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "example":
+            from importlib.resources import files
+
+            sys.stdout.write(files("probe").joinpath("example.yaml").read_text())
+            return 0
+        if args.command == "once":
+            if args.count < 1:
+                parser.error("--count must be at least 1")
+            if args.interval < 0 or args.timeout <= 0:
+                parser.error("--interval must be >= 0 and --timeout > 0")
+            return asyncio.run(_once(args))
+        return asyncio.run(_run(args))
+    except ConfigError as exc:
+        print(f"popwatch-probe: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"popwatch-probe {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main"]

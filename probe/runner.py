@@ -1,0 +1,190 @@
+"""The runner: owns what every check shares (deadline, failure records, metrics, schedule).
+
+Checks do only their protocol; ``CHECKS`` maps a kind to its ``measure`` function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+from probe import metrics, net
+from probe.checks import dns as dns_check
+from probe.checks.dns import DnsJob
+from probe.config import ProbeConfig, Target
+from probe.resolve import ResolveError, resolve
+from probe.scheduler import Schedule
+from probe.wire import Measurement
+
+log = logging.getLogger("popwatch.probe")
+
+CHECKS: dict[str, Callable[[Any], Awaitable[Measurement]]] = {"dns": dns_check.measure}
+
+
+class RecordSink(Protocol):
+    def write(self, record: Measurement) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+async def run_job(job: DnsJob) -> Measurement:
+    """Run one measurement under its outer deadline; never raises for a network fault."""
+    started = time.time_ns()
+    try:
+        async with asyncio.timeout(job.deadline):
+            record = await CHECKS[job.kind](job)
+    except TimeoutError as exc:
+        record = dns_check.failure(job, exc, started)
+    except Exception as exc:
+        log.exception("check %s failed unexpectedly", job.key)
+        record = dns_check.failure(job, exc, started)
+    metrics.MEASUREMENTS.labels(job.kind, record.transport, record.rcode).inc()
+    return record
+
+
+def expand(target: Target, addresses: Iterable[tuple[int, str]]) -> list[DnsJob]:
+    """Every series of a target: address x transport x query."""
+    return [
+        DnsJob(target, addr, transport, q.qname, q.qtype)
+        for fam, addr in addresses
+        if fam in target.families
+        for transport in target.transports
+        for q in target.queries
+    ]
+
+
+class Prober:
+    """Runs the schedule of every target until ``stop`` is set."""
+
+    LAG_WARN_S = 1.0
+    LOG_EVERY_S = 10.0
+
+    def __init__(self, cfg: ProbeConfig, sink: RecordSink) -> None:
+        self.cfg = cfg
+        self.sink = sink
+        self.schedule: Schedule[DnsJob] = Schedule(cfg.id)
+        self._addresses: dict[str, list[tuple[int, str]]] = {}
+        self._wake = asyncio.Event()  # set when jobs change or stop is asked
+        self._sem = asyncio.Semaphore(cfg.concurrency)
+        self._in_flight = 0
+        self._skipped_window = 0
+        self._max_lag_window = 0.0
+        self._last_report = time.monotonic()
+        self.completed = 0
+
+    async def resolve_all(self) -> None:
+        """(Re-)resolve every host-name server and rebuild the job set."""
+        sem = asyncio.Semaphore(32)
+
+        async def one(t: Target) -> None:
+            async with sem:
+                try:
+                    self._addresses[t.name] = await resolve(t.server, t.families, self.cfg.resolver)
+                except ResolveError as exc:
+                    metrics.RESOLVE_FAILURES.inc()
+                    log.warning("target %s: %s; keeping the last addresses", t.name, exc)
+                except Exception as exc:
+                    metrics.RESOLVE_FAILURES.inc()
+                    log.warning("target %s: resolving %s failed: %s", t.name, t.server, exc)
+
+        async with asyncio.TaskGroup() as tg:
+            for t in self.cfg.targets:
+                tg.create_task(one(t))
+        jobs = [j for t in self.cfg.targets for j in expand(t, self._addresses.get(t.name, []))]
+        loop = asyncio.get_running_loop()
+        self.schedule.set_jobs(jobs, loop.time(), time.time())
+        metrics.SERIES.set(len(self.schedule))
+        self._wake.set()
+
+    async def _resolve_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.cfg.resolve_interval)
+            except TimeoutError:
+                await self.resolve_all()
+
+    async def _measure(self, job: DnsJob) -> None:
+        try:
+            record = await run_job(job)
+            self.sink.write(record)
+            self.completed += 1
+        finally:
+            self._in_flight -= 1
+            metrics.IN_FLIGHT.set(self._in_flight)
+            self._sem.release()
+
+    def _report_lag(self, lag: float, skipped: int) -> None:
+        metrics.LAG.observe(lag)
+        if skipped:
+            metrics.SKIPPED.inc(skipped)
+        self._skipped_window += skipped
+        self._max_lag_window = max(self._max_lag_window, lag)
+        now = time.monotonic()
+        if now - self._last_report < self.LOG_EVERY_S:
+            return
+        if self._skipped_window or self._max_lag_window > self.LAG_WARN_S:
+            log.warning(
+                "behind schedule: runs started up to %.2f s late and %d runs were skipped in "
+                "the last %.0f s (%d of %d concurrency slots busy); raise concurrency or "
+                "intervals, or move targets to another probe",
+                self._max_lag_window,
+                self._skipped_window,
+                now - self._last_report,
+                self._in_flight,
+                self.cfg.concurrency,
+            )
+        self._skipped_window = 0
+        self._max_lag_window = 0.0
+        self._last_report = now
+
+    async def _dispatch(self, stop: asyncio.Event, tg: asyncio.TaskGroup) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            nd = self.schedule.next_due()
+            now = loop.time()
+            if nd is None or nd > now:
+                self._wake.clear()
+                wait = 1.0 if nd is None else min(nd - now, 1.0)
+                if wait > 0.05:
+                    self.sink.flush()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                continue
+            for due in self.schedule.pop_due(now):
+                await self._sem.acquire()
+                self._report_lag(loop.time() - due.due, due.skipped)
+                self._in_flight += 1
+                metrics.IN_FLIGHT.set(self._in_flight)
+                tg.create_task(self._measure(due.job))
+                if stop.is_set():
+                    break
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Resolve, then measure on schedule until ``stop``; in-flight runs finish."""
+        net.warm_up()
+        await self.resolve_all()
+        log.info(
+            "probe %s: %d targets, %d series, concurrency %d, timestamping %s",
+            self.cfg.id,
+            len(self.cfg.targets),
+            len(self.schedule),
+            self.cfg.concurrency,
+            "kernel" if net.kernel_timestamping_available() else "user",
+        )
+        async def relay_stop() -> None:
+            await stop.wait()
+            self._wake.set()
+
+        async with asyncio.TaskGroup() as tg:
+            resolver = tg.create_task(self._resolve_loop(stop))
+            relay = tg.create_task(relay_stop())
+            await self._dispatch(stop, tg)
+            resolver.cancel()
+            relay.cancel()
+        self.sink.flush()
+        log.info("stopped after %d measurements", self.completed)
