@@ -27,7 +27,7 @@ def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     if not s:
         return float("nan")
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
     return s[k]
 
 
@@ -96,7 +96,9 @@ def read_pcap(path: Path) -> list[DnsPacket]:
         if len(dnsp) < 12:
             continue
         qid = struct.unpack_from("!H", dnsp)[0]
-        out.append(DnsPacket(ts, (src, sport), (dst, dport), qid, bool(dnsp[2] & 0x80), _qname(dnsp)))
+        out.append(
+            DnsPacket(ts, (src, sport), (dst, dport), qid, bool(dnsp[2] & 0x80), _qname(dnsp))
+        )
     return out
 
 
@@ -120,8 +122,19 @@ def wire_rtts(packets: list[DnsPacket], qname: str) -> list[tuple[int, int]]:
 def tcpdump(port: int, path: Path) -> Iterator[None]:
     """Capture UDP on ``port`` on loopback with nanosecond timestamps."""
     proc = subprocess.Popen(
-        ["tcpdump", "-i", "lo", "-nn", "-U", "-B", "65536", "--time-stamp-precision=nano",
-         "-w", str(path), f"udp port {port}"],
+        [
+            "tcpdump",
+            "-i",
+            "lo",
+            "-nn",
+            "-U",
+            "-B",
+            "65536",
+            "--time-stamp-precision=nano",
+            "-w",
+            str(path),
+            f"udp port {port}",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -40,8 +40,15 @@ LOAD_QNAME = "ns1.example.test."
 
 def job(port: int, qname: str, identify: str = "nsid") -> DnsJob:
     t = msgspec.convert(
-        {"name": "acc", "topology": "anycast", "server": "127.0.0.1", "port": port,
-         "identify": identify, "queries": [{"qname": qname, "qtype": "A"}], "timeout": 1},
+        {
+            "name": "acc",
+            "topology": "anycast",
+            "server": "127.0.0.1",
+            "port": port,
+            "identify": identify,
+            "queries": [{"qname": qname, "qtype": "A"}],
+            "timeout": 1,
+        },
         Target,
     )
     return DnsJob(t, "127.0.0.1", "udp", qname, "A")
@@ -60,9 +67,13 @@ class Blackbox:
             "      recursion_desired: false\n"
         )
         self.proc = subprocess.Popen(
-            ["prometheus-blackbox-exporter", f"--config.file={cfg}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "prometheus-blackbox-exporter",
+                f"--config.file={cfg}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while True:
@@ -77,7 +88,7 @@ class Blackbox:
     def probe(self, dns_port: int) -> float | None:
         """One probe; the ``request`` phase in ns, or None."""
         url = f"http://127.0.0.1:{self.port}/probe?module=dns_a&target=127.0.0.1:{dns_port}"
-        body = urllib.request.urlopen(url, timeout=5).read().decode()  # noqa: S310
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
         m = re.search(r'probe_dns_duration_seconds\{phase="request"\} (\S+)', body)
         return float(m.group(1)) * 1e9 if m else None
 
@@ -95,7 +106,9 @@ def errors_us(records: list[DnsRecord], wire: list[tuple[int, int]]) -> tuple[li
             unmatched += 1
             continue
         i = bisect.bisect_left(starts, r.ts)
-        best = min((j for j in (i - 1, i) if 0 <= j < len(wire)), key=lambda j: abs(starts[j] - r.ts))
+        best = min(
+            (j for j in (i - 1, i) if 0 <= j < len(wire)), key=lambda j: abs(starts[j] - r.ts)
+        )
         if abs(starts[best] - r.ts) > 200_000:  # no capture within 200 µs of the send
             unmatched += 1
             continue
@@ -142,7 +155,9 @@ async def loaded_run(port: int, n: int, qps: int) -> tuple[list[DnsRecord], floa
     return records, sent / (loop.time() - t0)
 
 
-def one_run(knot: servers.Knot, bb: Blackbox, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
+def one_run(
+    knot: servers.Knot, bb: Blackbox, workdir: Path, args: argparse.Namespace
+) -> dict[str, float]:
     pcap = workdir / "cap.pcap"
     bb_ns: list[float] = []
     with tcpdump(knot.port, pcap):
@@ -161,9 +176,12 @@ def one_run(knot: servers.Knot, bb: Blackbox, workdir: Path, args: argparse.Name
     e_bb = [abs(a - b) / 1000 for a, b in zip(bb_ns, bb_wire, strict=False)]
     kernel = sum(r.timestamping == "kernel" for r in idle + loaded)
     res = {
-        "idle_p50": pct(e_idle, 50), "idle_p99": pct(e_idle, 99),
-        "load_p50": pct(e_load, 50), "load_p99": pct(e_load, 99),
-        "bb_p50": pct(e_bb, 50), "bb_p99": pct(e_bb, 99),
+        "idle_p50": pct(e_idle, 50),
+        "idle_p99": pct(e_idle, 99),
+        "load_p50": pct(e_load, 50),
+        "load_p99": pct(e_load, 99),
+        "bb_p50": pct(e_bb, 50),
+        "bb_p99": pct(e_bb, 99),
         "load_qps": achieved,
         "wire_rtt_p50_us": pct([w / 1000 for _, w in wire], 50),
     }
@@ -179,7 +197,9 @@ def one_run(knot: servers.Knot, bb: Blackbox, workdir: Path, args: argparse.Name
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--queries", type=int, default=1000, help="timed queries per phase")
     ap.add_argument("--bb-queries", type=int, default=300, help="blackbox probes per run")
@@ -197,13 +217,21 @@ def main() -> None:
             bb.close()
     m = {k: median([r[k] for r in runs]) for k in runs[0]}
     print()
-    print(f"accuracy, median of {args.runs} runs (|rtt_ms - wire rtt|, µs; wire rtt p50 "
-          f"{m['wire_rtt_p50_us']:.1f} µs):")
-    print(f"  popwatch idle          p50 {m['idle_p50']:6.2f}  p99 {m['idle_p99']:6.2f}   (goal ≤ 3 / ≤ 10)")
-    print(f"  popwatch {m['load_qps']:5.0f} q/s load p50 {m['load_p50']:6.2f}  p99 {m['load_p99']:6.2f}   (goal p99 ≤ 25)")
+    print(
+        f"accuracy, median of {args.runs} runs (|rtt_ms - wire rtt|, µs; wire rtt p50 "
+        f"{m['wire_rtt_p50_us']:.1f} µs):"
+    )
+    print(
+        f"  popwatch idle          p50 {m['idle_p50']:6.2f}  p99 {m['idle_p99']:6.2f}   (goal ≤ 3 / ≤ 10)"
+    )
+    print(
+        f"  popwatch {m['load_qps']:5.0f} q/s load p50 {m['load_p50']:6.2f}  p99 {m['load_p99']:6.2f}   (goal p99 ≤ 25)"
+    )
     print(f"  blackbox_exporter idle p50 {m['bb_p50']:6.2f}  p99 {m['bb_p99']:6.2f}")
-    print(f"  ratio blackbox/popwatch idle: p50 {m['bb_p50'] / m['idle_p50']:.1f}x  "
-          f"p99 {m['bb_p99'] / m['idle_p99']:.1f}x")
+    print(
+        f"  ratio blackbox/popwatch idle: p50 {m['bb_p50'] / m['idle_p50']:.1f}x  "
+        f"p99 {m['bb_p99'] / m['idle_p99']:.1f}x"
+    )
 
 
 if __name__ == "__main__":

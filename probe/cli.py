@@ -119,8 +119,20 @@ def _once_target(args: argparse.Namespace) -> tuple[Target, str, str]:
     return target, transport, host
 
 
-_COLS = ("#", "server", "proto", "rcode", "rtt_ms", "conn_ms", "tls_ms", "site", "size", "ttl",
-         "serial", "stamp")
+_COLS = (
+    "#",
+    "server",
+    "proto",
+    "rcode",
+    "rtt_ms",
+    "conn_ms",
+    "tls_ms",
+    "site",
+    "size",
+    "ttl",
+    "serial",
+    "stamp",
+)
 
 
 def _row(i: int, r: DnsRecord) -> list[str]:
@@ -171,7 +183,7 @@ async def _once(args: argparse.Namespace) -> int:
     except ResolveError as exc:
         print(f"popwatch-probe once: {exc}", file=sys.stderr)
         return 1
-    fam, address = addresses[0]
+    _, address = addresses[0]
     job = DnsJob(target, address, transport, target.queries[0].qname, target.queries[0].qtype)
     if not args.json:
         _print_row(_COLS)
@@ -252,39 +264,51 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=ONCE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    once.add_argument("--server", metavar="HOST[:PORT]",
-                      help="server IP or host name; [v6]:PORT for a port with IPv6")
+    once.add_argument(
+        "--server",
+        metavar="HOST[:PORT]",
+        help="server IP or host name; [v6]:PORT for a port with IPv6",
+    )
     once.add_argument("--qname", required=True, help="name to query, e.g. example.com")
-    once.add_argument("--qtype", default="SOA", type=str.upper, choices=QTYPES,
-                      help="query type (default SOA)")
+    once.add_argument(
+        "--qtype", default="SOA", type=str.upper, choices=QTYPES, help="query type (default SOA)"
+    )
     proto = once.add_mutually_exclusive_group()
     proto.add_argument("--tcp", action="store_true", help="DNS over TCP (default UDP)")
     proto.add_argument("--tls", action="store_true", help="DNS over TLS (default port 853)")
     proto.add_argument("--https", metavar="URL", help="DNS over HTTPS to URL (HTTP/1.1 POST)")
     ident = once.add_mutually_exclusive_group()
-    ident.add_argument("--nsid", action="store_true",
-                       help="ask for NSID on the timed query itself (site = NSID)")
-    ident.add_argument("--chaos", action="store_true",
-                       help="after each query ask CHAOS TXT id.server/hostname.bind on the same "
-                       "flow (site = that answer)")
+    ident.add_argument(
+        "--nsid", action="store_true", help="ask for NSID on the timed query itself (site = NSID)"
+    )
+    ident.add_argument(
+        "--chaos",
+        action="store_true",
+        help="after each query ask CHAOS TXT id.server/hostname.bind on the same "
+        "flow (site = that answer)",
+    )
     once.add_argument("--count", type=int, default=1, help="how many queries (default 1)")
-    once.add_argument("--interval", type=float, default=1.0,
-                      help="seconds between query starts (default 1)")
-    once.add_argument("--timeout", type=float, default=2.0,
-                      help="seconds to wait for each phase (default 2)")
+    once.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between query starts (default 1)"
+    )
+    once.add_argument(
+        "--timeout", type=float, default=2.0, help="seconds to wait for each phase (default 2)"
+    )
     once.add_argument("--rd", action="store_true", help="set RD (ask a resolver to recurse)")
     once.add_argument("--dnssec", action="store_true", help="set the DO bit")
     once.add_argument("--no-edns", action="store_true", help="send no OPT record")
-    once.add_argument("--bufsize", type=int, default=1232,
-                      help="EDNS UDP buffer size (default 1232)")
+    once.add_argument(
+        "--bufsize", type=int, default=1232, help="EDNS UDP buffer size (default 1232)"
+    )
     once.add_argument("--tls-name", help="name to verify the TLS certificate against (and SNI)")
     once.add_argument("--tls-ca", metavar="FILE", help="CA bundle (PEM) for --tls/--https")
     once.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     fam = once.add_mutually_exclusive_group()
     fam.add_argument("-4", dest="ipv4", action="store_true", help="use IPv4 only")
     fam.add_argument("-6", dest="ipv6", action="store_true", help="use IPv6 only")
-    once.add_argument("--json", action="store_true",
-                      help="print one wire record per line (what `run` would ship)")
+    once.add_argument(
+        "--json", action="store_true", help="print one wire record per line (what `run` would ship)"
+    )
 
     run = sub.add_parser(
         "run",

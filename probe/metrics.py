@@ -11,8 +11,7 @@ MEASUREMENTS = Counter(
 )
 LAG = Histogram(
     "popwatch_probe_schedule_lag_seconds",
-    "How late a run started after its scheduled instant (waiting for a concurrency slot "
-    "included).",
+    "How late a run started after its scheduled instant (waiting for a concurrency slot included).",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
 )
 SKIPPED = Counter(

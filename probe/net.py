@@ -21,6 +21,7 @@ surfaces as ``ECONNREFUSED``. Nothing here retries.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import socket
 import ssl
@@ -95,6 +96,7 @@ def warm_up(wait: float = 0.5) -> bool:
         while True:
             sock.recvmsg(0, _ANCBUF, socket.MSG_ERRQUEUE)
     _keeper = sock
+    atexit.register(sock.close)
     return True
 
 
@@ -190,15 +192,13 @@ class UdpFlow(_Stamped):
             raise
         self.peer = sock.getpeername()[:2]
 
-    async def exchange(
-        self, wire: bytes, accept: Callable[[bytes], bool], timeout: float
-    ) -> Exchange:
+    async def exchange(self, wire: bytes, accept: Callable[[bytes], bool]) -> Exchange:
         """Send one datagram and wait for the first answer that ``accept`` takes.
 
         Datagrams that ``accept`` rejects (wrong ID, wrong question) are counted and
-        ignored, as a stub resolver must; the wait goes on until the deadline.
-        Raises ``TimeoutError`` or ``OSError`` (e.g. ``ECONNREFUSED`` after an ICMP port
-        unreachable).
+        ignored, as a stub resolver must; the wait goes on until the caller's deadline
+        (``asyncio.timeout``). Raises ``OSError`` (e.g. ``ECONNREFUSED`` after an ICMP
+        port unreachable).
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[bytes, int | None, int]] = loop.create_future()
@@ -230,8 +230,7 @@ class UdpFlow(_Stamped):
             t_send = time.perf_counter_ns()
             sock.send(wire)
             self._drain_errqueue()  # on loopback and most drivers the stamp is already there
-            async with asyncio.timeout(timeout):
-                data, rx, t_recv = await fut
+            data, rx, t_recv = await fut
             if rx is not None and self._tx is None:
                 self._drain_errqueue()
         finally:
@@ -268,32 +267,28 @@ class StreamConn(_Stamped):
         self.tls_ns: int | None = None
         self.tls_version: str | None = None
 
-    async def connect(self, addr: tuple[str, int], timeout: float) -> None:
+    async def connect(self, addr: tuple[str, int]) -> None:
         """TCP connect; ``connect_ns`` lies between ``connect()`` and the SYN-ACK's ACK."""
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter_ns()
-        async with asyncio.timeout(timeout):
-            await loop.sock_connect(self.sock, addr)
+        await loop.sock_connect(self.sock, addr)
         self.connect_ns = time.perf_counter_ns() - t0
 
-    async def start_tls(
-        self, ctx: ssl.SSLContext, server_hostname: str | None, timeout: float
-    ) -> None:
+    async def start_tls(self, ctx: ssl.SSLContext, server_hostname: str | None) -> None:
         """TLS handshake; ``tls_ns`` lies between sending ClientHello and the last flight."""
         self._tls = ctx.wrap_bio(self._in, self._out, server_hostname=server_hostname)
         t0 = time.perf_counter_ns()
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    self._tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    await self._flush_tls()
-                    data, _, _ = await self._recv_raw(65536)
-                    if not data:
-                        raise EOFError("closed during TLS handshake") from None
-                    self._in.write(data)
-            await self._flush_tls()
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush_tls()
+                data, _, _ = await self._recv_raw(65536)
+                if not data:
+                    raise EOFError("closed during TLS handshake") from None
+                self._in.write(data)
+        await self._flush_tls()
         self.tls_ns = time.perf_counter_ns() - t0
         self.tls_version = self._tls.version()
 
@@ -360,9 +355,7 @@ class StreamConn(_Stamped):
                 raise EOFError("connection closed before the answer")
             return data, self._pending_stamp, self._pending_user
 
-    async def exchange(
-        self, payload: bytes, frame_len: Callable[[bytes], int | None], timeout: float
-    ) -> Exchange:
+    async def exchange(self, payload: bytes, frame_len: Callable[[bytes], int | None]) -> Exchange:
         """Send ``payload`` in one write; read until ``frame_len(buffer)`` bytes are here.
 
         ``rtt_ns`` lies between the kernel TX stamp of the write and the RX stamp of the
@@ -378,24 +371,23 @@ class StreamConn(_Stamped):
         else:
             wire = payload
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            sent_wall = time.time_ns()
-            t_send = time.perf_counter_ns()
-            n = self.sock.send(wire)
-            if n < len(wire):
-                await loop.sock_sendall(self.sock, wire[n:])
-            self._drain_errqueue()
-            buf, rx, t_recv = await self._read_some(1)
+        sent_wall = time.time_ns()
+        t_send = time.perf_counter_ns()
+        n = self.sock.send(wire)
+        if n < len(wire):
+            await loop.sock_sendall(self.sock, wire[n:])
+        self._drain_errqueue()
+        buf, rx, t_recv = await self._read_some(1)
+        need = frame_len(buf)
+        while need is None or len(buf) < need:
+            more, _, _ = await self._read_some()
+            buf += more
             need = frame_len(buf)
-            while need is None or len(buf) < need:
-                more, _, _ = await self._read_some()
-                buf += more
-                need = frame_len(buf)
-            if need < len(buf):
-                self._pending[:0] = buf[need:]
-                buf = buf[:need]
-            if self._tx is None:
-                self._drain_errqueue()
+        if need < len(buf):
+            self._pending[:0] = buf[need:]
+            buf = buf[:need]
+        if self._tx is None:
+            self._drain_errqueue()
         tx = self._tx
         if self.kernel and rx is not None and tx is not None and rx >= tx:
             return Exchange(buf, tx, rx - tx, True)

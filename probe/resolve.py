@@ -23,7 +23,7 @@ class ResolveError(Exception):
 
 
 async def resolve(
-    host: str, families: Iterable[int], nameserver: str | None = None, timeout: float = 5.0
+    host: str, families: Iterable[int], nameserver: str | None = None, lookup_timeout: float = 5.0
 ) -> list[tuple[int, str]]:
     """``[(family, address), ...]`` for ``host``; an IP literal is returned as it is.
 
@@ -33,11 +33,10 @@ async def resolve(
     if is_ip(host):
         fam = 6 if ":" in host else 4
         return [(fam, host)] if fam in families else []
-    kwargs: dict[str, object] = {"timeout": timeout, "tries": 1}
     servers = [nameserver] if nameserver else None
     out: list[tuple[int, str]] = []
     problems: list[str] = []
-    async with aiodns.DNSResolver(nameservers=servers, **kwargs) as resolver:
+    async with aiodns.DNSResolver(nameservers=servers, timeout=lookup_timeout, tries=1) as resolver:
         for fam in families:
             try:
                 result = await resolver.query_dns(host, _RRTYPE[fam])

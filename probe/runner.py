@@ -176,6 +176,7 @@ class Prober:
             self.cfg.concurrency,
             "kernel" if net.kernel_timestamping_available() else "user",
         )
+
         async def relay_stop() -> None:
             await stop.wait()
             self._wake.set()

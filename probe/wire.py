@@ -25,9 +25,7 @@ Topology = Literal["unicast", "anycast", "resolver"]
 Timestamping = Literal["kernel", "user"]
 
 
-class DnsRecord(
-    msgspec.Struct, tag="dns", tag_field="kind", omit_defaults=True, kw_only=True
-):
+class DnsRecord(msgspec.Struct, tag="dns", tag_field="kind", omit_defaults=True, kw_only=True):
     """One DNS query, timed. ``kind`` is ``"dns"``."""
 
     ts: EpochNs  # epoch ns of the send (kernel TX stamp when timestamping is "kernel")

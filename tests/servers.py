@@ -103,6 +103,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if getattr(self, "log", None):
+            self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Server:
@@ -184,9 +186,7 @@ class Nsd(Server):
 
     def start(self) -> Nsd:
         (self.dir / "example.test.zone").write_text(ZONE_TEXT)
-        subprocess.run(
-            ["nsd-control-setup", "-d", str(self.dir)], check=True, capture_output=True
-        )
+        subprocess.run(["nsd-control-setup", "-d", str(self.dir)], check=True, capture_output=True)
         self.control_port = free_port(socket.SOCK_STREAM)
         (self.dir / "nsd.conf").write_text(
             f"""
@@ -246,10 +246,24 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-days", "2", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
-            "-keyout", str(key), "-out", str(cert),
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
         ],
         check=True,
         capture_output=True,
@@ -276,20 +290,22 @@ class Dnsdist(Server):
             "setKey('" + base64.b64encode(os.urandom(32)).decode() + "')",
         ]
         for host in ("127.0.0.1", "[::1]"):
+            lines.append(f"addTLSLocal('{host}:{self.dot_port}', '{self.cert}', '{self.key}')")
             lines.append(
-                f"addTLSLocal('{host}:{self.dot_port}', '{self.cert}', '{self.key}')"
-            )
-            lines.append(
-                f"addDOHLocal('{host}:{self.doh_port}', '{self.cert}', '{self.key}', "
-                "'/dns-query')"
+                f"addDOHLocal('{host}:{self.doh_port}', '{self.cert}', '{self.key}', '/dns-query')"
             )
         (self.dir / "dnsdist.conf").write_text("\n".join(lines) + "\n")
-        self._start(["dnsdist", "--supervised", "--disable-syslog", "-C", str(self.dir / "dnsdist.conf")])
+        self._start(
+            ["dnsdist", "--supervised", "--disable-syslog", "-C", str(self.dir / "dnsdist.conf")]
+        )
         _wait_udp(self.port)
         for port in (self.dot_port, self.doh_port):
             deadline = time.monotonic() + 10
             while True:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), 0.2),
+                ):
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"dnsdist did not listen on {port}")

@@ -7,6 +7,7 @@ transport, read the answer. Socket timing lives in :mod:`probe.net`; errors are 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
 import socket
@@ -80,7 +81,9 @@ def _template(
     qname: str, qtype: str, rd: bool, dnssec: bool, edns: bool, bufsize: int, nsid: bool
 ) -> bytes:
     """The query's wire form with ID 0; each measurement patches in a fresh ID."""
-    options = [dns.edns.GenericOption(dns.edns.OptionType.NSID, b"")] if nsid else []
+    options: list[dns.edns.Option] = (
+        [dns.edns.GenericOption(dns.edns.OptionType.NSID, b"")] if nsid else []
+    )
     msg = dns.message.make_query(
         qname,
         dns.rdatatype.from_text(qtype),
@@ -114,7 +117,9 @@ def _question_end(wire: bytes) -> int:
 
 def _matcher(query: bytes) -> functools.partial[bool]:
     end = _question_end(query)
-    return functools.partial(_is_answer, query[:2], query[12 : end - 4].lower(), query[end - 4 : end])
+    return functools.partial(
+        _is_answer, query[:2], query[12 : end - 4].lower(), query[end - 4 : end]
+    )
 
 
 def _is_answer(qid: bytes, qname: bytes, qtail: bytes, data: bytes) -> bool:
@@ -199,10 +204,15 @@ def _http_body(resp: bytes) -> bytes:
     status_line, *lines = resp[:head_end].split(b"\r\n")
     parts = status_line.split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        raise errors.CheckError(errors.NETERR, "http", f"not an HTTP response: {status_line[:60]!r}")
+        raise errors.CheckError(
+            errors.NETERR, "http", f"not an HTTP response: {status_line[:60]!r}"
+        )
     status = int(parts[1])
     body = resp[head_end + 4 :]
-    if any(line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower() for line in lines):
+    if any(
+        line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower()
+        for line in lines
+    ):
         out = bytearray()
         i = 0
         while True:
@@ -241,7 +251,9 @@ class _Answer:
         self.site = _nsid(msg)
 
 
-async def _identify_chaos(flow: net.UdpFlow | net.StreamConn, job: DnsJob, https: bool) -> str | None:
+async def _identify_chaos(
+    flow: net.UdpFlow | net.StreamConn, job: DnsJob, https: bool
+) -> str | None:
     """Ask the server who it is, on the same flow (same 5-tuple or connection) as the query."""
     for name in _CHAOS_NAMES:
         query = _with_id(_chaos_template(name), 0 if https else secrets.randbits(16))
@@ -255,10 +267,13 @@ async def _identify_chaos(flow: net.UdpFlow | net.StreamConn, job: DnsJob, https
     return None
 
 
-async def _exchange_on(flow: net.UdpFlow | net.StreamConn, job: DnsJob, query: bytes) -> net.Exchange:
+async def _exchange_on(
+    flow: net.UdpFlow | net.StreamConn, job: DnsJob, query: bytes
+) -> net.Exchange:
     t = job.target
     if isinstance(flow, net.UdpFlow):
-        return await flow.exchange(query, _matcher(query), t.timeout)
+        async with asyncio.timeout(t.timeout):
+            return await flow.exchange(query, _matcher(query))
     if job.transport == "https":
         host = t.tls_name or (t.server if not _is_literal(t.server) else _url_host(job.address))
         request = (
@@ -266,11 +281,13 @@ async def _exchange_on(flow: net.UdpFlow | net.StreamConn, job: DnsJob, query: b
             "Content-Type: application/dns-message\r\nAccept: application/dns-message\r\n"
             f"Content-Length: {len(query)}\r\n\r\n"
         ).encode() + query
-        ex = await flow.exchange(request, _http_frame, t.timeout)
+        async with asyncio.timeout(t.timeout):
+            ex = await flow.exchange(request, _http_frame)
         body = _http_body(ex.data)
         data = body
     else:
-        ex = await flow.exchange(struct.pack("!H", len(query)) + query, _tcp_frame, t.timeout)
+        async with asyncio.timeout(t.timeout):
+            ex = await flow.exchange(struct.pack("!H", len(query)) + query, _tcp_frame)
         data = ex.data[2:]
     if not _is_answer(query[:2], *_qparts(query), data):
         raise errors.CheckError(errors.NETERR, "malformed", "answer does not match the query")
@@ -346,21 +363,20 @@ async def measure(job: DnsJob) -> DnsRecord:
     phase = "query"
     flow: net.UdpFlow | net.StreamConn
     try:
-        if job.transport == "udp":
-            flow = net.UdpFlow(family, addr)
-        else:
-            flow = net.StreamConn(family)
+        flow = net.UdpFlow(family, addr) if job.transport == "udp" else net.StreamConn(family)
         async with flow:
             if isinstance(flow, net.StreamConn):
                 phase = "connect"
-                await flow.connect(addr, t.timeout)
+                async with asyncio.timeout(t.timeout):
+                    await flow.connect(addr)
                 connect_ns = flow.connect_ns
                 if job.transport in ("tls", "https"):
                     phase = "tls"
                     name = t.tls_name or (t.server if not _is_literal(t.server) else job.address)
                     alpn = "dot" if job.transport == "tls" else "http/1.1"
                     ctx = tls_context(t.tls_ca, t.tls_verify, alpn)
-                    await flow.start_tls(ctx, name, t.timeout)
+                    async with asyncio.timeout(t.timeout):
+                        await flow.start_tls(ctx, name)
                     tls_ns = flow.tls_ns
                 phase = "query"
             ex = await _exchange_on(flow, job, query)

@@ -1,0 +1,75 @@
+"""Fixtures: real Knot, NSD and dnsdist on loopback (see tests/servers.py)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+import servers
+
+from probe import net
+from probe.checks.dns import DnsJob
+from probe.config import Target
+
+for tool in ("knotd", "knotc", "nsd", "nsd-control", "dnsdist", "openssl"):
+    if shutil.which(tool) is None:  # pragma: no cover - CI installs them
+        raise RuntimeError(f"{tool} is not installed: run .ci/run, or apt-get install it")
+
+net.warm_up()
+
+
+@pytest.fixture(scope="session")
+def knot() -> Iterator[servers.Knot]:
+    with servers.Knot("knot-fra1", "knot-id-fra1") as k:
+        yield k.start()
+
+
+@pytest.fixture(scope="session")
+def nsd() -> Iterator[servers.Nsd]:
+    with servers.Nsd("nsd-ams1", "nsd-id-ams1") as n:
+        yield n.start()
+
+
+@pytest.fixture(scope="session")
+def backend() -> Iterator[servers.Knot]:
+    """A Knot of its own behind dnsdist, so its query count is dnsdist's traffic only."""
+    with servers.Knot("knot-behind-dnsdist", "knot-id-behind") as k:
+        yield k.start()
+
+
+@pytest.fixture(scope="session")
+def dnsdist(backend: servers.Knot) -> Iterator[servers.Dnsdist]:
+    with servers.Dnsdist("dnsdist", "dnsdist") as d:
+        yield d.start(backend.port)
+
+
+def make_target(**kw: Any) -> Target:
+    spec: dict[str, Any] = {
+        "name": "t",
+        "topology": "anycast",
+        "server": "127.0.0.1",
+        "queries": [{"qname": "example.test", "qtype": "SOA"}],
+        "timeout": 1.0,
+    }
+    spec.update(kw)
+    return msgspec.convert(spec, Target)
+
+
+def make_job(
+    address: str,
+    transport: str = "udp",
+    qname: str = "example.test.",
+    qtype: str = "SOA",
+    **kw: Any,
+) -> DnsJob:
+    kw.setdefault("server", address)
+    kw.setdefault("queries", [{"qname": qname, "qtype": qtype}])
+    return DnsJob(make_target(**kw), address, transport, qname, qtype)
+
+
+@pytest.fixture
+def job_for() -> Callable[..., DnsJob]:
+    return make_job

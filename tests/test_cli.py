@@ -1,0 +1,168 @@
+"""The popwatch-probe command, run as a real process against a real Knot."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import servers
+
+PROBE = [sys.executable, "-m", "probe.cli"]
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PROBE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_once_json_100_records_with_nsid(knot: servers.Knot) -> None:
+    """`once --nsid --count 100 --json` prints 100 wire records with site and kernel stamps."""
+    before = knot.queries()
+    out = run(
+        "once",
+        "--server",
+        f"127.0.0.1:{knot.port}",
+        "--qname",
+        "www.example.test",
+        "--nsid",
+        "--count",
+        "100",
+        "--interval",
+        "0.005",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 100
+    records = [json.loads(line) for line in lines]
+    assert all(r["site"] == "knot-fra1" for r in records)
+    assert all(r["timestamping"] == "kernel" for r in records)
+    assert all(r["kind"] == "dns" and 0 < r["rtt_ms"] < 50 for r in records)
+    assert knot.queries() - before == 100
+
+
+def test_once_table_and_summary(knot: servers.Knot) -> None:
+    """The default output is a table with one row per query and a summary line."""
+    out = run(
+        "once",
+        "--server",
+        f"[::1]:{knot.port}",
+        "--qname",
+        "example.test",
+        "--tcp",
+        "--chaos",
+        "--count",
+        "3",
+        "--interval",
+        "0",
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:4] == ["#", "server", "proto", "rcode"]
+    assert len(lines) == 5
+    assert all("knot-id-fra1" in line and "2026112501" in line for line in lines[1:4])
+    assert lines[4].startswith("3 queries, 3 answered, 0 without answer; rtt_ms min")
+
+
+def test_once_no_answer_exits_1() -> None:
+    """When no query is answered, `once` says so and exits 1."""
+    port = servers.free_port()
+    out = run(
+        "once",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--qname",
+        "example.test",
+        "--count",
+        "2",
+        "--interval",
+        "0",
+    )
+    assert out.returncode == 1
+    assert "NETERR" in out.stdout and "refused: " in out.stdout
+    assert "2 queries, 0 answered, 2 without answer" in out.stdout
+
+
+def test_once_bad_arguments_exit_2() -> None:
+    """Bad arguments are one line on stderr and exit 2."""
+    out = run("once", "--server", "[::1", "--qname", "example.test")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "popwatch-probe once: '[::1': missing ']'"
+    out = run("once", "--server", "127.0.0.1", "--qname", "example.test", "--qtype", "SPF")
+    assert out.returncode == 2 and "invalid choice: 'SPF'" in out.stderr
+
+
+def test_help_teaches() -> None:
+    """--help of each command explains and shows examples."""
+    for cmd in ("once", "run"):
+        out = run(cmd, "--help")
+        assert out.returncode == 0
+        assert "examples:" in out.stdout
+    assert "rtt_ms is the time between" in run("once", "--help").stdout
+
+
+def test_example_command_prints_the_example_config() -> None:
+    """`popwatch-probe example` prints probe/example.yaml."""
+    out = run("example")
+    assert out.returncode == 0
+    assert out.stdout == (Path(__file__).parent.parent / "probe" / "example.yaml").read_text()
+
+
+def test_run_bad_targets_file_is_one_line(tmp_path: Path) -> None:
+    """`run` with an invalid targets file prints one line naming file, key and fault."""
+    bad = Path(__file__).parent / "data" / "config" / "invalid-port.yaml"
+    out = run("run", "--targets", str(bad))
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"popwatch-probe: {bad}: targets[0].port: expected int <= 65535"
+
+
+def test_run_schedules_host_name_per_family_and_stops_on_sigterm(
+    knot: servers.Knot, tmp_path: Path
+) -> None:
+    """`run` resolves a host name to A and AAAA series, measures on schedule, stops cleanly."""
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(
+        f"""targets:
+  - name: by-name
+    topology: anycast
+    server: ns1.example.test
+    port: {knot.port}
+    interval: 1
+    timeout: 0.5
+    transports: [udp, tcp]
+    queries: [{{qname: example.test, qtype: SOA}}]
+"""
+    )
+    conf = tmp_path / "probe.yaml"
+    conf.write_text(f"id: test-probe\nresolver: 127.0.0.1:{knot.port}\n")
+    output = tmp_path / "out.jsonl"
+    before = knot.queries()
+    proc = subprocess.Popen(
+        [*PROBE, "run", "--config", str(conf), "--targets", str(targets), "--output", str(output)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    records = [json.loads(x) for x in output.read_text().splitlines()]
+    series = {(r["server"], r["family"], r["transport"]) for r in records}
+    assert series == {
+        ("127.0.0.1", 4, "udp"),
+        ("127.0.0.1", 4, "tcp"),
+        ("::1", 6, "udp"),
+        ("::1", 6, "tcp"),
+    }
+    per_series = [
+        sum((r["server"], r["transport"]) == (s[0], s[2]) for r in records) for s in series
+    ]
+    assert all(3 <= n <= 4 for n in per_series), per_series  # 1 s interval for 3.5 s
+    assert all(r["rcode"] == "NOERROR" and r["site"] == "knot-fra1" for r in records)
+    # the server saw the measurements plus the A and AAAA lookups of the host name
+    assert knot.queries() - before == len(records) + 2
+    assert "probe test-probe: 1 targets, 4 series" in err
+    assert f"stopped after {len(records)} measurements" in err

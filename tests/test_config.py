@@ -1,0 +1,112 @@
+"""Config and targets files: validated at load, one-line errors naming file, key and fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from probe.config import ConfigError, load_config, load_targets, parse_hostport
+
+DATA = Path(__file__).parent / "data" / "config"
+EXAMPLE = Path(__file__).parent.parent / "probe" / "example.yaml"
+INVALID = sorted(DATA.glob("invalid-*.yaml"))
+
+
+def test_example_config_loads_with_every_key() -> None:
+    """probe/example.yaml loads, and it sets every key that ProbeConfig and Target have."""
+    from probe.config import ProbeConfig, Target
+
+    cfg = load_config(EXAMPLE, env={})
+    assert cfg.id == "probe-fra-1"
+    assert [t.name for t in cfg.targets] == ["anycast-ns", "unicast-ns", "resolver-dot"]
+    text = EXAMPLE.read_text()
+    for field in (*ProbeConfig.__struct_fields__, *Target.__struct_fields__):
+        assert f"\n{field}:" in text or f" {field}:" in text, f"example.yaml lacks {field}"
+
+
+def test_example_targets_defaults() -> None:
+    """Defaults: RD off for authoritative targets, on for resolvers; IP servers pin the family."""
+    cfg = load_config(EXAMPLE, env={})
+    anycast, unicast, resolver = cfg.targets
+    assert anycast.recursion is False and resolver.recursion is True
+    assert anycast.families == [4]  # an IPv4 literal
+    assert unicast.families == [4, 6]  # a host name: both families, separate series
+    assert unicast.identify == "chaos" and unicast.transports == ["udp", "tcp"]
+
+
+@pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
+def test_invalid_targets_file_gives_its_exact_error(path: Path) -> None:
+    """Each invalid file gives exactly the one-line error written on its first line."""
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: ")
+    expected = first.removeprefix("# expect: ").replace("{file}", str(path))
+    with pytest.raises(ConfigError) as info:
+        load_targets(path)
+    assert str(info.value) == expected
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A file that is not there is named with the reason."""
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read: No such file"):
+        load_targets(tmp_path / "nope.yaml")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    """An empty file says so."""
+    p = tmp_path / "empty.yaml"
+    p.write_text("")
+    with pytest.raises(ConfigError, match=r"empty\.yaml: \(top level\): expected a mapping"):
+        load_targets(p)
+
+
+def test_env_overrides_file(tmp_path: Path) -> None:
+    """A POPWATCH_* variable wins over the same key in the file."""
+    targets = tmp_path / "t.yaml"
+    targets.write_text(
+        "targets:\n  - {name: x, topology: unicast, server: 127.0.0.1, queries: [{qname: a}]}\n"
+    )
+    conf = tmp_path / "probe.yaml"
+    conf.write_text("id: from-file\nlog_level: info\n")
+    cfg = load_config(
+        conf,
+        env={
+            "POPWATCH_PROBE_ID": "from-env",
+            "POPWATCH_LOG_LEVEL": "DEBUG",
+            "POPWATCH_TARGETS": str(targets),
+        },
+    )
+    assert cfg.id == "from-env" and cfg.log_level == "debug"
+    assert [t.name for t in cfg.targets] == ["x"]
+
+
+def test_bad_probe_config_key(tmp_path: Path) -> None:
+    """The probe config is checked the same way as targets files."""
+    conf = tmp_path / "probe.yaml"
+    conf.write_text("concurrency: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(conf, env={})
+    assert str(info.value) == f"{conf}: concurrency: expected int >= 1"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("192.0.2.1", ("192.0.2.1", 53)),
+        ("192.0.2.1:5353", ("192.0.2.1", 5353)),
+        ("::1", ("::1", 53)),
+        ("[::1]:5353", ("::1", 5353)),
+        ("ns1.example.net:54", ("ns1.example.net", 54)),
+    ],
+)
+def test_parse_hostport(text: str, expected: tuple[str, int]) -> None:
+    """HOST[:PORT] with IPv6 in brackets."""
+    assert parse_hostport(text, 53) == expected
+
+
+@pytest.mark.parametrize("text", ["[::1", "127.0.0.1:0", "127.0.0.1:x", ":53", "[::1]x"])
+def test_parse_hostport_rejects(text: str) -> None:
+    """Malformed HOST[:PORT] is a ValueError that names the input."""
+    with pytest.raises(ValueError, match="'"):
+        parse_hostport(text, 53)
