@@ -119,10 +119,12 @@ def wire_rtts(packets: list[DnsPacket], qname: str) -> list[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def tcpdump(port: int, path: Path) -> Iterator[None]:
-    """Capture UDP on ``port`` on loopback with nanosecond timestamps."""
+def tcpdump(port: int, path: Path, cpu: int | None = None) -> Iterator[None]:
+    """Capture UDP on ``port`` on loopback with nanosecond timestamps (on core ``cpu``)."""
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     proc = subprocess.Popen(
         [
+            *pin,
             "tcpdump",
             "-i",
             "lo",

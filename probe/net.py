@@ -23,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import select
 import socket
 import ssl
 import struct
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -120,6 +122,66 @@ def _stamp(ancdata: list[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
+class _Reactor:
+    """One epoll set for the probe's short-lived UDP sockets, watched by the event loop.
+
+    asyncio's ``add_reader``/``remove_reader`` cost about 25 µs per socket (it raises and
+    catches a KeyError for every new descriptor); a socket per measurement pays that every
+    time. Here each socket is one ``epoll_ctl`` on a private epoll set whose own descriptor
+    the event loop watches once. Elsewhere than Linux the loop's own methods are used.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._epoll: select.epoll | None = None
+        if hasattr(select, "epoll"):
+            self._epoll = select.epoll()
+            loop.add_reader(self._epoll.fileno(), self._ready)
+
+    def add(self, fd: int, callback: Callable[[], None]) -> None:
+        if self._epoll is None:
+            self._loop.add_reader(fd, callback)
+            return
+        self._callbacks[fd] = callback
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def remove(self, fd: int) -> None:
+        if self._epoll is None:
+            self._loop.remove_reader(fd)
+            return
+        if self._callbacks.pop(fd, None) is not None:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+
+    def _ready(self) -> None:
+        assert self._epoll is not None
+        for fd, _events in self._epoll.poll(0, 1024):
+            callback = self._callbacks.get(fd)
+            if callback is not None:
+                callback()
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+
+
+_reactors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Reactor] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _reactor(loop: asyncio.AbstractEventLoop) -> _Reactor:
+    r = _reactors.get(loop)
+    if r is None:
+        r = _reactors[loop] = _Reactor(loop)
+        # closing the loop closes the epoll set with it
+        weakref.finalize(loop, r.close)
+    return r
+
+
 @dataclass(slots=True, frozen=True)
 class Exchange:
     """One timed query/answer exchange."""
@@ -144,10 +206,10 @@ class _Stamped:
         self._tx: int | None = None
 
     def _drain_errqueue(self) -> None:
-        """Read TX stamps (and nothing else) from the socket's error queue."""
+        """Read TX stamps from the socket's error queue, until one is found or it is empty."""
         if not self.kernel:
             return
-        while True:
+        while self._tx is None:
             try:
                 _, anc, _, _ = self.sock.recvmsg(0, _ANCBUF, socket.MSG_ERRQUEUE)
             except (BlockingIOError, InterruptedError):
@@ -155,9 +217,7 @@ class _Stamped:
             except OSError:
                 # an asynchronous socket error is reported by the next normal recv
                 return
-            stamp = _stamp(anc)
-            if stamp is not None:
-                self._tx = stamp
+            self._tx = _stamp(anc)
 
     def close(self) -> None:
         self.sock.close()
@@ -190,15 +250,18 @@ class UdpFlow(_Stamped):
         except BaseException:
             sock.close()
             raise
-        self.peer = sock.getpeername()[:2]
+        self.peer = addr  # callers give the address in the kernel's (compressed) form
 
-    async def exchange(self, wire: bytes, accept: Callable[[bytes], bool]) -> Exchange:
+    async def exchange(
+        self, wire: bytes, accept: Callable[[bytes], bool], deadline: float
+    ) -> Exchange:
         """Send one datagram and wait for the first answer that ``accept`` takes.
 
         Datagrams that ``accept`` rejects (wrong ID, wrong question) are counted and
-        ignored, as a stub resolver must; the wait goes on until the caller's deadline
-        (``asyncio.timeout``). Raises ``OSError`` (e.g. ``ECONNREFUSED`` after an ICMP
-        port unreachable).
+        ignored, as a stub resolver must; the wait goes on until ``deadline`` (event-loop
+        time), then ``TimeoutError``. Raises ``OSError`` (e.g. ``ECONNREFUSED`` after an
+        ICMP port unreachable). This is the hot path: one timer handle rather than an
+        ``asyncio.timeout`` scope, and no exception on the way of a normal answer.
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[bytes, int | None, int]] = loop.create_future()
@@ -208,7 +271,8 @@ class UdpFlow(_Stamped):
 
         def on_readable() -> None:
             nonlocal ignored
-            self._drain_errqueue()
+            if self._tx is None:
+                self._drain_errqueue()
             while not fut.done():
                 try:
                     data, anc, _flags, src = sock.recvmsg(_MAX_DATAGRAM, _ANCBUF)
@@ -223,8 +287,14 @@ class UdpFlow(_Stamped):
                     continue
                 fut.set_result((data, _stamp(anc), t_user))
 
+        def expire() -> None:
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+
         fd = sock.fileno()
-        loop.add_reader(fd, on_readable)
+        reactor = _reactor(loop)
+        reactor.add(fd, on_readable)
+        timer = loop.call_at(deadline, expire)
         try:
             sent_wall = time.time_ns()
             t_send = time.perf_counter_ns()
@@ -234,7 +304,8 @@ class UdpFlow(_Stamped):
             if rx is not None and self._tx is None:
                 self._drain_errqueue()
         finally:
-            loop.remove_reader(fd)
+            timer.cancel()
+            reactor.remove(fd)
         tx = self._tx
         if self.kernel and rx is not None and tx is not None and rx >= tx:
             return Exchange(data, tx, rx - tx, True, ignored)

@@ -16,7 +16,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 
@@ -37,14 +37,16 @@ def start_offset(probe_id: str, key: str, interval: float) -> float:
     return int.from_bytes(digest, "big") / 2**64 * interval
 
 
-@dataclass(order=True, slots=True)
+@dataclass(slots=True)
 class _Entry(Generic[J]):
-    due: float
-    seq: int
-    base: float = field(compare=False)  # monotonic time of run k=0
-    k: int = field(compare=False)
-    job: J = field(compare=False)
-    alive: bool = field(default=True, compare=False)
+    base: float  # monotonic time of run k=0
+    k: int
+    job: J
+    alive: bool = True
+
+    @property
+    def due(self) -> float:
+        return self.base + self.k * self.job.interval
 
 
 @dataclass(slots=True)
@@ -60,7 +62,8 @@ class Schedule(Generic[J]):
 
     def __init__(self, probe_id: str) -> None:
         self.probe_id = probe_id
-        self._heap: list[_Entry[J]] = []
+        # (due, seq, entry) tuples: compared in C, and seq breaks ties without touching entry
+        self._heap: list[tuple[float, int, _Entry[J]]] = []
         self._by_key: dict[str, _Entry[J]] = {}
         self._seq = itertools.count()
 
@@ -84,32 +87,31 @@ class Schedule(Generic[J]):
             # next wall instant of the form offset + k*interval, mapped to monotonic time
             wall_due = offset + math.ceil((wall_now - offset) / interval) * interval
             base = mono_now + (wall_due - wall_now)
-            entry = _Entry(base, next(self._seq), base, 0, job)
+            entry = _Entry(base, 0, job)
             self._by_key[key] = entry
-            heapq.heappush(self._heap, entry)
-        self._heap = [e for e in self._heap if e.alive]
+            self._heap.append((base, next(self._seq), entry))
+        self._heap = [h for h in self._heap if h[2].alive]
         heapq.heapify(self._heap)
 
     def next_due(self) -> float | None:
-        while self._heap and not self._heap[0].alive:
+        while self._heap and not self._heap[0][2].alive:
             heapq.heappop(self._heap)
-        return self._heap[0].due if self._heap else None
+        return self._heap[0][0] if self._heap else None
 
     def pop_due(self, now: float) -> list[Due[J]]:
         """Every run due at or before ``now``; each series is re-queued for its next run."""
         out: list[Due[J]] = []
-        while self._heap and self._heap[0].due <= now:
-            entry = heapq.heappop(self._heap)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due, _, entry = heapq.heappop(heap)
             if not entry.alive:
                 continue
             interval = entry.job.interval
-            lag = now - entry.due
-            skipped = int(lag // interval)
-            entry.k += skipped
-            due = entry.base + entry.k * interval
+            skipped = int((now - due) // interval)
+            if skipped:
+                entry.k += skipped
+                due = entry.base + entry.k * interval
             out.append(Due(entry.job, due, now - due, skipped))
             entry.k += 1
-            entry.due = entry.base + entry.k * interval
-            entry.seq = next(self._seq)
-            heapq.heappush(self._heap, entry)
+            heapq.heappush(heap, (entry.base + entry.k * interval, next(self._seq), entry))
         return out

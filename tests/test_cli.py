@@ -11,7 +11,8 @@ from pathlib import Path
 
 import servers
 
-PROBE = [sys.executable, "-m", "probe.cli"]
+# the installed console script, next to this interpreter (CI tests the installed code)
+PROBE = [str(Path(sys.executable).parent / "popwatch-probe")]
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -213,8 +213,12 @@ async def test_server_sees_exactly_the_queries_reported(
     job = job_for("127.0.0.1", transport, port=knot.port, qname="www.example.test.", qtype="A")
     before = knot.queries()
     records = [await run_job(job) for _ in range(50)]
-    records += await asyncio.gather(*(run_job(job) for _ in range(50)))
-    assert all(r.rcode == "NOERROR" for r in records)
+    # concurrently too, 10 at a time: Knot's TCP listen backlog is 10, and a SYN it drops
+    # is retransmitted after 1 s, which this test's 1 s timeout would report, rightly, as
+    # a connect TIMEOUT
+    for _ in range(5):
+        records += await asyncio.gather(*(run_job(job) for _ in range(10)))
+    assert [r for r in records if r.rcode != "NOERROR"] == []
     assert knot.queries() - before == len(records) == 100
 
 
@@ -317,8 +321,7 @@ async def test_forged_answer_content_not_taken(job_for: JobFor) -> None:
     try:
         query = _with_id(_template("www.example.test.", "A", False, False, True, 1232, False), 4242)
         async with net.UdpFlow(socket.AF_INET, ("127.0.0.1", spoofer.port)) as flow:
-            async with asyncio.timeout(2.0):
-                ex = await flow.exchange(query, _matcher(query))
+            ex = await flow.exchange(query, _matcher(query), asyncio.get_running_loop().time() + 2)
     finally:
         spoofer.close()
     answer = dns.message.from_wire(ex.data)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import secrets
+import ipaddress
+import random
 import socket
 import ssl
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import dns.edns
@@ -26,7 +27,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from probe import errors, net
+from probe import dnswire, errors, net
 from probe.config import Target, is_ip
 from probe.wire import DnsRecord
 
@@ -35,45 +36,73 @@ _CHAOS_NAMES: Final = ("id.server.", "hostname.bind.")
 _USER_AGENT: Final = "popwatch-probe"
 
 
+_PORT_KEY: Final = {"udp": "port", "tcp": "port", "tls": "tls_port", "https": "doh_port"}
+_PHASES: Final = {"udp": 1, "tcp": 2, "tls": 3, "https": 3}
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class DnsJob:
-    """One series: a target's query, over one transport, to one server address."""
+    """One series: a target's query, over one transport, to one server address.
+
+    Everything that does not change between runs (the query's wire form, the record's
+    constant fields) is worked out here once, so a measurement only patches in an ID.
+    """
 
     target: Target
     address: str  # IP address of the server
     transport: str  # udp | tcp | tls | https
     qname: str
     qtype: str
+    kind: str = field(default="dns", init=False)
+    family: int = field(init=False)  # 4 or 6
+    port: int = field(init=False)
+    key: str = field(init=False)  # stable identity of the series (seeds its start offset)
+    deadline: float = field(init=False)  # outer bound: each phase has ``timeout`` of its own
+    template: bytes = field(init=False)  # the query with ID 0
+    question: tuple[bytes, bytes] = field(init=False)  # (qname lowercased, qtype+qclass)
+    base: dict[str, Any] = field(init=False)  # the record's constant fields
 
-    @property
-    def family(self) -> int:
-        return 6 if ":" in self.address else 4
-
-    @property
-    def port(self) -> int:
+    def __post_init__(self) -> None:
         t = self.target
-        return {"udp": t.port, "tcp": t.port, "tls": t.tls_port, "https": t.doh_port}[
-            self.transport
-        ]
-
-    kind = "dns"
+        setf = object.__setattr__
+        address = ipaddress.ip_address(self.address).compressed  # as the kernel reports it
+        setf(self, "address", address)
+        setf(self, "family", 6 if ":" in address else 4)
+        setf(self, "port", getattr(t, _PORT_KEY[self.transport]))
+        key = f"{t.name}|{address}|{self.transport}|{self.qname}|{self.qtype}"
+        setf(self, "key", key)
+        phases = _PHASES[self.transport] + (2 if t.identify == "chaos" else 0)
+        setf(self, "deadline", t.timeout * phases + 1.0)
+        template = _template(
+            self.qname,
+            self.qtype,
+            t.recursion,
+            t.dnssec,
+            t.edns,
+            t.edns_bufsize,
+            t.identify == "nsid",
+        )
+        setf(self, "template", template)
+        setf(self, "question", _qparts(template))
+        setf(
+            self,
+            "base",
+            {
+                "target": t.name,
+                "server": address,
+                "port": self.port,
+                "transport": self.transport,
+                "qname": self.qname,
+                "qtype": self.qtype,
+                "topology": t.topology,
+                "provider": t.provider or None,
+                "family": self.family,
+            },
+        )
 
     @property
     def interval(self) -> float:
         return self.target.interval
-
-    @property
-    def deadline(self) -> float:
-        """Outer bound for the whole measurement: each phase has ``timeout`` of its own."""
-        phases = {"udp": 1, "tcp": 2, "tls": 3, "https": 3}[self.transport]
-        if self.target.identify == "chaos":
-            phases += 2
-        return self.target.timeout * phases + 1.0
-
-    @property
-    def key(self) -> str:
-        """Stable identity of the series (used to spread start offsets)."""
-        return f"{self.target.name}|{self.address}|{self.transport}|{self.qname}|{self.qtype}"
 
 
 @functools.lru_cache(maxsize=65536)
@@ -101,6 +130,11 @@ def _chaos_template(qname: str) -> bytes:
     msg = dns.message.make_query(qname, dns.rdatatype.TXT, dns.rdataclass.CH, id=0)
     msg.flags = dns.flags.Flag(0)
     return msg.to_wire()
+
+
+# Query IDs: a PRNG seeded from the OS, not a syscall per query (os.urandom costs more
+# than the rest of building a query). Each query also gets a fresh random source port.
+_new_id = functools.partial(random.Random().getrandbits, 16)  # noqa: S311
 
 
 def _with_id(template: bytes, qid: int) -> bytes:
@@ -144,28 +178,6 @@ def _text(raw: bytes) -> str:
     except UnicodeDecodeError:
         return raw.hex()
     return text if text.isprintable() else raw.hex()
-
-
-def _nsid(msg: dns.message.Message) -> str | None:
-    for opt in msg.options:
-        if opt.otype == dns.edns.OptionType.NSID:
-            raw = opt.nsid if isinstance(opt, dns.edns.NSIDOption) else opt.to_wire()
-            return _text(raw) if raw else None
-    return None
-
-
-def _chaos_site(data: bytes) -> str | None:
-    try:
-        msg = dns.message.from_wire(data)
-    except dns.exception.DNSException:
-        return None
-    for rrset in msg.answer:
-        if rrset.rdtype == dns.rdatatype.TXT:
-            for rd in rrset:
-                strings = b"".join(rd.strings)
-                if strings:
-                    return _text(strings)
-    return None
 
 
 @functools.lru_cache(maxsize=256)
@@ -228,27 +240,11 @@ def _http_body(resp: bytes) -> bytes:
     return body
 
 
-class _Answer:
-    """What is read off a DNS answer for the record."""
-
-    __slots__ = ("answers", "rcode", "serial", "site", "truncated", "ttl")
-
-    def __init__(self, data: bytes, qtype: str) -> None:
-        try:
-            msg = dns.message.from_wire(data)
-        except dns.exception.DNSException as exc:
-            raise errors.CheckError(errors.NETERR, "malformed", f"answer: {exc}") from None
-        self.rcode = dns.rcode.to_text(msg.rcode())
-        self.truncated = bool(msg.flags & dns.flags.TC)
-        self.answers = sum(len(r) for r in msg.answer)
-        self.ttl = min((r.ttl for r in msg.answer), default=None)
-        self.serial: int | None = None
-        if qtype == "SOA":
-            for r in msg.answer:
-                if r.rdtype == dns.rdatatype.SOA:
-                    self.serial = r[0].serial
-                    break
-        self.site = _nsid(msg)
+def _read(data: bytes) -> dnswire.Answer:
+    try:
+        return dnswire.parse(data)
+    except dnswire.MalformedAnswer as exc:
+        raise errors.CheckError(errors.NETERR, "malformed", f"answer: {exc}") from None
 
 
 async def _identify_chaos(
@@ -256,24 +252,25 @@ async def _identify_chaos(
 ) -> str | None:
     """Ask the server who it is, on the same flow (same 5-tuple or connection) as the query."""
     for name in _CHAOS_NAMES:
-        query = _with_id(_chaos_template(name), 0 if https else secrets.randbits(16))
+        query = _with_id(_chaos_template(name), 0 if https else _new_id())
         try:
-            data = await _exchange_on(flow, job, query)
+            data = await _exchange_on(flow, job, query, _qparts(query))
         except (errors.CheckError, OSError, TimeoutError, EOFError, ssl.SSLError):
             return None
-        site = _chaos_site(data.data)
-        if site:
-            return site
+        txt = _read(data.data).txt
+        if txt:
+            return _text(txt)
     return None
 
 
 async def _exchange_on(
-    flow: net.UdpFlow | net.StreamConn, job: DnsJob, query: bytes
+    flow: net.UdpFlow | net.StreamConn, job: DnsJob, query: bytes, question: tuple[bytes, bytes]
 ) -> net.Exchange:
     t = job.target
     if isinstance(flow, net.UdpFlow):
-        async with asyncio.timeout(t.timeout):
-            return await flow.exchange(query, _matcher(query))
+        deadline = asyncio.get_running_loop().time() + t.timeout
+        accept = functools.partial(_is_answer, query[:2], *question)
+        return await flow.exchange(query, accept, deadline)
     if job.transport == "https":
         host = t.tls_name or (t.server if not _is_literal(t.server) else _url_host(job.address))
         request = (
@@ -289,7 +286,7 @@ async def _exchange_on(
         async with asyncio.timeout(t.timeout):
             ex = await flow.exchange(struct.pack("!H", len(query)) + query, _tcp_frame)
         data = ex.data[2:]
-    if not _is_answer(query[:2], *_qparts(query), data):
+    if not _is_answer(query[:2], *question, data):
         raise errors.CheckError(errors.NETERR, "malformed", "answer does not match the query")
     return net.Exchange(data, ex.sent_ns, ex.rtt_ns, ex.kernel, ex.ignored)
 
@@ -311,21 +308,6 @@ def _ms(ns: int | None) -> float | None:
     return None if ns is None else round(ns / _NS_PER_MS, 6)
 
 
-def _base(job: DnsJob) -> dict[str, Any]:
-    t = job.target
-    return {
-        "target": t.name,
-        "server": job.address,
-        "port": job.port,
-        "transport": job.transport,
-        "qname": job.qname,
-        "qtype": job.qtype,
-        "topology": t.topology,
-        "provider": t.provider or None,
-        "family": job.family,
-    }
-
-
 def failure(
     job: DnsJob,
     exc: BaseException,
@@ -344,7 +326,7 @@ def failure(
         connect_ms=_ms(connect_ns),
         tls_ms=_ms(tls_ns),
         timestamping="kernel" if net.kernel_timestamping_available() else "user",
-        **_base(job),
+        **job.base,
     )
 
 
@@ -352,19 +334,17 @@ async def measure(job: DnsJob) -> DnsRecord:
     """Time one query of ``job`` and return its record (failures are records too)."""
     t = job.target
     https = job.transport == "https"
-    nsid = t.identify == "nsid"
-    template = _template(job.qname, job.qtype, t.recursion, t.dnssec, t.edns, t.edns_bufsize, nsid)
     # RFC 8484 asks DoH clients for ID 0; elsewhere a fresh random ID per query
-    query = _with_id(template, 0 if https else secrets.randbits(16))
+    query = _with_id(job.template, 0 if https else _new_id())
     family = socket.AF_INET6 if job.family == 6 else socket.AF_INET
     addr = (job.address, job.port)
     started = time.time_ns()
     connect_ns = tls_ns = None
     phase = "query"
-    flow: net.UdpFlow | net.StreamConn
+    flow: net.UdpFlow | net.StreamConn | None = None
     try:
         flow = net.UdpFlow(family, addr) if job.transport == "udp" else net.StreamConn(family)
-        async with flow:
+        try:
             if isinstance(flow, net.StreamConn):
                 phase = "connect"
                 async with asyncio.timeout(t.timeout):
@@ -379,11 +359,13 @@ async def measure(job: DnsJob) -> DnsRecord:
                         await flow.start_tls(ctx, name)
                     tls_ns = flow.tls_ns
                 phase = "query"
-            ex = await _exchange_on(flow, job, query)
-            answer = _Answer(ex.data, job.qtype)
-            site = answer.site
+            ex = await _exchange_on(flow, job, query, job.question)
+            answer = _read(ex.data)
+            site = _text(answer.nsid) if answer.nsid else None
             if t.identify == "chaos":
                 site = await _identify_chaos(flow, job, https)
+        finally:
+            flow.close()
     except Exception as exc:  # every failure is still a measurement
         return failure(job, exc, started, phase=phase, connect_ns=connect_ns, tls_ns=tls_ns)
     return DnsRecord(
@@ -399,5 +381,5 @@ async def measure(job: DnsJob) -> DnsRecord:
         ttl=answer.ttl,
         serial=answer.serial,
         truncated=answer.truncated,
-        **_base(job),
+        **job.base,
     )
