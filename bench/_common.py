@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the real-server launchers live with the tests
+sys.path.insert(0, str(ROOT / "lab"))  # the real-server launchers
 
 import servers  # noqa: E402
 
@@ -130,6 +130,7 @@ def tcpdump(port: int, path: Path, cpu: int | None = None) -> Iterator[None]:
             "lo",
             "-nn",
             "-U",
+            "--immediate-mode",
             "-B",
             "65536",
             "--time-stamp-precision=nano",
@@ -148,7 +149,14 @@ def tcpdump(port: int, path: Path, cpu: int | None = None) -> Iterator[None]:
     try:
         yield
     finally:
-        time.sleep(0.3)
+        # under load tcpdump lags behind the kernel's buffer, and SIGTERM drops what it
+        # has not read yet: wait until the file stops growing
+        size, still = -1, 0
+        while still < 5:
+            time.sleep(0.1)
+            now = path.stat().st_size if path.exists() else 0
+            still = still + 1 if now == size else 0
+            size = now
         proc.terminate()
         _, err = proc.communicate(timeout=10)
         dropped = re.search(rb"(\d+) packets dropped by kernel", err)

@@ -150,7 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--rates", default="2000,4000,5000,6000,7000,8000,10000")
+    ap.add_argument("--rates", default="3000,4000,4500,5000,5500,6000,6500,7000,8000")
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()

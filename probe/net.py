@@ -53,6 +53,7 @@ _FLAGS: Final = (
 _ANCBUF: Final = 256
 _MAX_DATAGRAM: Final = 65535
 _SUPPORTED: Final = sys.platform == "linux"
+_NONBLOCK: Final = getattr(socket, "SOCK_NONBLOCK", 0)  # saves a syscall per socket
 
 _keeper: socket.socket | None = None
 
@@ -242,9 +243,10 @@ class UdpFlow(_Stamped):
     """
 
     def __init__(self, family: socket.AddressFamily, addr: tuple[str, int]) -> None:
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = socket.socket(family, socket.SOCK_DGRAM | _NONBLOCK)
         try:
-            sock.setblocking(False)
+            if not _NONBLOCK:
+                sock.setblocking(False)
             super().__init__(sock)
             sock.connect(addr)
         except BaseException:

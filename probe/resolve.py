@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-import aiodns
-
 from probe.config import is_ip
 
 log = logging.getLogger("popwatch.probe.resolve")
@@ -33,6 +31,8 @@ async def resolve(
     if is_ip(host):
         fam = 6 if ":" in host else 4
         return [(fam, host)] if fam in families else []
+    import aiodns  # only a probe with host-name servers pays for c-ares (a few MB of RSS)
+
     servers = [nameserver] if nameserver else None
     out: list[tuple[int, str]] = []
     problems: list[str] = []

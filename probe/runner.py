@@ -177,7 +177,13 @@ class Prober:
                 while self._in_flight >= self.cfg.concurrency:  # bounded concurrency
                     self._slot_free.clear()
                     await self._slot_free.wait()
-                self._report_lag(max(0.0, loop.time() - due.due), due.skipped)
+                lag = max(0.0, loop.time() - due.due)
+                if lag >= due.job.interval:
+                    # it waited a whole interval for a slot: the next run is due already,
+                    # so this one is skipped (and counted), not run stale
+                    self._report_lag(lag, due.skipped + 1)
+                    continue
+                self._report_lag(lag, due.skipped)
                 self._in_flight += 1
                 tg.create_task(self._measure(due.job))
                 if stop.is_set():

@@ -1,4 +1,4 @@
-"""Fixtures: real Knot, NSD and dnsdist on loopback (see tests/servers.py)."""
+"""Fixtures: real Knot, NSD and dnsdist on loopback (see lab/servers.py)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,12 @@
-"""Real DNS servers on loopback for tests and benchmarks: Knot, NSD and dnsdist.
+"""Real DNS servers on loopback for tests, benchmarks and trying the probe by hand.
 
-Each server runs from Debian's package in a temporary directory on free ports, with its
-own NSID and CHAOS identity, and can say how many queries it has answered (counted on the
-server side, so tests can hold the probe to "one measurement, one query").
+Each server runs from Debian's package (knot, nsd, dnsdist) in a temporary directory on
+free ports, with its own NSID and CHAOS identity, and can say how many queries it has
+answered (counted on the server side, so tests can hold the probe to "one measurement,
+one query").
+
+By hand: ``python lab/servers.py knot --port 5300`` serves example.test on 127.0.0.1 and
+[::1] until Ctrl-C (also ``nsd``, and ``dnsdist`` for DoT/DoH in front of a Knot).
 """
 
 from __future__ import annotations
@@ -84,11 +88,11 @@ class Server:
 
     name = "server"
 
-    def __init__(self, nsid: str, identity: str) -> None:
+    def __init__(self, nsid: str, identity: str, port: int | None = None) -> None:
         self.nsid = nsid
         self.identity = identity
         self.dir = Path(tempfile.mkdtemp(prefix=f"popwatch-{self.name}-"))
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _start(self, argv: list[str]) -> None:
@@ -317,3 +321,41 @@ class Dnsdist(Server):
 def knot(nsid: str = "knot-fra1", identity: str = "knot-id-fra1") -> Iterator[Knot]:
     with Knot(nsid, identity) as k:
         yield k.start()
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        description="Serve example.test on loopback with a real Knot, NSD or dnsdist+Knot "
+        "until Ctrl-C, for trying popwatch-probe by hand."
+    )
+    ap.add_argument("server", choices=["knot", "nsd", "dnsdist"])
+    ap.add_argument("--port", type=int, help="UDP/TCP port (default: a free one)")
+    ap.add_argument("--nsid", default="lab-fra1", help="NSID the server reports")
+    args = ap.parse_args()
+    with contextlib.ExitStack() as stack:
+        if args.server == "dnsdist":
+            backend = stack.enter_context(Knot(args.nsid, f"id-{args.nsid}")).start()
+            d = stack.enter_context(Dnsdist(args.nsid, args.nsid, args.port)).start(backend.port)
+            print(
+                f"dnsdist in front of Knot (NSID {args.nsid}): udp/tcp 127.0.0.1:{d.port}, "
+                f"DoT 127.0.0.1:{d.dot_port}, DoH https://127.0.0.1:{d.doh_port}/dns-query, "
+                f"CA {d.cert}",
+                flush=True,
+            )
+        else:
+            cls = Knot if args.server == "knot" else Nsd
+            srv = stack.enter_context(cls(args.nsid, f"id-{args.nsid}", args.port)).start()
+            print(
+                f"{args.server} serving {ZONE} on 127.0.0.1:{srv.port} and [::1]:{srv.port} "
+                f"(NSID {args.nsid}, id.server id-{args.nsid}); Ctrl-C to stop",
+                flush=True,
+            )
+        stop = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        signal.sigwait(stop)
+
+
+if __name__ == "__main__":
+    main()

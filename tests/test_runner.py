@@ -1,0 +1,103 @@
+"""The runner and scheduler together, in-process, against real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+import servers
+
+from probe import metrics
+from probe.config import ProbeConfig, Target
+from probe.runner import Prober
+from probe.wire import DnsRecord
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[DnsRecord] = []
+
+    def write(self, record: DnsRecord) -> None:
+        self.records.append(record)
+
+    def flush(self) -> None:
+        pass
+
+
+def target(name: str, port: int, **kw: object) -> Target:
+    spec = {
+        "name": name,
+        "topology": "unicast",
+        "server": "127.0.0.1",
+        "port": port,
+        "queries": [{"qname": "example.test", "qtype": "SOA"}],
+        **kw,
+    }
+    return msgspec.convert(spec, Target)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A UDP port that takes queries and never answers."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    yield s.getsockname()[1]
+    s.close()
+
+
+async def test_overload_is_reported_not_hidden(
+    black_hole: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With too little concurrency the probe logs its lag and counts skipped runs.
+
+    Three series each need a slot for 0.8 s every second, with one slot: the probe
+    cannot keep up, and must say so rather than quietly run each series less often.
+    """
+    cfg = ProbeConfig(
+        id="overload",
+        concurrency=1,
+        targets=[target(f"t{i}", black_hole, interval=1, timeout=0.8) for i in range(3)],
+    )
+    sink = ListSink()
+    prober = Prober(cfg, sink)
+    prober.LOG_EVERY_S = 1.0
+    skipped_before = metrics.SKIPPED._value.get()
+    stop = asyncio.Event()
+    caplog.set_level(logging.WARNING, logger="popwatch.probe")
+    task = asyncio.create_task(prober.run(stop))
+    await asyncio.sleep(5)
+    stop.set()
+    await task
+    assert all(r.rcode == "TIMEOUT" for r in sink.records)
+    assert 4 <= len(sink.records) <= 7  # one slot, 0.8 s each: about 6 in 5 s, not 15
+    assert metrics.SKIPPED._value.get() - skipped_before >= 3
+    assert any(
+        "behind schedule" in r.getMessage() and "runs were skipped" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_every_series_runs_on_time_when_not_overloaded(knot: servers.Knot) -> None:
+    """Thirty 1-second series for 3.5 s: each runs 3 or 4 times, all answered."""
+    cfg = ProbeConfig(
+        id="on-time",
+        targets=[target(f"t{i}", knot.port, interval=1, timeout=0.5) for i in range(30)],
+    )
+    sink = ListSink()
+    before = knot.queries()
+    stop = asyncio.Event()
+    task = asyncio.create_task(Prober(cfg, sink).run(stop))
+    await asyncio.sleep(3.5)
+    stop.set()
+    await task
+    per = {}
+    for r in sink.records:
+        per[r.target] = per.get(r.target, 0) + 1
+    assert len(per) == 30
+    assert all(3 <= n <= 4 for n in per.values()), per
+    assert all(r.rcode == "NOERROR" and r.site == "knot-fra1" for r in sink.records)
+    assert knot.queries() - before == len(sink.records)
