@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import servers
@@ -138,7 +140,11 @@ def test_run_schedules_host_name_per_family_and_stops_on_sigterm(
 """
     )
     conf = tmp_path / "probe.yaml"
-    conf.write_text(f"id: test-probe\nresolver: 127.0.0.1:{knot.port}\n")
+    metrics_port = servers.free_port(socket.SOCK_STREAM)
+    conf.write_text(
+        f"id: test-probe\nresolver: 127.0.0.1:{knot.port}\n"
+        f"metrics_listen: 127.0.0.1:{metrics_port}\n"
+    )
     output = tmp_path / "out.jsonl"
     before = knot.queries()
     proc = subprocess.Popen(
@@ -147,6 +153,7 @@ def test_run_schedules_host_name_per_family_and_stops_on_sigterm(
         text=True,
     )
     time.sleep(3.5)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
@@ -166,4 +173,9 @@ def test_run_schedules_host_name_per_family_and_stops_on_sigterm(
     # the server saw the measurements plus the A and AAAA lookups of the host name
     assert knot.queries() - before == len(records) + 2
     assert "probe test-probe: 1 targets, 4 series" in err
+    assert (
+        'popwatch_probe_measurements_total{kind="dns",rcode="NOERROR",transport="udp"}' in metrics
+    )
+    assert "popwatch_probe_series 4.0" in metrics
+    assert "popwatch_probe_schedule_lag_seconds_bucket" in metrics
     assert f"stopped after {len(records)} measurements" in err
