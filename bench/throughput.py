@@ -26,21 +26,10 @@ from accuracy import errors_us
 
 from probe import metrics, net
 from probe.config import ProbeConfig, Target
+from probe.output import MemorySink
 from probe.runner import Prober
-from probe.wire import DnsRecord
 
 QNAME = "www.example.test."
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list[DnsRecord] = []
-
-    def write(self, record: DnsRecord) -> None:
-        self.records.append(record)
-
-    def flush(self) -> None:
-        pass
 
 
 def config(port: int, rate: int) -> ProbeConfig:
@@ -62,8 +51,8 @@ def config(port: int, rate: int) -> ProbeConfig:
     return ProbeConfig(id="bench", concurrency=4096, targets=targets)
 
 
-async def drive(cfg: ProbeConfig, seconds: float) -> tuple[ListSink, float, float]:
-    sink = ListSink()
+async def drive(cfg: ProbeConfig, seconds: float) -> tuple[MemorySink, float, float]:
+    sink = MemorySink()
     prober = Prober(cfg, sink)
     stop = asyncio.Event()
     task = asyncio.create_task(prober.run(stop))

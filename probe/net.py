@@ -32,8 +32,9 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
+
+from probe.resources import AsyncClosing
 
 # <linux/net_tstamp.h>; SO_TIMESTAMPING(_OLD) is 37 on every Linux architecture Python runs
 # on except a few old ones (parisc, sparc, alpha) that we do not support for kernel stamps.
@@ -198,7 +199,7 @@ class Exchange:
     ignored: int = 0
 
 
-class _Stamped:
+class _Stamped(AsyncClosing):
     """Shared parts of a timestamped socket: error-queue draining and readiness waits."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -222,17 +223,6 @@ class _Stamped:
 
     def close(self) -> None:
         self.sock.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class UdpFlow(_Stamped):

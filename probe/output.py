@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
+from probe.resources import AsyncClosing
 from probe.wire import Measurement, encode
 
 
-class JsonLinesOutput:
+class JsonLinesOutput(AsyncClosing):
     """One wire record per line. ``"-"`` is standard output; a path is appended to."""
 
     def __init__(self, target: str) -> None:
@@ -30,13 +30,15 @@ class JsonLinesOutput:
         if self._own:
             self._fh.close()
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+class MemorySink:
+    """Keeps records in a list (for embedding the probe, tests and benchmarks)."""
+
+    def __init__(self) -> None:
+        self.records: list[Measurement] = []
+
+    def write(self, record: Measurement) -> None:
+        self.records.append(record)
+
+    def flush(self) -> None:
+        pass

@@ -13,19 +13,8 @@ import servers
 
 from probe import metrics
 from probe.config import ProbeConfig, Target
+from probe.output import MemorySink
 from probe.runner import Prober
-from probe.wire import DnsRecord
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list[DnsRecord] = []
-
-    def write(self, record: DnsRecord) -> None:
-        self.records.append(record)
-
-    def flush(self) -> None:
-        pass
 
 
 def target(name: str, port: int, **kw: object) -> Target:
@@ -62,7 +51,7 @@ async def test_overload_is_reported_not_hidden(
         concurrency=1,
         targets=[target(f"t{i}", black_hole, interval=1, timeout=0.8) for i in range(3)],
     )
-    sink = ListSink()
+    sink = MemorySink()
     prober = Prober(cfg, sink)
     prober.LOG_EVERY_S = 1.0
     skipped_before = metrics.SKIPPED._value.get()
@@ -89,7 +78,7 @@ async def test_every_series_runs_on_time_when_not_overloaded(knot: servers.Knot)
         id="on-time",
         targets=[target(f"t{i}", knot.port, interval=1, timeout=0.5) for i in range(30)],
     )
-    sink = ListSink()
+    sink = MemorySink()
     before = knot.queries()
     stop = asyncio.Event()
     task = asyncio.create_task(Prober(cfg, sink).run(stop))
@@ -127,7 +116,7 @@ async def test_re_resolution_follows_a_changed_address() -> None:
                 )
             ],
         )
-        sink = ListSink()
+        sink = MemorySink()
         prober = Prober(cfg, sink)
         stop = asyncio.Event()
         task = asyncio.create_task(prober.run(stop))

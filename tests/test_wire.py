@@ -13,6 +13,18 @@ from hypothesis import strategies as st
 from probe.wire import SCHEMA_VERSION, Batch, DnsRecord, decode_batch, decode_record, encode
 
 WIRE = Path(__file__).parent / "data" / "wire"
+VALID = {
+    "kind": "dns",
+    "ts": 1,
+    "target": "t",
+    "server": "s",
+    "port": 53,
+    "transport": "udp",
+    "qname": "a.",
+    "qtype": "A",
+    "rcode": "NOERROR",
+    "timestamping": "kernel",
+}
 
 
 @pytest.mark.parametrize("path", sorted(WIRE.glob("v*.json")), ids=lambda p: p.name)
@@ -69,19 +81,7 @@ def test_absent_fields_are_absent_not_zero() -> None:
 )
 def test_invalid_record_names_the_field(patch: dict[str, object], where: str) -> None:
     """A bad record is refused with the path of the bad field."""
-    base = {
-        "kind": "dns",
-        "ts": 1,
-        "target": "t",
-        "server": "s",
-        "port": 53,
-        "transport": "udp",
-        "qname": "a.",
-        "qtype": "A",
-        "rcode": "NOERROR",
-        "timestamping": "kernel",
-    }
-    base.update(patch)
+    base = {**VALID, **patch}
     with pytest.raises(msgspec.ValidationError, match=rf"at `\{where}`"):
         decode_record(msgspec.json.encode(base))
 
@@ -90,22 +90,7 @@ def test_nan_is_not_a_number_on_the_wire() -> None:
     """NaN and infinity are refused, never stored as a latency."""
     for bad in (math.nan, math.inf):
         with pytest.raises(msgspec.ValidationError):
-            msgspec.convert(
-                {
-                    "kind": "dns",
-                    "ts": 1,
-                    "target": "t",
-                    "server": "s",
-                    "port": 53,
-                    "transport": "udp",
-                    "qname": "a.",
-                    "qtype": "A",
-                    "rcode": "NOERROR",
-                    "timestamping": "kernel",
-                    "rtt_ms": bad,
-                },
-                DnsRecord,
-            )
+            msgspec.convert({**VALID, "rtt_ms": bad}, DnsRecord)
 
 
 @given(st.floats(min_value=0, max_value=3_600_000), st.integers(min_value=1, max_value=2**63 - 1))
