@@ -126,8 +126,8 @@ class Knot(Server):
 
     name = "knot"
 
-    def start(self) -> Knot:
-        (self.dir / "example.test.zone").write_text(ZONE_TEXT)
+    def start(self, extra_records: str = "") -> Knot:
+        (self.dir / "example.test.zone").write_text(ZONE_TEXT + extra_records)
         (self.dir / "knot.conf").write_text(
             f"""
 server:
@@ -245,9 +245,15 @@ zone:
         return int(m.group(1))
 
 
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate for localhost, 127.0.0.1 and ::1."""
+def make_cert(
+    directory: Path, names: list[str] | None = None, ips: list[str] | None = None
+) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate (2 days) for localhost, 127.0.0.1, ::1 and more."""
     cert, key = directory / "cert.pem", directory / "key.pem"
+    san = ",".join(
+        [f"DNS:{n}" for n in ["localhost", *(names or [])]]
+        + [f"IP:{a}" for a in ["127.0.0.1", "::1", *(ips or [])]]
+    )
     subprocess.run(
         [
             "openssl",
@@ -263,7 +269,7 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
             "-subj",
             "/CN=localhost",
             "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+            f"subjectAltName={san}",
             "-keyout",
             str(key),
             "-out",

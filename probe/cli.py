@@ -18,11 +18,20 @@ import msgspec
 
 from probe import __version__, net
 from probe.checks.dns import DnsJob
-from probe.config import QTYPES, ConfigError, Target, load_config, load_targets, parse_hostport
+from probe.checks.http import HttpJob
+from probe.config import (
+    QTYPES,
+    ConfigError,
+    HttpTarget,
+    Target,
+    load_config,
+    load_targets,
+    parse_hostport,
+)
 from probe.output import JsonLinesOutput
 from probe.resolve import ResolveError, resolve
 from probe.runner import Prober, run_job
-from probe.wire import DnsRecord, encode
+from probe.wire import DnsRecord, HttpRecord, encode
 
 log = logging.getLogger("popwatch.probe")
 
@@ -34,6 +43,11 @@ examples:
   popwatch-probe once --server 192.0.2.53 --qname example.com --tls --tls-name dns.example.net
   popwatch-probe once --https https://dns.example.net/dns-query --qname example.com --rd
   popwatch-probe once --server 127.0.0.1:5300 --qname www.example.test --count 100 --json
+  popwatch-probe once --https https://www.example.com/ --resolver 192.0.2.53 --count 5
+
+With --https URL and no --qname, `once` fetches the page and prints its phases (dns,
+connect, tls, ttfb, total) and DNS's share of the time to first byte; with --qname it
+sends DNS queries over HTTPS (DoH) to that URL.
 
 rtt_ms is the time between the query leaving and the answer arriving as the kernel saw
 them (timestamping "kernel"), or perf_counter around send/recv where the kernel cannot
@@ -196,6 +210,7 @@ async def _once(args: argparse.Namespace) -> int:
         if delay > 0:
             await asyncio.sleep(delay)
         record = await run_job(job)
+        assert isinstance(record, DnsRecord)
         records.append(record)
         if args.json:
             sys.stdout.buffer.write(encode(record) + b"\n")
@@ -205,6 +220,111 @@ async def _once(args: argparse.Namespace) -> int:
     if not args.json:
         print(_summary(records))
     return 0 if any(r.rtt_ms is not None for r in records) else 1
+
+
+_HTTP_COLS = (
+    "#",
+    "ip",
+    "status",
+    "dns_ms",
+    "conn_ms",
+    "tls_ms",
+    "ttfb_ms",
+    "total_ms",
+    "bytes",
+    "redir",
+    "error",
+)
+_HTTP_WIDTHS = (4, 16, 6, 9, 9, 9, 9, 9, 8, 5, 0)
+
+
+def _print_http_row(cells: Sequence[str]) -> None:
+    print(
+        "  ".join(c.ljust(w) for c, w in zip(cells, _HTTP_WIDTHS, strict=True)).rstrip(), flush=True
+    )
+
+
+def _http_row(i: int, r: HttpRecord) -> list[str]:
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    return [
+        str(i),
+        r.ip or "-",
+        "-" if r.status is None else str(r.status),
+        f(r.dns_ms),
+        f(r.connect_ms),
+        f(r.tls_ms),
+        f(r.ttfb_ms),
+        f(r.total_ms),
+        "-" if r.bytes is None else str(r.bytes),
+        "-" if r.redirects is None else str(r.redirects),
+        r.error or "",
+    ]
+
+
+def _http_summary(records: list[HttpRecord]) -> str:
+    ok = [r for r in records if r.error is None]
+    line = f"{len(records)} fetches, {len(ok)} ok, {len(records) - len(ok)} failed"
+    done = [r for r in ok if r.ttfb_ms is not None]
+    if done:
+
+        def med(name: str) -> float:
+            return statistics.median(getattr(r, name) or 0.0 for r in done)
+
+        to_first_byte = med("dns_ms") + med("connect_ms") + med("tls_ms") + med("ttfb_ms")
+        line += (
+            f"; median ms: dns {med('dns_ms'):.3f} connect {med('connect_ms'):.3f} "
+            f"tls {med('tls_ms'):.3f} ttfb {med('ttfb_ms'):.3f} total {med('total_ms'):.3f}"
+        )
+        if to_first_byte > 0:
+            line += f"; DNS is {100 * med('dns_ms') / to_first_byte:.1f}% of time to first byte"
+    return line
+
+
+async def _once_http(args: argparse.Namespace) -> int:
+    spec: dict[str, Any] = {
+        "kind": "http",
+        "name": "once",
+        "topology": "unicast",
+        "url": args.https,
+        "method": args.method,
+        "expect_status": args.expect or [],
+        "body_regex": args.body_regex,
+        "follow_redirects": not args.no_redirects,
+        "max_redirects": args.max_redirects,
+        "interval": max(args.interval, args.timeout + 0.001, 1.0),
+        "timeout": args.timeout,
+        "family": 4 if args.ipv4 else 6 if args.ipv6 else None,
+        "resolver": args.resolver,
+        "tls_ca": args.tls_ca,
+        "tls_verify": not args.insecure,
+    }
+    try:
+        target = msgspec.convert(spec, HttpTarget)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc).split(" - at ")[0]) from None
+    job = HttpJob(target)
+    if not args.json:
+        _print_http_row(_HTTP_COLS)
+    records: list[HttpRecord] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(args.count):
+        delay = start + i * args.interval - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        record = await run_job(job)
+        assert isinstance(record, HttpRecord)
+        records.append(record)
+        if args.json:
+            sys.stdout.buffer.write(encode(record) + b"\n")
+            sys.stdout.buffer.flush()
+        else:
+            _print_http_row(_http_row(i + 1, record))
+    if not args.json:
+        print(_http_summary(records))
+    return 0 if any(r.error is None for r in records) else 1
 
 
 # --------------------------------------------------------------------------- run
@@ -269,14 +389,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST[:PORT]",
         help="server IP or host name; [v6]:PORT for a port with IPv6",
     )
-    once.add_argument("--qname", required=True, help="name to query, e.g. example.com")
+    once.add_argument(
+        "--qname",
+        help="name to query, e.g. example.com (omit with --https URL to fetch the page instead)",
+    )
     once.add_argument(
         "--qtype", default="SOA", type=str.upper, choices=QTYPES, help="query type (default SOA)"
     )
     proto = once.add_mutually_exclusive_group()
     proto.add_argument("--tcp", action="store_true", help="DNS over TCP (default UDP)")
     proto.add_argument("--tls", action="store_true", help="DNS over TLS (default port 853)")
-    proto.add_argument("--https", metavar="URL", help="DNS over HTTPS to URL (HTTP/1.1 POST)")
+    proto.add_argument(
+        "--https",
+        metavar="URL",
+        help="with --qname: DNS over HTTPS to URL (HTTP/1.1 POST); without: "
+        "fetch URL and time its phases",
+    )
     ident = once.add_mutually_exclusive_group()
     ident.add_argument(
         "--nsid", action="store_true", help="ask for NSID on the timed query itself (site = NSID)"
@@ -306,6 +434,23 @@ def build_parser() -> argparse.ArgumentParser:
     fam = once.add_mutually_exclusive_group()
     fam.add_argument("-4", dest="ipv4", action="store_true", help="use IPv4 only")
     fam.add_argument("-6", dest="ipv6", action="store_true", help="use IPv6 only")
+    web = once.add_argument_group("page fetches (--https URL without --qname)")
+    web.add_argument(
+        "--resolver",
+        metavar="IP[:PORT]",
+        help="resolver or nameserver for the DNS phase (default: the system's)",
+    )
+    web.add_argument("--method", default="GET", type=str.upper, choices=["GET", "HEAD"])
+    web.add_argument(
+        "--expect",
+        type=int,
+        action="append",
+        metavar="STATUS",
+        help="a status that counts as success (repeat it; default any 2xx)",
+    )
+    web.add_argument("--body-regex", metavar="RE", help="the body must match this")
+    web.add_argument("--no-redirects", action="store_true", help="do not follow redirects")
+    web.add_argument("--max-redirects", type=int, default=10, help="(default 10)")
     once.add_argument(
         "--json", action="store_true", help="print one wire record per line (what `run` would ship)"
     )
@@ -342,6 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error("--count must be at least 1")
             if args.interval < 0 or args.timeout <= 0:
                 parser.error("--interval must be >= 0 and --timeout > 0")
+            if args.https and not args.qname:
+                return asyncio.run(_once_http(args))
+            if not args.qname:
+                parser.error("--qname is required (or --https URL to fetch a page)")
             return asyncio.run(_once(args))
         return asyncio.run(_run(args))
     except ConfigError as exc:

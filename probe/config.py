@@ -49,8 +49,18 @@ class Query(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
         msgspec.structs.force_setattr(self, "qname", name.to_text())
 
 
-class Target(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """One nameserver (or resolver) to measure, with the queries to time against it."""
+class Target(
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    frozen=True,
+    kw_only=True,
+    tag="dns",
+    tag_field="kind",
+):
+    """One nameserver (or resolver) to measure, with the queries to time against it.
+
+    ``kind: dns`` (the default when a target has no ``kind``).
+    """
 
     name: Name
     topology: Literal["unicast", "anycast", "resolver"]
@@ -104,6 +114,57 @@ class Target(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
         return bool(self.rd)
 
 
+class HttpTarget(
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    frozen=True,
+    kw_only=True,
+    tag="http",
+    tag_field="kind",
+):
+    """A web site to fetch (``kind: http``): TTFB by phase, DNS included."""
+
+    name: Name
+    topology: Literal["unicast", "anycast", "resolver"]  # the DNS behind the site
+    url: str  # http:// or https://
+    provider: str = ""
+    method: Literal["GET", "HEAD"] = "GET"
+    # statuses that count as success (of the last hop); empty: any 2xx
+    expect_status: list[Annotated[int, msgspec.Meta(ge=100, le=599)]] = msgspec.field(
+        default_factory=list
+    )
+    body_regex: str | None = None  # the body must match (searched, not anchored)
+    follow_redirects: bool = True
+    max_redirects: Annotated[int, msgspec.Meta(ge=0, le=30)] = 10
+    interval: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 60.0
+    timeout: Seconds = 5.0  # per phase: dns, connect, tls, ttfb, body
+    family: Literal[4, 6] | None = None  # connect over IPv4 or IPv6 only; unset: either
+    resolver: str | None = None  # "IP[:PORT]" for the DNS phase; the system's if unset
+    tls_ca: str | None = None
+    tls_verify: bool = True
+
+    def __post_init__(self) -> None:
+        import urllib.parse
+
+        url = urllib.parse.urlsplit(self.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"url {self.url!r} must be http:// or https:// with a host")
+        if self.body_regex is not None:
+            try:
+                re.compile(self.body_regex)
+            except re.error as exc:
+                raise ValueError(f"body_regex {self.body_regex!r}: {exc}") from None
+        if self.timeout >= self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) must be shorter than interval ({self.interval:g}s)"
+            )
+        if self.resolver is not None:
+            parse_hostport(self.resolver, 53)
+
+
+AnyTarget = Target | HttpTarget
+
+
 class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The probe's own settings. Every key has a default; see ``probe/example.yaml``."""
 
@@ -115,11 +176,20 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     resolver: str | None = None  # "IP[:PORT]" for host-name lookups; the system's if unset
     metrics_listen: str | None = None  # "host:port" for /metrics; off if unset
     targets_file: str | None = None  # a targets file; its list is added to ``targets``
-    targets: list[Target] = msgspec.field(default_factory=list)
+    targets: list[AnyTarget] = msgspec.field(default_factory=list)
 
 
 class TargetsFile(msgspec.Struct, forbid_unknown_fields=True):
-    targets: list[Target]
+    targets: list[AnyTarget]
+
+
+def _default_kind(data: dict[str, Any]) -> None:
+    """A target without ``kind`` is a DNS target."""
+    targets = data.get("targets")
+    if isinstance(targets, list):
+        for item in targets:
+            if isinstance(item, dict):
+                item.setdefault("kind", "dns")
 
 
 def _default_id() -> str:
@@ -178,7 +248,7 @@ def _read_yaml(path: Path) -> Any:
     return data
 
 
-def _check_unique(file: str, targets: list[Target], key: str = "targets") -> None:
+def _check_unique(file: str, targets: list[AnyTarget], key: str = "targets") -> None:
     seen: dict[str, int] = {}
     for i, t in enumerate(targets):
         if t.name in seen:
@@ -188,10 +258,11 @@ def _check_unique(file: str, targets: list[Target], key: str = "targets") -> Non
         seen[t.name] = i
 
 
-def load_targets(path: str | os.PathLike[str]) -> list[Target]:
+def load_targets(path: str | os.PathLike[str]) -> list[AnyTarget]:
     """Load a targets file (a mapping with one key, ``targets``)."""
     p = Path(path)
     data = _read_yaml(p)
+    _default_kind(data)
     try:
         parsed = msgspec.convert(data, TargetsFile, strict=False)
     except msgspec.ValidationError as exc:
@@ -219,6 +290,7 @@ def load_config(
         data["log_level"] = env["POPWATCH_LOG_LEVEL"].lower()
     if "POPWATCH_PROBE_ID" in env:
         data["id"] = env["POPWATCH_PROBE_ID"]
+    _default_kind(data)
     try:
         cfg = msgspec.convert(data, ProbeConfig, strict=False)
     except msgspec.ValidationError as exc:

@@ -35,6 +35,62 @@ ERROR_KINDS: Final = frozenset(
 )
 
 
+MAX_DETAIL: Final = 200
+
+
+def _short(detail: str) -> str:
+    """One line of at most MAX_DETAIL characters: details quote servers, which can ramble."""
+    detail = " ".join(detail.split())
+    return detail if len(detail) <= MAX_DETAIL else detail[: MAX_DETAIL - 1] + "…"
+
+
+#: every ``kind`` an http record's ``error`` may start with: the phase that failed
+HTTP_ERROR_KINDS: Final = frozenset(
+    {
+        "dns",  # the host name did not resolve (or the resolver timed out)
+        "connect",  # TCP connect refused, unreachable or timed out
+        "tls",  # TLS handshake or certificate failure
+        "timeout",  # the server took too long to answer or to send the body
+        "status",  # an HTTP status outside the expected ones
+        "body",  # the body did not match the expected regex, or was cut short
+        "http",  # not a valid HTTP response, or too many redirects
+    }
+)
+
+
+class HttpCheckError(Exception):
+    """An HTTP fetch that failed; ``error`` is ``"<phase>: <detail>"``."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        assert kind in HTTP_ERROR_KINDS, kind
+        self.kind = kind
+        self.detail = _short(detail)
+        super().__init__(self.error)
+
+    @property
+    def error(self) -> str:
+        return f"{self.kind}: {self.detail}" if self.detail else self.kind
+
+
+def classify_http(exc: BaseException, phase: str) -> HttpCheckError:
+    """Map an exception raised during phase ``phase`` of an HTTP fetch."""
+    if isinstance(exc, HttpCheckError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        kind = phase if phase in ("dns", "connect", "tls") else "timeout"
+        return HttpCheckError(kind, f"{phase} timed out")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return HttpCheckError("tls", f"certificate: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLError):
+        return HttpCheckError("tls", str(exc.reason or exc))
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        kind = phase if phase in ("dns", "connect", "tls") else "http"
+        return HttpCheckError(kind, f"{name} {exc.strerror or ''}".rstrip())
+    kind = phase if phase in HTTP_ERROR_KINDS else "http"
+    return HttpCheckError(kind, f"{type(exc).__name__}: {exc}".rstrip(": "))
+
+
 class CheckError(Exception):
     """A measurement that ended without a DNS answer (or with an unusable one)."""
 
@@ -43,7 +99,7 @@ class CheckError(Exception):
         assert kind in ERROR_KINDS, kind
         self.rcode = rcode
         self.kind = kind
-        self.detail = detail
+        self.detail = _short(detail)
         super().__init__(self.error)
 
     @property

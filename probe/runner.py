@@ -15,15 +15,23 @@ from typing import Any, Protocol
 
 from probe import metrics, net
 from probe.checks import dns as dns_check
+from probe.checks import http as http_check
 from probe.checks.dns import DnsJob
-from probe.config import ProbeConfig, Target
+from probe.checks.http import HttpJob
+from probe.config import AnyTarget, HttpTarget, ProbeConfig, Target
 from probe.resolve import ResolveError, resolve
 from probe.scheduler import Schedule
-from probe.wire import Measurement
+from probe.wire import DnsRecord, Measurement
 
 log = logging.getLogger("popwatch.probe")
 
-CHECKS: dict[str, Callable[[Any], Awaitable[Measurement]]] = {"dns": dns_check.measure}
+Job = DnsJob | HttpJob
+
+#: check kind -> (measure, failure record for an exception the check did not turn into one)
+CHECKS: dict[str, tuple[Callable[[Any], Awaitable[Measurement]], Callable[..., Measurement]]] = {
+    "dns": (dns_check.measure, dns_check.failure),
+    "http": (http_check.measure, http_check.failure),
+}
 
 
 class RecordSink(Protocol):
@@ -32,23 +40,28 @@ class RecordSink(Protocol):
     def flush(self) -> None: ...
 
 
-async def run_job(job: DnsJob) -> Measurement:
+async def run_job(job: Job) -> Measurement:
     """Run one measurement under its outer deadline; never raises for a network fault."""
     started = time.time_ns()
+    measure, failure = CHECKS[job.kind]
     try:
         if job.transport == "udp":
             # one datagram exchange (two with CHAOS), each under its own hard deadline:
             # an outer asyncio.timeout would only add cost on the probe's hottest path
-            record = await CHECKS[job.kind](job)
+            record = await measure(job)
         else:
             async with asyncio.timeout(job.deadline):
-                record = await CHECKS[job.kind](job)
+                record = await measure(job)
     except TimeoutError as exc:
-        record = dns_check.failure(job, exc, started)
+        record = failure(job, exc, started)
     except Exception as exc:
         log.exception("check %s failed unexpectedly", job.key)
-        record = dns_check.failure(job, exc, started)
-    _count(job.kind, record.transport, record.rcode)
+        record = failure(job, exc, started)
+    if isinstance(record, DnsRecord):
+        _count(job.kind, record.transport, record.rcode)
+    else:
+        outcome = record.error.split(":", 1)[0] if record.error else str(record.status)
+        _count(job.kind, job.transport, outcome)
     return record
 
 
@@ -61,8 +74,10 @@ def _count(kind: str, transport: str, rcode: str) -> None:
     _counter(kind, transport, rcode).inc()
 
 
-def expand(target: Target, addresses: Iterable[tuple[int, str]]) -> list[DnsJob]:
-    """Every series of a target: address x transport x query."""
+def expand(target: AnyTarget, addresses: Iterable[tuple[int, str]]) -> list[Job]:
+    """Every series of a target: address x transport x query (one URL for http)."""
+    if isinstance(target, HttpTarget):
+        return [HttpJob(target)]
     return [
         DnsJob(target, addr, transport, q.qname, q.qtype)
         for fam, addr in addresses
@@ -84,7 +99,7 @@ class Prober:
     def __init__(self, cfg: ProbeConfig, sink: RecordSink) -> None:
         self.cfg = cfg
         self.sink = sink
-        self.schedule: Schedule[DnsJob] = Schedule(cfg.id)
+        self.schedule: Schedule[Job] = Schedule(cfg.id)
         self._addresses: dict[str, list[tuple[int, str]]] = {}
         self._wake = asyncio.Event()  # set when jobs change or stop is asked
         self._slot_free = asyncio.Event()  # set when a run ends while dispatch waits
@@ -112,7 +127,8 @@ class Prober:
 
         async with asyncio.TaskGroup() as tg:
             for t in self.cfg.targets:
-                tg.create_task(one(t))
+                if isinstance(t, Target):  # an http target resolves as part of its fetch
+                    tg.create_task(one(t))
         jobs = [j for t in self.cfg.targets for j in expand(t, self._addresses.get(t.name, []))]
         loop = asyncio.get_running_loop()
         self.schedule.set_jobs(jobs, loop.time(), time.time())
@@ -126,7 +142,7 @@ class Prober:
             except TimeoutError:
                 await self.resolve_all()
 
-    async def _measure(self, job: DnsJob) -> None:
+    async def _measure(self, job: Job) -> None:
         try:
             record = await run_job(job)
             self.sink.write(record)

@@ -52,7 +52,34 @@ class DnsRecord(msgspec.Struct, tag="dns", tag_field="kind", omit_defaults=True,
     family: Literal[4, 6] | None = None  # address family of ``server``
 
 
-Measurement = DnsRecord
+class HttpRecord(msgspec.Struct, tag="http", tag_field="kind", omit_defaults=True, kw_only=True):
+    """One HTTP fetch, timed by phase. ``kind`` is ``"http"``.
+
+    Across redirects each phase is the sum over the hops (``redirects`` says how many).
+    A phase that did not happen is absent, never 0.
+    """
+
+    ts: EpochNs  # epoch ns when the fetch started
+    target: Label
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    ip: str | None = None  # address of the (last) server connected to
+    status: Annotated[int, msgspec.Meta(ge=100, le=599)] | None = None
+    dns_ms: NonNegMs | None = None  # resolution start -> addresses returned
+    connect_ms: NonNegMs | None = None  # TCP connect() -> established
+    tls_ms: NonNegMs | None = None  # TCP established -> TLS handshake complete
+    ttfb_ms: NonNegMs | None = None  # last request byte written -> first response byte read
+    total_ms: NonNegMs | None = None  # fetch start -> last body byte read
+    bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None  # body bytes (last hop)
+    redirects: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    http_version: str | None = None  # e.g. "1.1"
+    cert_days: float | None = None  # days until the server certificate expires
+    error: str | None = None  # "<kind>: <detail>": dns, connect, tls, timeout, status, body
+    topology: Topology | None = None
+    provider: str | None = None
+    family: Literal[4, 6] | None = None
+
+
+Measurement = DnsRecord | HttpRecord
 
 
 class Batch(msgspec.Struct, kw_only=True):
@@ -76,7 +103,8 @@ def encode(obj: Measurement | Batch) -> bytes:
 
 def decode_record(data: bytes | str) -> Measurement:
     """A record from JSON; raises ``msgspec.ValidationError`` with the field path."""
-    return _record_decoder.decode(data)
+    record: Measurement = _record_decoder.decode(data)
+    return record
 
 
 def decode_batch(data: bytes | str) -> Batch:

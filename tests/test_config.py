@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from probe.config import ConfigError, load_config, load_targets, parse_hostport
+from probe.config import ConfigError, Target, load_config, load_targets, parse_hostport
 
 DATA = Path(__file__).parent / "data" / "config"
 EXAMPLE = Path(__file__).parent.parent / "probe" / "example.yaml"
@@ -14,25 +14,33 @@ INVALID = sorted(DATA.glob("invalid-*.yaml"))
 
 
 def test_example_config_loads_with_every_key() -> None:
-    """probe/example.yaml loads, and it sets every key that ProbeConfig and Target have."""
-    from probe.config import ProbeConfig, Target
+    """probe/example.yaml loads, and it sets every key of the config and of both target kinds."""
+    from probe.config import HttpTarget, ProbeConfig, Target
 
     cfg = load_config(EXAMPLE, env={})
     assert cfg.id == "probe-fra-1"
-    assert [t.name for t in cfg.targets] == ["anycast-ns", "unicast-ns", "resolver-dot"]
+    assert [t.name for t in cfg.targets] == ["anycast-ns", "unicast-ns", "resolver-dot", "www"]
+    assert isinstance(cfg.targets[3], HttpTarget)
     text = EXAMPLE.read_text()
-    for field in (*ProbeConfig.__struct_fields__, *Target.__struct_fields__):
+    fields = (
+        *ProbeConfig.__struct_fields__,
+        *Target.__struct_fields__,
+        *HttpTarget.__struct_fields__,
+    )
+    for field in fields:
         assert f"\n{field}:" in text or f" {field}:" in text, f"example.yaml lacks {field}"
 
 
 def test_example_targets_defaults() -> None:
     """Defaults: RD off for authoritative targets, on for resolvers; IP servers pin the family."""
     cfg = load_config(EXAMPLE, env={})
-    anycast, unicast, resolver = cfg.targets
+    anycast, unicast, resolver, _ = cfg.targets
     assert anycast.recursion is False and resolver.recursion is True
     assert anycast.families == [4]  # an IPv4 literal
     assert unicast.families == [4, 6]  # a host name: both families, separate series
     assert unicast.identify == "chaos" and unicast.transports == ["udp", "tcp"]
+    assert isinstance(anycast, Target) and isinstance(unicast, Target)
+    assert isinstance(resolver, Target)
 
 
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])

@@ -1,0 +1,345 @@
+"""The HTTP check: a site's time to first byte, phase by phase, with DNS's share of it.
+
+Built on aiohttp, with two hooks where its tracing is too coarse:
+
+* a connector that opens the TCP connection itself (``aiohappyeyeballs``) and only then
+  lets asyncio run the TLS handshake on it, so TCP connect and TLS are timed apart
+  (aiohttp's ``on_connection_create_*`` trace covers both as one);
+* a response protocol that notes when the first response byte arrives, and a transport
+  hook that notes when the last request byte was written (aiohttp buffers request
+  headers, so ``on_request_headers_sent`` fires before anything is on the wire).
+
+Each measurement uses a new session, connector and aiodns resolver: no keep-alive, no
+DNS cache. The phases, and the two instants each lies between:
+
+* ``dns_ms``: resolver call -> addresses returned (absent for an IP-literal URL);
+* ``connect_ms``: ``connect()`` -> TCP established;
+* ``tls_ms``: TCP established -> TLS handshake complete (https only);
+* ``ttfb_ms``: last request byte written -> first response byte read;
+* ``total_ms``: fetch start -> last body byte read.
+
+Across redirects each phase is summed over the hops, as blackbox_exporter does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiohappyeyeballs
+import aiohttp
+from aiohttp.abc import ResolveResult
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.resolver import AsyncResolver
+
+from probe.config import HttpTarget, parse_hostport
+from probe.errors import HttpCheckError, classify_http
+from probe.wire import HttpRecord
+
+_NS_PER_MS: Final = 1_000_000
+_FAMILY: Final = {4: socket.AF_INET, 6: socket.AF_INET6, None: socket.AF_UNSPEC}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HttpJob:
+    """One series: one URL of one target."""
+
+    target: HttpTarget
+    kind: str = field(default="http", init=False)
+    key: str = field(init=False)
+    transport: str = field(init=False)  # the URL scheme
+    deadline: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        t = self.target
+        object.__setattr__(self, "key", f"http|{t.name}|{t.url}")
+        object.__setattr__(self, "transport", t.url.split(":", 1)[0].lower())
+        hops = 1 + (t.max_redirects if t.follow_redirects else 0)
+        # five phases per hop, each with its own timeout, but never past the next run
+        object.__setattr__(self, "deadline", min(t.timeout * 5 * hops, t.interval) + 1.0)
+
+    @property
+    def interval(self) -> float:
+        return self.target.interval
+
+
+@dataclass(slots=True)
+class _Phases:
+    """What the hooks saw, summed over redirect hops."""
+
+    phase: str = "dns"
+    dns_ns: int | None = None
+    connect_ns: int | None = None
+    tls_ns: int | None = None
+    ttfb_ns: int | None = None
+    ip: str | None = None
+    cert_days: float | None = None
+    last_write: int | None = None  # of the current hop, while no answer byte came
+    first_byte: int | None = None  # of the current hop
+
+    def add(self, name: str, ns: int) -> None:
+        current = getattr(self, name)
+        setattr(self, name, ns if current is None else current + ns)
+
+    def new_hop(self) -> None:
+        self.last_write = self.first_byte = None
+
+
+class _TimedResolver(AsyncResolver):
+    """aiohttp's aiodns resolver, timed, with the phase's own timeout."""
+
+    def __init__(self, phases: _Phases, timeout: float, nameserver: str | None) -> None:
+        kwargs: dict[str, Any] = {"timeout": timeout, "tries": 1}
+        if nameserver:
+            host, port = parse_hostport(nameserver, 53)
+            kwargs["nameservers"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        # keyword arguments make aiohttp create a resolver of its own rather than share
+        # one (and its cache) between sessions
+        super().__init__(**kwargs)
+        self._phases = phases
+        self._timeout = timeout
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        ph = self._phases
+        ph.phase = "dns"
+        t0 = time.perf_counter_ns()
+        try:
+            async with asyncio.timeout(self._timeout + 0.5):
+                result = await super().resolve(host, port, family)
+        except OSError as exc:
+            raise HttpCheckError("dns", f"{host}: {exc.strerror or exc}") from None
+        except TimeoutError:
+            raise HttpCheckError("dns", f"{host}: timed out") from None
+        ph.add("dns_ns", time.perf_counter_ns() - t0)
+        return result
+
+
+class _TimedHandler(ResponseHandler):
+    """aiohttp's response protocol, noting when the first byte of the answer arrives."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, phases: _Phases) -> None:
+        super().__init__(loop)
+        self._phases = phases
+
+    def data_received(self, data: bytes) -> None:
+        ph = self._phases
+        if ph.first_byte is None and ph.last_write is not None:
+            ph.first_byte = time.perf_counter_ns()
+            ph.add("ttfb_ns", ph.first_byte - ph.last_write)
+            ph.phase = "body"
+        super().data_received(data)
+
+
+def _cert_days(transport: asyncio.BaseTransport) -> float | None:
+    sslobj = transport.get_extra_info("ssl_object")
+    cert = sslobj.getpeercert() if sslobj is not None else None
+    if not cert or "notAfter" not in cert:
+        return None  # not verified: the certificate was not decoded
+    return round((ssl.cert_time_to_seconds(cert["notAfter"]) - time.time()) / 86400, 3)
+
+
+def _hook_writes(transport: asyncio.Transport, phases: _Phases) -> None:
+    """Note the instant of each write until the first answer byte (TTFB's start)."""
+    write, writelines = transport.write, transport.writelines
+
+    def timed_write(data: Any) -> None:
+        write(data)
+        if phases.first_byte is None:
+            phases.last_write = time.perf_counter_ns()
+
+    def timed_writelines(data: Any) -> None:
+        writelines(data)
+        if phases.first_byte is None:
+            phases.last_write = time.perf_counter_ns()
+
+    transport.write = timed_write  # type: ignore[method-assign]
+    transport.writelines = timed_writelines  # type: ignore[method-assign,assignment]
+
+
+class _PhaseConnector(aiohttp.TCPConnector):
+    """TCP connect and TLS handshake as two timed steps, each with its own timeout."""
+
+    def __init__(self, phases: _Phases, timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._phases = phases
+        self._phase_timeout = timeout
+
+    async def _wrap_create_connection(
+        self,
+        *args: Any,
+        addr_infos: list[Any],
+        req: Any,
+        timeout: Any,  # noqa: ASYNC109 - aiohttp's signature; the phases have their own
+        client_error: Any = None,
+        **kwargs: Any,
+    ) -> tuple[asyncio.Transport, ResponseHandler]:
+        ph = self._phases
+        ph.new_hop()
+        ph.phase = "connect"
+        loop = self._loop
+        t0 = time.perf_counter_ns()
+        try:
+            async with asyncio.timeout(self._phase_timeout):
+                sock = await aiohappyeyeballs.start_connection(
+                    addr_infos=addr_infos,
+                    local_addr_infos=self._local_addr_infos,
+                    happy_eyeballs_delay=self._happy_eyeballs_delay,
+                    interleave=self._interleave,
+                    loop=loop,
+                )
+        except OSError as exc:
+            raise classify_http(exc, "connect") from None
+        t1 = time.perf_counter_ns()
+        ph.add("connect_ns", t1 - t0)
+        ph.ip = sock.getpeername()[0]
+        sslctx = kwargs.get("ssl")
+        ph.phase = "tls" if sslctx else "ttfb"
+        try:
+            async with asyncio.timeout(self._phase_timeout):
+                transport, proto = await loop.create_connection(
+                    functools.partial(_TimedHandler, loop, ph),
+                    sock=sock,
+                    ssl=sslctx,
+                    server_hostname=kwargs.get("server_hostname"),
+                )
+        except BaseException:
+            sock.close()
+            raise
+        if sslctx:
+            ph.add("tls_ns", time.perf_counter_ns() - t1)
+            ph.cert_days = _cert_days(transport)
+        ph.phase = "ttfb"
+        _hook_writes(transport, ph)
+        return transport, proto
+
+
+@functools.lru_cache(maxsize=256)
+def _ssl_context(ca: str | None, verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _ms(ns: int | None) -> float | None:
+    return None if ns is None else round(ns / _NS_PER_MS, 6)
+
+
+def _record(job: HttpJob, ts: int, ph: _Phases, **fields: Any) -> HttpRecord:
+    t = job.target
+    ip = ph.ip
+    return HttpRecord(
+        ts=ts,
+        target=t.name,
+        url=t.url,
+        ip=ip,
+        dns_ms=_ms(ph.dns_ns),
+        connect_ms=_ms(ph.connect_ns),
+        tls_ms=_ms(ph.tls_ns),
+        ttfb_ms=_ms(ph.ttfb_ns),
+        cert_days=ph.cert_days,
+        topology=t.topology,
+        provider=t.provider or None,
+        family=(6 if ":" in ip else 4) if ip else None,
+        **fields,
+    )
+
+
+def failure(job: HttpJob, exc: BaseException, ts: int) -> HttpRecord:
+    """The record of a fetch that did not get as far as a response (no phases known)."""
+    err = classify_http(exc, "timeout" if isinstance(exc, TimeoutError) else "http")
+    return _record(job, ts, _Phases(), error=err.error)
+
+
+def _check(t: HttpTarget, status: int, body: bytes) -> None:
+    if t.expect_status:
+        if status not in t.expect_status:
+            raise HttpCheckError("status", f"got {status}, expected one of {t.expect_status}")
+    elif not 200 <= status <= 299:
+        raise HttpCheckError("status", f"got {status}, expected 2xx")
+    if t.body_regex is not None and not re.search(t.body_regex, body.decode("utf-8", "replace")):
+        raise HttpCheckError("body", f"no match for {t.body_regex!r}")
+
+
+async def measure(job: HttpJob) -> HttpRecord:
+    """Fetch ``job``'s URL once on new connections and return the phases."""
+    t = job.target
+    ph = _Phases()
+    ts = time.time_ns()
+    t0 = time.perf_counter_ns()
+    status: int | None = None
+    total: int | None = None
+    body: bytes | None = None
+    redirects: int | None = None
+    version: str | None = None
+    resolver = _TimedResolver(ph, t.timeout, t.resolver)
+    connector = _PhaseConnector(
+        ph,
+        t.timeout,
+        resolver=resolver,
+        use_dns_cache=False,
+        force_close=True,  # a new connection for every request, redirects included
+        family=_FAMILY[t.family],
+        ssl=_ssl_context(t.tls_ca, t.tls_verify),
+    )
+    try:
+        async with aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=t.timeout),
+            auto_decompress=False,
+            headers={"User-Agent": "popwatch-probe"},
+        ) as session:
+            try:
+                async with session.request(
+                    t.method,
+                    t.url,
+                    allow_redirects=t.follow_redirects,
+                    max_redirects=t.max_redirects,
+                ) as resp:
+                    status = resp.status
+                    redirects = len(resp.history)
+                    version = f"{resp.version.major}.{resp.version.minor}" if resp.version else None
+                    body = await resp.read()
+                total = time.perf_counter_ns() - t0
+                _check(t, status, body)
+            finally:
+                await resolver.close()
+    except aiohttp.TooManyRedirects as exc:
+        err = HttpCheckError("http", f"more than {t.max_redirects} redirects")
+        redirects = len(exc.history)
+        return _record(job, ts, ph, status=status, redirects=redirects, error=err.error)
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        err = HttpCheckError(
+            "body" if ph.phase == "body" else "http", str(exc) or type(exc).__name__
+        )
+        return _record(job, ts, ph, status=status, redirects=redirects, error=err.error)
+    except aiohttp.ClientError as exc:
+        cause = exc.__cause__ or exc.__context__ or exc
+        err = classify_http(cause if isinstance(cause, OSError | ssl.SSLError) else exc, ph.phase)
+        return _record(job, ts, ph, status=status, redirects=redirects, error=err.error)
+    except (HttpCheckError, OSError, TimeoutError) as exc:
+        err = classify_http(exc, ph.phase)
+        kwargs: dict[str, Any] = {}
+        if err.kind in ("status", "body"):  # the fetch itself completed
+            kwargs = {"total_ms": _ms(total), "bytes": len(body or b""), "http_version": version}
+        return _record(job, ts, ph, status=status, redirects=redirects, error=err.error, **kwargs)
+    return _record(
+        job,
+        ts,
+        ph,
+        status=status,
+        total_ms=_ms(total),
+        bytes=len(body or b""),
+        redirects=redirects,
+        http_version=version,
+    )

@@ -1,0 +1,349 @@
+"""The HTTP check against a real HTTPS server whose phases are slowed on purpose.
+
+The server runs in a network namespace of its own behind a user-space delay line
+(lab/web.py, lab/delayline.py); its host name resolves through a real Knot on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import servers
+import web
+
+from probe.checks.http import HttpJob, measure
+from probe.config import HttpTarget
+from probe.runner import run_job
+from probe.wire import HttpRecord
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns and TUN")
+
+DELAY = 0.050
+HOST = "web.example.test"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[web.WebLab]:
+    with web.WebLab(connect_delay=DELAY, tls_delay=DELAY) as w:
+        yield w.start()
+
+
+@pytest.fixture(scope="module")
+def dns(lab: web.WebLab) -> Iterator[servers.Knot]:
+    """A Knot of its own that knows the web host (A only: there is no AAAA)."""
+    with servers.Knot("knot-web", "id-web") as k:
+        yield k.start(f"web A {lab.address}\n")
+
+
+Fetch = Callable[..., HttpRecord]
+
+
+@pytest.fixture
+def target(lab: web.WebLab, dns: servers.Knot) -> Callable[..., HttpTarget]:
+    def make(
+        port: int = web.PLAIN_PORT, host: str = HOST, query: dict[str, Any] | None = None, **kw: Any
+    ) -> HttpTarget:
+        spec: dict[str, Any] = {
+            "kind": "http",
+            "name": "site",
+            "topology": "anycast",
+            "url": lab.url(port, host=host, **(query or {})),
+            "resolver": f"127.0.0.1:{dns.port}",
+            "family": 4,
+            "tls_ca": str(lab.cert),
+            "timeout": 2.0,
+        }
+        spec.update(kw)
+        return msgspec.convert(spec, HttpTarget)
+
+    return make
+
+
+async def medians(t: HttpTarget, n: int = 5) -> dict[str, float]:
+    """Median of each phase over ``n`` fetches (all must succeed)."""
+    records = [await measure(HttpJob(t)) for _ in range(n)]
+    assert all(r.error is None for r in records), records
+    return {
+        phase: statistics.median(getattr(r, phase) or 0.0 for r in records)
+        for phase in ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "total_ms")
+    }
+
+
+@pytest.mark.parametrize(
+    ("port", "query", "phase"),
+    [
+        (web.CONNECT_PORT, {}, "connect_ms"),  # the delay line holds the SYN-ACK
+        (web.TLS_PORT, {}, "tls_ms"),  # the server waits before the handshake
+        (web.PLAIN_PORT, {"ttfb": DELAY}, "ttfb_ms"),  # ... before the headers
+        (web.PLAIN_PORT, {"body": DELAY}, "total_ms"),  # ... between headers and body
+    ],
+)
+async def test_a_delay_shows_in_its_phase_only(
+    target: Callable[..., HttpTarget], port: int, query: dict[str, Any], phase: str
+) -> None:
+    """A 50 ms delay lands in its own phase (within 3 ms) and in no other."""
+    base = await medians(target())
+    slow = await medians(target(port, query=query))
+    extra = {p: slow[p] - base[p] for p in base}
+    assert abs(extra[phase] - DELAY * 1000) <= 3.0, extra
+    for other in ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms"):
+        if other != phase:
+            assert abs(extra[other]) < 3.0, (other, extra)
+    # the time to first byte and the whole fetch grow by the same delay, body aside
+    assert abs(extra["total_ms"] - DELAY * 1000) <= 5.0, extra
+
+
+async def test_dns_phase_is_one_query_on_the_nameserver(
+    target: Callable[..., HttpTarget], dns: servers.Knot
+) -> None:
+    """Each fetch resolves afresh: the nameserver sees one query per measurement."""
+    t = target()
+    before = dns.queries()
+    records = [await measure(HttpJob(t)) for _ in range(10)]
+    assert all(r.error is None and r.dns_ms and r.dns_ms > 0 for r in records)
+    assert dns.queries() - before == 10
+
+
+async def test_record_fields(target: Callable[..., HttpTarget], lab: web.WebLab) -> None:
+    """status, bytes, ip, family, HTTP version and certificate days are reported."""
+    r = await measure(HttpJob(target(query={"size": 1234})))
+    assert r.error is None
+    assert r.status == 200 and r.bytes == 1234 and r.redirects == 0
+    assert r.ip == lab.address and r.family == 4
+    assert r.http_version == "1.1"
+    assert r.cert_days is not None and 1.9 < r.cert_days <= 2.0  # a 2-day certificate
+    assert r.total_ms and r.ttfb_ms and r.total_ms >= r.ttfb_ms
+
+
+async def test_plain_http_has_no_tls_phase(target: Callable[..., HttpTarget]) -> None:
+    """http:// has no TLS phase (absent, not 0) and no certificate."""
+    r = await measure(HttpJob(target(web.HTTP_PORT)))
+    assert r.error is None and r.status == 200
+    assert r.tls_ms is None and r.cert_days is None and r.connect_ms
+
+
+async def test_ip_literal_has_no_dns_phase(
+    target: Callable[..., HttpTarget], lab: web.WebLab
+) -> None:
+    """A URL with an IP address needs no lookup: dns_ms is absent."""
+    r = await measure(HttpJob(target(host=lab.address)))
+    assert r.error is None and r.dns_ms is None and r.connect_ms
+
+
+async def test_redirect_chain_is_followed_and_counted(target: Callable[..., HttpTarget]) -> None:
+    """A chain of 3 redirects ends in a 200 and says redirects=3; phases sum the hops."""
+    one = await medians(target(), n=3)
+    r = await measure(HttpJob(target(query={"redirect": 3})))
+    assert r.error is None and r.status == 200 and r.redirects == 3
+    assert r.connect_ms and r.connect_ms > 2.5 * one["connect_ms"]  # four connections
+
+
+async def test_too_many_redirects(target: Callable[..., HttpTarget]) -> None:
+    """More redirects than allowed is an http error that says how many."""
+    r = await measure(HttpJob(target(query={"redirect": 5}, max_redirects=2)))
+    assert r.error == "http: more than 2 redirects"
+    assert r.ttfb_ms is not None  # the hops that were fetched are kept
+
+
+async def test_redirect_not_followed_is_a_status_error(target: Callable[..., HttpTarget]) -> None:
+    """With follow_redirects off, a 302 is a status mismatch unless it is expected."""
+    r = await measure(HttpJob(target(query={"redirect": 1}, follow_redirects=False)))
+    assert r.status == 302 and r.error == "status: got 302, expected 2xx"
+    ok = await measure(
+        HttpJob(target(query={"redirect": 1}, follow_redirects=False, expect_status=[301, 302]))
+    )
+    assert ok.error is None and ok.status == 302
+
+
+async def test_status_mismatch_keeps_every_phase(target: Callable[..., HttpTarget]) -> None:
+    """A 503 is error 'status: ...' with all phases, the status and the size kept."""
+    r = await measure(HttpJob(target(query={"status": 503})))
+    assert r.error == "status: got 503, expected 2xx"
+    assert r.status == 503 and r.bytes == 1000
+    assert r.dns_ms and r.connect_ms and r.tls_ms and r.ttfb_ms and r.total_ms
+
+
+async def test_expected_status_and_body_regex(target: Callable[..., HttpTarget]) -> None:
+    """expect_status and body_regex decide success."""
+    ok = await measure(
+        HttpJob(
+            target(
+                query={"status": 404, "text": "gone fishing"},
+                expect_status=[404],
+                body_regex="fish",
+            )
+        )
+    )
+    assert ok.error is None and ok.status == 404
+    bad = await measure(HttpJob(target(query={"text": "hello"}, body_regex="^bye")))
+    assert bad.error == "body: no match for '^bye'" and bad.status == 200
+
+
+async def test_head_method(target: Callable[..., HttpTarget]) -> None:
+    """HEAD fetches no body."""
+    r = await measure(HttpJob(target(method="HEAD")))
+    assert r.error is None and r.status == 200 and r.bytes == 0
+
+
+async def test_dns_failure(target: Callable[..., HttpTarget]) -> None:
+    """A name that does not resolve is 'dns: ...' with no later phase."""
+    r = await measure(HttpJob(target(host="nope.example.test")))
+    assert r.error is not None and r.error.startswith("dns: nope.example.test")
+    assert r.connect_ms is None and r.tls_ms is None and r.ttfb_ms is None and r.dns_ms is None
+
+
+async def test_ipv6_preference_without_aaaa_is_a_dns_failure(
+    target: Callable[..., HttpTarget],
+) -> None:
+    """family: 6 asks only for AAAA; the host has none, so it fails in the DNS phase."""
+    r = await measure(HttpJob(target(family=6)))
+    assert r.error is not None and r.error.startswith("dns: ")
+
+
+async def test_connect_refused(target: Callable[..., HttpTarget]) -> None:
+    """A closed port is 'connect: ECONNREFUSED ...'; the DNS phase is kept."""
+    r = await measure(HttpJob(target(port=444)))
+    assert r.error is not None and r.error.startswith("connect: ECONNREFUSED")
+    assert r.dns_ms is not None and r.connect_ms is None and r.tls_ms is None
+
+
+async def test_tls_failure_keeps_connect(target: Callable[..., HttpTarget]) -> None:
+    """An untrusted certificate is 'tls: certificate ...' with dns and connect kept."""
+    r = await measure(HttpJob(target(tls_ca=None)))
+    assert r.error is not None and r.error.startswith("tls: certificate")
+    assert r.dns_ms is not None and r.connect_ms is not None and r.tls_ms is None
+
+
+async def test_ttfb_timeout_keeps_earlier_phases(target: Callable[..., HttpTarget]) -> None:
+    """A server slower than the timeout is 'timeout: ttfb ...' after dns, connect, tls."""
+    r = await run_job(HttpJob(target(query={"ttfb": 1.5}, timeout=0.4)))
+    assert isinstance(r, HttpRecord)
+    assert r.error == "timeout: ttfb timed out"
+    assert r.dns_ms and r.connect_ms and r.tls_ms
+    assert r.ttfb_ms is None and r.total_ms is None and r.status is None
+
+
+async def test_connect_timeout(target: Callable[..., HttpTarget]) -> None:
+    """A SYN-ACK slower than the timeout is 'connect: connect timed out'."""
+    r = await measure(HttpJob(target(web.CONNECT_PORT, timeout=0.02)))
+    assert r.error == "connect: connect timed out"
+    assert r.dns_ms is not None and r.connect_ms is None
+
+
+PROBE = [str(Path(sys.executable).parent / "popwatch-probe")]
+
+
+def test_once_https_prints_phases_and_dns_share(lab: web.WebLab, dns: servers.Knot) -> None:
+    """`once --https URL --resolver` prints each fetch's phases and DNS's share of TTFB."""
+    out = subprocess.run(
+        [
+            *PROBE,
+            "once",
+            "--https",
+            lab.url(host=HOST, ttfb=0.01),
+            "--resolver",
+            f"127.0.0.1:{dns.port}",
+            "--tls-ca",
+            str(lab.cert),
+            "-4",
+            "--count",
+            "3",
+            "--interval",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:8] == [
+        "#",
+        "ip",
+        "status",
+        "dns_ms",
+        "conn_ms",
+        "tls_ms",
+        "ttfb_ms",
+        "total_ms",
+    ]
+    assert all(lab.address in line and " 200 " in line for line in lines[1:4])
+    assert lines[4].startswith("3 fetches, 3 ok, 0 failed; median ms: dns ")
+    assert "% of time to first byte" in lines[4]
+
+
+def test_once_https_json_and_failure_exit(lab: web.WebLab, dns: servers.Knot) -> None:
+    """--json prints http wire records; when every fetch fails the exit status is 1."""
+    out = subprocess.run(
+        [
+            *PROBE,
+            "once",
+            "--https",
+            lab.url(host=HOST, status=500),
+            "--resolver",
+            f"127.0.0.1:{dns.port}",
+            "--tls-ca",
+            str(lab.cert),
+            "-4",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    record = json.loads(out.stdout)
+    assert record["kind"] == "http" and record["status"] == 500
+    assert record["error"] == "status: got 500, expected 2xx"
+
+
+def test_run_measures_http_and_dns_targets(
+    lab: web.WebLab, dns: servers.Knot, tmp_path: Path
+) -> None:
+    """`run` schedules http targets next to dns targets and writes both kinds of record."""
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(
+        f"""targets:
+  - kind: http
+    name: site
+    topology: anycast
+    url: {lab.url(host=HOST)}
+    resolver: 127.0.0.1:{dns.port}
+    family: 4
+    tls_ca: {lab.cert}
+    interval: 1
+    timeout: 0.9
+  - name: ns
+    topology: anycast
+    server: 127.0.0.1
+    port: {dns.port}
+    interval: 1
+    timeout: 0.9
+    queries: [{{qname: example.test}}]
+"""
+    )
+    output = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(
+        [*PROBE, "run", "--targets", str(targets), "--output", str(output)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    records = [json.loads(x) for x in output.read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    assert 3 <= kinds.count("http") <= 4 and 3 <= kinds.count("dns") <= 4
+    assert all(r["status"] == 200 and r["ttfb_ms"] > 0 for r in records if r["kind"] == "http")
