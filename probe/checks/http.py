@@ -13,7 +13,9 @@ Each measurement uses a new session, connector and aiodns resolver: no keep-aliv
 DNS cache. The phases, and the two instants each lies between:
 
 * ``dns_ms``: resolver call -> addresses returned (absent for an IP-literal URL);
-* ``connect_ms``: ``connect()`` -> TCP established;
+* ``connect_ms``: SYN sent -> SYN-ACK received, as the kernel measured it (``TCP_INFO``
+  ``tcpi_rtt``, in µs, free of event-loop delays); where the kernel has no sample (a
+  retransmitted SYN, another OS) ``connect()`` -> established, timed in user space;
 * ``tls_ms``: TCP established -> TLS handshake complete (https only);
 * ``ttfb_ms``: last request byte written -> first response byte read;
 * ``total_ms``: fetch start -> last body byte read.
@@ -28,6 +30,7 @@ import functools
 import re
 import socket
 import ssl
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -138,6 +141,32 @@ class _TimedHandler(ResponseHandler):
         super().data_received(data)
 
 
+_TCP_INFO_RTT: Final = 68  # offsetof(struct tcp_info, tcpi_rtt), µs
+_TCP_INFO_TOTAL_RETRANS: Final = 100  # offsetof(struct tcp_info, tcpi_total_retrans)
+
+
+def _kernel_connect_ns(sock: socket.socket) -> int | None:
+    """The kernel's RTT sample of the handshake (SYN -> SYN-ACK), if it took one.
+
+    Right after connect the smoothed RTT is the first and only sample, the handshake's.
+    Karn's rule leaves no sample when the SYN was retransmitted: then None.
+    """
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 104)
+    except OSError:
+        return None
+    if len(info) < 104:
+        return None
+    rtt_us, retrans = (
+        int.from_bytes(info[o : o + 4], sys.byteorder)
+        for o in (_TCP_INFO_RTT, _TCP_INFO_TOTAL_RETRANS)
+    )
+    return rtt_us * 1000 if rtt_us and not retrans else None
+
+
 def _cert_days(transport: asyncio.BaseTransport) -> float | None:
     sslobj = transport.get_extra_info("ssl_object")
     cert = sslobj.getpeercert() if sslobj is not None else None
@@ -198,7 +227,7 @@ class _PhaseConnector(aiohttp.TCPConnector):
         except OSError as exc:
             raise classify_http(exc, "connect") from None
         t1 = time.perf_counter_ns()
-        ph.add("connect_ns", t1 - t0)
+        ph.add("connect_ns", _kernel_connect_ns(sock) or t1 - t0)
         ph.ip = sock.getpeername()[0]
         sslctx = kwargs.get("ssl")
         ph.phase = "tls" if sslctx else "ttfb"
