@@ -54,13 +54,26 @@ def scenarios(lab: web.WebLab, delay: float) -> dict[str, str]:
 
 
 async def popwatch_once(url: str, ca: Path) -> dict[str, float]:
-    t = msgspec.convert({"kind": "http", "name": "b", "topology": "anycast", "url": url,
-                         "tls_ca": str(ca), "timeout": 2}, HttpTarget)
+    t = msgspec.convert(
+        {
+            "kind": "http",
+            "name": "b",
+            "topology": "anycast",
+            "url": url,
+            "tls_ca": str(ca),
+            "timeout": 2,
+        },
+        HttpTarget,
+    )
     r = await measure(HttpJob(t))
     assert r.error is None, r.error
     parts = (r.connect_ms or 0) + (r.tls_ms or 0) + (r.ttfb_ms or 0)
-    return {"connect": r.connect_ms or 0.0, "tls": r.tls_ms or 0.0, "ttfb": r.ttfb_ms or 0.0,
-            "transfer": (r.total_ms or 0) - parts}
+    return {
+        "connect": r.connect_ms or 0.0,
+        "tls": r.tls_ms or 0.0,
+        "ttfb": r.ttfb_ms or 0.0,
+        "transfer": (r.total_ms or 0) - parts,
+    }
 
 
 class Blackbox:
@@ -75,9 +88,13 @@ class Blackbox:
             f"      tls_config:\n        ca_file: {ca}\n"
         )
         self.proc = subprocess.Popen(
-            ["prometheus-blackbox-exporter", f"--config.file={cfg}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "prometheus-blackbox-exporter",
+                f"--config.file={cfg}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while True:
@@ -91,9 +108,11 @@ class Blackbox:
 
     def once(self, url: str) -> dict[str, float]:
         q = urllib.parse.urlencode({"module": "web", "target": url})
-        body = urllib.request.urlopen(
-            f"http://127.0.0.1:{self.port}/probe?{q}", timeout=10
-        ).read().decode()
+        body = (
+            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/probe?{q}", timeout=10)
+            .read()
+            .decode()
+        )
         assert "probe_success 1" in body, body[-400:]
         got = dict(re.findall(r'probe_http_duration_seconds\{phase="(\w+)"\} (\S+)', body))
         return {p: float(got[BB_PHASE[p]]) * 1000 for p in PHASES}
@@ -107,7 +126,9 @@ def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
     return {p: statistics.median(row[p] for row in rows) for p in PHASES}
 
 
-def deviations(results: dict[str, dict[str, float]], delay_ms: float) -> dict[str, dict[str, float]]:
+def deviations(
+    results: dict[str, dict[str, float]], delay_ms: float
+) -> dict[str, dict[str, float]]:
     """For each delayed phase: its error, and the largest leak into the other phases."""
     base = results["baseline"]
     out = {}
@@ -120,8 +141,9 @@ def deviations(results: dict[str, dict[str, float]], delay_ms: float) -> dict[st
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--delay", type=float, default=0.05)
     ap.add_argument("--fetches", type=int, default=25)
     ap.add_argument("--runs", type=int, default=3)
@@ -137,7 +159,9 @@ def main() -> None:
                 # interleaved: every scenario, both tools, fetch by fetch, so that a
                 # slow spell of the machine hits baseline and delayed fetches alike
                 rows: dict[str, dict[str, list[dict[str, float]]]] = {
-                    "pw": {n: [] for n in urls}, "bb": {n: [] for n in urls}}
+                    "pw": {n: [] for n in urls},
+                    "bb": {n: [] for n in urls},
+                }
                 for _ in range(args.fetches):
                     for name, url in urls.items():
                         rows["pw"][name].append(asyncio.run(popwatch_once(url, lab.cert)))
@@ -146,16 +170,23 @@ def main() -> None:
                 bx = {n: _medians(r) for n, r in rows["bb"].items()}
                 dp, db = deviations(pw, delay_ms), deviations(bx, delay_ms)
                 runs.append((dp, db))
-                print(f"run {i + 1}/{args.runs}: deviation from the {delay_ms:.0f} ms delay, ms "
-                      "(own phase / largest leak into another phase)")
+                print(
+                    f"run {i + 1}/{args.runs}: deviation from the {delay_ms:.0f} ms delay, ms "
+                    "(own phase / largest leak into another phase)"
+                )
                 for p in PHASES:
-                    print(f"  {p:9s} popwatch {dp[p]['own']:+7.3f} / {dp[p]['leak']:.3f}   "
-                          f"blackbox {db[p]['own']:+7.3f} / {db[p]['leak']:.3f}", flush=True)
+                    print(
+                        f"  {p:9s} popwatch {dp[p]['own']:+7.3f} / {dp[p]['leak']:.3f}   "
+                        f"blackbox {db[p]['own']:+7.3f} / {db[p]['leak']:.3f}",
+                        flush=True,
+                    )
         finally:
             bb.close()
     print()
-    print(f"median of {args.runs} runs, |deviation| in ms (goal: every phase within 1 ms, "
-          "closer than blackbox):")
+    print(
+        f"median of {args.runs} runs, |deviation| in ms (goal: every phase within 1 ms, "
+        "closer than blackbox):"
+    )
     print(f"  {'phase':9s} {'popwatch':>9s} {'blackbox':>9s}   leak: popwatch blackbox")
     for p in PHASES:
         own_p = median([abs(r[0][p]["own"]) for r in runs])

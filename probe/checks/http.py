@@ -85,6 +85,7 @@ class _Phases:
     cert_days: float | None = None
     last_write: int | None = None  # of the current hop, while no answer byte came
     first_byte: int | None = None  # of the current hop
+    transports: list[asyncio.Transport] = field(default_factory=list)
 
     def add(self, name: str, ns: int) -> None:
         current = getattr(self, name)
@@ -242,6 +243,7 @@ class _PhaseConnector(aiohttp.TCPConnector):
         except BaseException:
             sock.close()
             raise
+        ph.transports.append(transport)
         if sslctx:
             ph.add("tls_ns", time.perf_counter_ns() - t1)
             ph.cert_days = _cert_days(transport)
@@ -343,6 +345,10 @@ async def measure(job: HttpJob) -> HttpRecord:
                 _check(t, status, body)
             finally:
                 await resolver.close()
+                # the fetch is timed; a graceful TLS close could outlive the session (and
+                # the event loop), so every connection this fetch opened ends here
+                for transport in ph.transports:
+                    transport.abort()
     except aiohttp.TooManyRedirects as exc:
         err = HttpCheckError("http", f"more than {t.max_redirects} redirects")
         redirects = len(exc.history)
