@@ -18,7 +18,6 @@ import msgspec
 
 from probe import __version__, net
 from probe.checks.dns import DnsJob
-from probe.checks.http import HttpJob
 from probe.config import (
     QTYPES,
     ConfigError,
@@ -283,6 +282,8 @@ def _http_summary(records: list[HttpRecord]) -> str:
 
 
 async def _once_http(args: argparse.Namespace) -> int:
+    from probe.checks.http import HttpJob  # aiohttp loads only when a page is fetched
+
     spec: dict[str, Any] = {
         "kind": "http",
         "name": "once",

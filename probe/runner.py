@@ -8,16 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from probe import metrics, net
-from probe.checks import dns as dns_check
-from probe.checks import http as http_check
 from probe.checks.dns import DnsJob
-from probe.checks.http import HttpJob
 from probe.config import AnyTarget, HttpTarget, ProbeConfig, Target
 from probe.resolve import ResolveError, resolve
 from probe.scheduler import Schedule
@@ -25,13 +23,21 @@ from probe.wire import DnsRecord, Measurement
 
 log = logging.getLogger("popwatch.probe")
 
-Job = DnsJob | HttpJob
+if TYPE_CHECKING:
+    from probe.checks.http import HttpJob
 
-#: check kind -> (measure, failure record for an exception the check did not turn into one)
-CHECKS: dict[str, tuple[Callable[[Any], Awaitable[Measurement]], Callable[..., Measurement]]] = {
-    "dns": (dns_check.measure, dns_check.failure),
-    "http": (http_check.measure, http_check.failure),
-}
+Job = Union[DnsJob, "HttpJob"]
+
+#: check kind -> its module, which has ``measure(job)`` and ``failure(job, exc, ts)``.
+#: A check module is imported when a target first needs it: a probe without http
+#: targets never loads aiohttp (about 10 MB of memory).
+CHECKS: dict[str, str] = {"dns": "probe.checks.dns", "http": "probe.checks.http"}
+
+
+@functools.cache
+def _check(kind: str) -> tuple[Callable[[Any], Awaitable[Measurement]], Callable[..., Measurement]]:
+    module = importlib.import_module(CHECKS[kind])
+    return module.measure, module.failure
 
 
 class RecordSink(Protocol):
@@ -43,7 +49,7 @@ class RecordSink(Protocol):
 async def run_job(job: Job) -> Measurement:
     """Run one measurement under its outer deadline; never raises for a network fault."""
     started = time.time_ns()
-    measure, failure = CHECKS[job.kind]
+    measure, failure = _check(job.kind)
     try:
         if job.transport == "udp":
             # one datagram exchange (two with CHAOS), each under its own hard deadline:
@@ -77,6 +83,8 @@ def _count(kind: str, transport: str, rcode: str) -> None:
 def expand(target: AnyTarget, addresses: Iterable[tuple[int, str]]) -> list[Job]:
     """Every series of a target: address x transport x query (one URL for http)."""
     if isinstance(target, HttpTarget):
+        from probe.checks.http import HttpJob
+
         return [HttpJob(target)]
     return [
         DnsJob(target, addr, transport, q.qname, q.qtype)
