@@ -23,6 +23,7 @@ from probe.config import (
     ConfigError,
     HttpTarget,
     Target,
+    check_unique,
     load_config,
     load_targets,
     parse_hostport,
@@ -335,6 +336,7 @@ async def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.targets:
         cfg.targets = [*cfg.targets, *load_targets(args.targets)]
+        check_unique(f"{args.config or '(config)'} + {args.targets}", cfg.targets)
     if args.output:
         cfg.output = args.output
     if args.id:

@@ -248,7 +248,8 @@ def _read_yaml(path: Path) -> Any:
     return data
 
 
-def _check_unique(file: str, targets: list[AnyTarget], key: str = "targets") -> None:
+def check_unique(file: str, targets: list[AnyTarget], key: str = "targets") -> None:
+    """Target names are series identities: two targets may not share one."""
     seen: dict[str, int] = {}
     for i, t in enumerate(targets):
         if t.name in seen:
@@ -267,7 +268,7 @@ def load_targets(path: str | os.PathLike[str]) -> list[AnyTarget]:
         parsed = msgspec.convert(data, TargetsFile, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_one_line(str(p), exc)) from None
-    _check_unique(str(p), parsed.targets)
+    check_unique(str(p), parsed.targets)
     return parsed.targets
 
 
@@ -295,14 +296,14 @@ def load_config(
         cfg = msgspec.convert(data, ProbeConfig, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_one_line(source, exc)) from None
-    _check_unique(source, cfg.targets)
+    check_unique(source, cfg.targets)
     if cfg.targets_file:
         tf = Path(cfg.targets_file)
         if path is not None and not tf.is_absolute():
             tf = Path(path).parent / tf
         extra = load_targets(tf)
         cfg.targets = [*cfg.targets, *extra]
-        _check_unique(f"{source} + {tf}", cfg.targets)
+        check_unique(f"{source} + {tf}", cfg.targets)
     return cfg
 
 

@@ -6,8 +6,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 MEASUREMENTS = Counter(
     "popwatch_probe_measurements",
-    "Measurements taken, by check kind, transport and outcome (rcode).",
-    ["kind", "transport", "rcode"],
+    "Measurements taken, by check kind, transport (URL scheme for http) and outcome: the "
+    "rcode for dns; the status, or the failed phase, for http.",
+    ["kind", "transport", "outcome"],
 )
 LAG = Histogram(
     "popwatch_probe_schedule_lag_seconds",

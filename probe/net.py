@@ -134,23 +134,31 @@ class _Reactor:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # weakly: the loop holds this reactor (through its reader callback), not the
+        # other way round, so a finished loop can be collected and takes this with it
+        self._loop = weakref.ref(loop)
         self._callbacks: dict[int, Callable[[], None]] = {}
         self._epoll: select.epoll | None = None
         if hasattr(select, "epoll"):
             self._epoll = select.epoll()
             loop.add_reader(self._epoll.fileno(), self._ready)
+            weakref.finalize(loop, self._epoll.close)
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop()
+        assert loop is not None
+        return loop
 
     def add(self, fd: int, callback: Callable[[], None]) -> None:
         if self._epoll is None:
-            self._loop.add_reader(fd, callback)
+            self._get_loop().add_reader(fd, callback)
             return
         self._callbacks[fd] = callback
         self._epoll.register(fd, select.EPOLLIN)
 
     def remove(self, fd: int) -> None:
         if self._epoll is None:
-            self._loop.remove_reader(fd)
+            self._get_loop().remove_reader(fd)
             return
         if self._callbacks.pop(fd, None) is not None:
             with contextlib.suppress(OSError):
@@ -163,12 +171,6 @@ class _Reactor:
             if callback is not None:
                 callback()
 
-    def close(self) -> None:
-        if self._epoll is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(self._epoll.fileno())
-            self._epoll.close()
-
 
 _reactors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Reactor] = (
     weakref.WeakKeyDictionary()
@@ -179,8 +181,6 @@ def _reactor(loop: asyncio.AbstractEventLoop) -> _Reactor:
     r = _reactors.get(loop)
     if r is None:
         r = _reactors[loop] = _Reactor(loop)
-        # closing the loop closes the epoll set with it
-        weakref.finalize(loop, r.close)
     return r
 
 

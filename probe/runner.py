@@ -1,6 +1,6 @@
 """The runner: owns what every check shares (deadline, failure records, metrics, schedule).
 
-Checks do only their protocol; ``CHECKS`` maps a kind to its ``measure`` function.
+Checks do only their protocol; ``CHECKS`` maps a kind to its check module.
 """
 
 from __future__ import annotations
@@ -72,12 +72,12 @@ async def run_job(job: Job) -> Measurement:
 
 
 @functools.lru_cache(maxsize=1024)
-def _counter(kind: str, transport: str, rcode: str) -> Any:
-    return metrics.MEASUREMENTS.labels(kind, transport, rcode)
+def _counter(kind: str, transport: str, outcome: str) -> Any:
+    return metrics.MEASUREMENTS.labels(kind, transport, outcome)
 
 
-def _count(kind: str, transport: str, rcode: str) -> None:
-    _counter(kind, transport, rcode).inc()
+def _count(kind: str, transport: str, outcome: str) -> None:
+    _counter(kind, transport, outcome).inc()
 
 
 def expand(target: AnyTarget, addresses: Iterable[tuple[int, str]]) -> list[Job]:

@@ -174,7 +174,7 @@ def test_run_schedules_host_name_per_family_and_stops_on_sigterm(
     assert knot.queries() - before == len(records) + 2
     assert "probe test-probe: 1 targets, 4 series" in err
     assert (
-        'popwatch_probe_measurements_total{kind="dns",rcode="NOERROR",transport="udp"}' in metrics
+        'popwatch_probe_measurements_total{kind="dns",outcome="NOERROR",transport="udp"}' in metrics
     )
     assert "popwatch_probe_series 4.0" in metrics
     assert "popwatch_probe_schedule_lag_seconds_bucket" in metrics

@@ -150,10 +150,8 @@ def _question_end(wire: bytes) -> int:
 
 
 def _matcher(query: bytes) -> functools.partial[bool]:
-    end = _question_end(query)
-    return functools.partial(
-        _is_answer, query[:2], query[12 : end - 4].lower(), query[end - 4 : end]
-    )
+    """``accept`` for a UDP exchange of ``query``."""
+    return functools.partial(_is_answer, query[:2], *_qparts(query))
 
 
 def _is_answer(qid: bytes, qname: bytes, qtail: bytes, data: bytes) -> bool:
@@ -269,10 +267,10 @@ async def _exchange_on(
     t = job.target
     if isinstance(flow, net.UdpFlow):
         deadline = asyncio.get_running_loop().time() + t.timeout
-        accept = functools.partial(_is_answer, query[:2], *question)
+        accept = functools.partial(_is_answer, query[:2], *question)  # question: precomputed
         return await flow.exchange(query, accept, deadline)
     if job.transport == "https":
-        host = t.tls_name or (t.server if not _is_literal(t.server) else _url_host(job.address))
+        host = t.tls_name or (t.server if not is_ip(t.server) else _url_host(job.address))
         request = (
             f"POST {t.doh_path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {_USER_AGENT}\r\n"
             "Content-Type: application/dns-message\r\nAccept: application/dns-message\r\n"
@@ -294,10 +292,6 @@ async def _exchange_on(
 def _qparts(query: bytes) -> tuple[bytes, bytes]:
     end = _question_end(query)
     return query[12 : end - 4].lower(), query[end - 4 : end]
-
-
-def _is_literal(server: str) -> bool:
-    return is_ip(server)
 
 
 def _url_host(address: str) -> str:
@@ -341,7 +335,7 @@ async def measure(job: DnsJob) -> DnsRecord:
     started = time.time_ns()
     connect_ns = tls_ns = None
     phase = "query"
-    flow: net.UdpFlow | net.StreamConn | None = None
+    flow: net.UdpFlow | net.StreamConn
     try:
         flow = net.UdpFlow(family, addr) if job.transport == "udp" else net.StreamConn(family)
         try:
@@ -352,7 +346,7 @@ async def measure(job: DnsJob) -> DnsRecord:
                 connect_ns = flow.connect_ns
                 if job.transport in ("tls", "https"):
                     phase = "tls"
-                    name = t.tls_name or (t.server if not _is_literal(t.server) else job.address)
+                    name = t.tls_name or (t.server if not is_ip(t.server) else job.address)
                     alpn = "dot" if job.transport == "tls" else "http/1.1"
                     ctx = tls_context(t.tls_ca, t.tls_verify, alpn)
                     async with asyncio.timeout(t.timeout):
