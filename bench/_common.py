@@ -167,3 +167,45 @@ def tcpdump(port: int, path: Path, cpu: int | None = None) -> Iterator[None]:
 def cpu_pin(core: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setaffinity(0, {core})
+
+
+class BlackboxExporter:
+    """Debian's prometheus-blackbox-exporter on loopback, with the modules given (YAML)."""
+
+    def __init__(self, workdir: Path, modules_yaml: str) -> None:
+        import urllib.request
+
+        self.port = servers.free_port()
+        cfg = workdir / "blackbox.yml"
+        cfg.write_text("modules:\n" + modules_yaml)
+        self.proc = subprocess.Popen(
+            [
+                "prometheus-blackbox-exporter",
+                f"--config.file={cfg}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def probe(self, module: str, target: str) -> str:
+        """One probe: the metrics text blackbox returns."""
+        import urllib.parse
+        import urllib.request
+
+        q = urllib.parse.urlencode({"module": module, "target": target})
+        url = f"http://127.0.0.1:{self.port}/probe?{q}"
+        return urllib.request.urlopen(url, timeout=10).read().decode()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)

@@ -18,14 +18,11 @@ import argparse
 import asyncio
 import bisect
 import re
-import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import msgspec
-from _common import median, pct, read_pcap, servers, tcpdump, wire_rtts
+from _common import BlackboxExporter, median, pct, read_pcap, servers, tcpdump, wire_rtts
 
 from probe import net
 from probe.checks.dns import DnsJob
@@ -54,47 +51,23 @@ def job(port: int, qname: str, identify: str = "nsid") -> DnsJob:
     return DnsJob(t, "127.0.0.1", "udp", qname, "A")
 
 
-class Blackbox:
-    """Debian's prometheus-blackbox-exporter with a DNS module aimed at Knot."""
+class Blackbox(BlackboxExporter):
+    """blackbox_exporter with a DNS module aimed at Knot."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = servers.free_port()
-        cfg = workdir / "blackbox.yml"
-        cfg.write_text(
-            "modules:\n  dns_a:\n    prober: dns\n    timeout: 2s\n    dns:\n"
+        super().__init__(
+            workdir,
+            "  dns_a:\n    prober: dns\n    timeout: 2s\n    dns:\n"
             f"      query_name: {BB_QNAME}\n      query_type: A\n"
             "      transport_protocol: udp\n      preferred_ip_protocol: ip4\n"
-            "      recursion_desired: false\n"
+            "      recursion_desired: false\n",
         )
-        self.proc = subprocess.Popen(
-            [
-                "prometheus-blackbox-exporter",
-                f"--config.file={cfg}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
 
-    def probe(self, dns_port: int) -> float | None:
+    def probe_dns(self, dns_port: int) -> float | None:
         """One probe; the ``request`` phase in ns, or None."""
-        url = f"http://127.0.0.1:{self.port}/probe?module=dns_a&target=127.0.0.1:{dns_port}"
-        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        body = self.probe("dns_a", f"127.0.0.1:{dns_port}")
         m = re.search(r'probe_dns_duration_seconds\{phase="request"\} (\S+)', body)
         return float(m.group(1)) * 1e9 if m else None
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def errors_us(records: list[DnsRecord], wire: list[tuple[int, int]]) -> tuple[list[float], int]:
@@ -163,7 +136,7 @@ def one_run(
     with tcpdump(knot.port, pcap):
         idle = asyncio.run(timed_queries(knot.port, args.queries, 0.002))
         for _ in range(args.bb_queries):
-            v = bb.probe(knot.port)
+            v = bb.probe_dns(knot.port)
             if v is not None:
                 bb_ns.append(v)
         loaded, achieved = asyncio.run(loaded_run(knot.port, args.queries, args.load_qps))

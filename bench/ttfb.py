@@ -22,16 +22,12 @@ import argparse
 import asyncio
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import msgspec
-from _common import ROOT, median
+from _common import ROOT, BlackboxExporter, median
 
 sys.path.insert(0, str(ROOT / "lab"))
 import web
@@ -76,50 +72,22 @@ async def popwatch_once(url: str, ca: Path) -> dict[str, float]:
     }
 
 
-class Blackbox:
-    def __init__(self, workdir: Path, ca: Path) -> None:
-        from _common import servers
+class Blackbox(BlackboxExporter):
+    """blackbox_exporter with an http module trusting the lab's CA."""
 
-        self.port = servers.free_port()
-        cfg = workdir / "bb.yml"
-        cfg.write_text(
-            "modules:\n  web:\n    prober: http\n    timeout: 5s\n    http:\n"
+    def __init__(self, workdir: Path, ca: Path) -> None:
+        super().__init__(
+            workdir,
+            "  web:\n    prober: http\n    timeout: 5s\n    http:\n"
             "      preferred_ip_protocol: ip4\n      ip_protocol_fallback: false\n"
-            f"      tls_config:\n        ca_file: {ca}\n"
+            f"      tls_config:\n        ca_file: {ca}\n",
         )
-        self.proc = subprocess.Popen(
-            [
-                "prometheus-blackbox-exporter",
-                f"--config.file={cfg}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
 
     def once(self, url: str) -> dict[str, float]:
-        q = urllib.parse.urlencode({"module": "web", "target": url})
-        body = (
-            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/probe?{q}", timeout=10)
-            .read()
-            .decode()
-        )
+        body = self.probe("web", url)
         assert "probe_success 1" in body, body[-400:]
         got = dict(re.findall(r'probe_http_duration_seconds\{phase="(\w+)"\} (\S+)', body))
         return {p: float(got[BB_PHASE[p]]) * 1000 for p in PHASES}
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def _medians(rows: list[dict[str, float]]) -> dict[str, float]:

@@ -329,6 +329,13 @@ def knot(nsid: str = "knot-fra1", identity: str = "knot-id-fra1") -> Iterator[Kn
         yield k.start()
 
 
+def wait_for_stop() -> None:
+    """Block until SIGINT or SIGTERM (the context managers then clean up)."""
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    signal.sigwait(stop)
+
+
 def main() -> None:
     import argparse
 
@@ -358,9 +365,7 @@ def main() -> None:
                 f"(NSID {args.nsid}, id.server id-{args.nsid}); Ctrl-C to stop",
                 flush=True,
             )
-        stop = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
-        signal.sigwait(stop)
+        wait_for_stop()
 
 
 if __name__ == "__main__":

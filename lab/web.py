@@ -275,9 +275,9 @@ def main() -> None:
             f"TLS delay on port {TLS_PORT}; Ctrl-C to stop",
             flush=True,
         )
-        stop = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
-        signal.sigwait(stop)
+        from servers import wait_for_stop
+
+        wait_for_stop()
 
 
 if __name__ == "__main__":

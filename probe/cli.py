@@ -11,7 +11,7 @@ import signal
 import statistics
 import sys
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -31,7 +31,7 @@ from probe.config import (
 from probe.output import JsonLinesOutput
 from probe.resolve import ResolveError, resolve
 from probe.runner import Prober, run_job
-from probe.wire import DnsRecord, HttpRecord, encode
+from probe.wire import DnsRecord, HttpRecord, Measurement, encode
 
 log = logging.getLogger("popwatch.probe")
 
@@ -201,25 +201,36 @@ async def _once(args: argparse.Namespace) -> int:
     job = DnsJob(target, address, transport, target.queries[0].qname, target.queries[0].qtype)
     if not args.json:
         _print_row(_COLS)
-    records: list[DnsRecord] = []
+    records = [
+        r
+        for r in await _repeat(job, args, lambda i, r: _print_row(_row(i, r)))
+        if isinstance(r, DnsRecord)
+    ]
+    if not args.json:
+        print(_summary(records))
+    return 0 if any(r.rtt_ms is not None for r in records) else 1
+
+
+async def _repeat(
+    job: Any, args: argparse.Namespace, show: Callable[[int, Any], None]
+) -> list[Measurement]:
+    """Run ``job`` --count times, --interval apart; print each record as it comes."""
+    records: list[Measurement] = []
     loop = asyncio.get_running_loop()
     start = loop.time()
     for i in range(args.count):
-        # absolute schedule: query i leaves at start + i*interval, however long i-1 took
+        # absolute schedule: run i starts at start + i*interval, however long i-1 took
         delay = start + i * args.interval - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         record = await run_job(job)
-        assert isinstance(record, DnsRecord)
         records.append(record)
         if args.json:
             sys.stdout.buffer.write(encode(record) + b"\n")
             sys.stdout.buffer.flush()
         else:
-            _print_row(_row(i + 1, record))
-    if not args.json:
-        print(_summary(records))
-    return 0 if any(r.rtt_ms is not None for r in records) else 1
+            show(i + 1, record)
+    return records
 
 
 _HTTP_COLS = (
@@ -309,21 +320,11 @@ async def _once_http(args: argparse.Namespace) -> int:
     job = HttpJob(target)
     if not args.json:
         _print_http_row(_HTTP_COLS)
-    records: list[HttpRecord] = []
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    for i in range(args.count):
-        delay = start + i * args.interval - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        record = await run_job(job)
-        assert isinstance(record, HttpRecord)
-        records.append(record)
-        if args.json:
-            sys.stdout.buffer.write(encode(record) + b"\n")
-            sys.stdout.buffer.flush()
-        else:
-            _print_http_row(_http_row(i + 1, record))
+    records = [
+        r
+        for r in await _repeat(job, args, lambda i, r: _print_http_row(_http_row(i, r)))
+        if isinstance(r, HttpRecord)
+    ]
     if not args.json:
         print(_http_summary(records))
     return 0 if any(r.error is None for r in records) else 1

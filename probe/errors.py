@@ -58,11 +58,10 @@ HTTP_ERROR_KINDS: Final = frozenset(
 )
 
 
-class HttpCheckError(Exception):
-    """An HTTP fetch that failed; ``error`` is ``"<phase>: <detail>"``."""
+class _KindError(Exception):
+    """An error whose ``error`` text is ``"<kind>: <detail>"``."""
 
     def __init__(self, kind: str, detail: str = "") -> None:
-        assert kind in HTTP_ERROR_KINDS, kind
         self.kind = kind
         self.detail = _short(detail)
         super().__init__(self.error)
@@ -70,6 +69,14 @@ class HttpCheckError(Exception):
     @property
     def error(self) -> str:
         return f"{self.kind}: {self.detail}" if self.detail else self.kind
+
+
+class HttpCheckError(_KindError):
+    """An HTTP fetch that failed; ``error`` is ``"<phase>: <detail>"``."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        assert kind in HTTP_ERROR_KINDS, kind
+        super().__init__(kind, detail)
 
 
 def classify_http(exc: BaseException, phase: str) -> HttpCheckError:
@@ -91,20 +98,14 @@ def classify_http(exc: BaseException, phase: str) -> HttpCheckError:
     return HttpCheckError(kind, f"{type(exc).__name__}: {exc}".rstrip(": "))
 
 
-class CheckError(Exception):
+class CheckError(_KindError):
     """A measurement that ended without a DNS answer (or with an unusable one)."""
 
     def __init__(self, rcode: str, kind: str, detail: str = "") -> None:
         assert rcode in NO_ANSWER_RCODES, rcode
         assert kind in ERROR_KINDS, kind
         self.rcode = rcode
-        self.kind = kind
-        self.detail = _short(detail)
-        super().__init__(self.error)
-
-    @property
-    def error(self) -> str:
-        return f"{self.kind}: {self.detail}" if self.detail else self.kind
+        super().__init__(kind, detail)
 
 
 _ERRNO_KIND: Final = {
