@@ -210,7 +210,7 @@ _MISSING_RE: Final = re.compile(r"^Object missing required field `(?P<f>[^`]+)`$
 _UNKNOWN_RE: Final = re.compile(r"^Object contains unknown field `(?P<f>[^`]+)`$")
 
 
-def _one_line(file: str, err: msgspec.ValidationError) -> str:
+def one_line(file: str, err: msgspec.ValidationError) -> str:
     """``FILE: key.path: fault`` from msgspec's ``fault - at `$.key.path` ``."""
     text = str(err)
     m = _AT_RE.match(text)
@@ -228,7 +228,7 @@ def _one_line(file: str, err: msgspec.ValidationError) -> str:
     return f"{file}: {path or '(top level)'}: {msg}".replace("\n", " ")
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -262,12 +262,12 @@ def check_unique(file: str, targets: list[AnyTarget], key: str = "targets") -> N
 def load_targets(path: str | os.PathLike[str]) -> list[AnyTarget]:
     """Load a targets file (a mapping with one key, ``targets``)."""
     p = Path(path)
-    data = _read_yaml(p)
+    data = read_yaml(p)
     _default_kind(data)
     try:
         parsed = msgspec.convert(data, TargetsFile, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_one_line(str(p), exc)) from None
+        raise ConfigError(one_line(str(p), exc)) from None
     check_unique(str(p), parsed.targets)
     return parsed.targets
 
@@ -284,7 +284,7 @@ def load_config(
     source = "(environment)"
     if path is not None:
         source = str(path)
-        data = _read_yaml(Path(path))
+        data = read_yaml(Path(path))
     if "POPWATCH_TARGETS" in env:
         data["targets_file"] = env["POPWATCH_TARGETS"]
     if "POPWATCH_LOG_LEVEL" in env:
@@ -295,7 +295,7 @@ def load_config(
     try:
         cfg = msgspec.convert(data, ProbeConfig, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_one_line(source, exc)) from None
+        raise ConfigError(one_line(source, exc)) from None
     check_unique(source, cfg.targets)
     if cfg.targets_file:
         tf = Path(cfg.targets_file)

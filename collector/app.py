@@ -1,0 +1,227 @@
+"""The collector's HTTP API: ``create_app(config) -> web.Application``.
+
+``POST /api/v1/measurements`` takes a batch (JSON, optionally gzip) from an authenticated
+probe. Records are validated one by one: each bad one is rejected with its index and
+reason, and the good ones are written. The answer means durable: the points are in
+InfluxDB (``200``). When InfluxDB cannot take them, the answer is ``503`` with
+``Retry-After``, and the probe keeps the batch. A repeated batch id is acknowledged as a
+duplicate and written once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from collector import metrics
+from collector.lineproto import Unrepresentable
+from collector.points import Identity, to_line
+from collector.registry import Registry
+from collector.sink import Sink, SinkUnavailable
+from probe.wire import Measurement, decode_record
+
+log = logging.getLogger("popwatch.collector")
+
+NS = 1_000_000_000
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 5_000_000  # as sent (compressed)
+    max_decoded_bytes: int = 20_000_000  # after gzip: a bomb stops here
+    max_records: int = 20_000
+    max_age_s: float = 7 * 86400  # older records are rejected
+    max_future_s: float = 300  # records further ahead of our clock are rejected
+
+
+@dataclass
+class CollectorState:
+    registry: Registry
+    sink: Sink
+    limits: Limits = field(default_factory=Limits)
+    targets_file: Path | None = None
+    clock: Callable[[], float] = time.time
+
+
+STATE = web.AppKey("state", CollectorState)
+
+
+class _RawBatch(msgspec.Struct):
+    schema: int
+    batch: str
+    sent_at: int
+    measurements: list[msgspec.Raw]
+
+
+_batch_decoder = msgspec.json.Decoder(_RawBatch)
+
+
+def _error(status: int, reason: str, **headers: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status, headers=headers)
+
+
+class _Seen:
+    """Batch ids already written, per probe (SQLite, next to the registry)."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS batches (probe TEXT, batch TEXT, at REAL, "
+            "PRIMARY KEY (probe, batch))"
+        )
+
+    def seen(self, probe: str, batch: str) -> bool:
+        q = "SELECT 1 FROM batches WHERE probe = ? AND batch = ?"
+        return self._db.execute(q, (probe, batch)).fetchone() is not None
+
+    def add(self, probe: str, batch: str, now: float) -> None:
+        self._db.execute("INSERT OR IGNORE INTO batches VALUES (?, ?, ?)", (probe, batch, now))
+        self._db.execute("DELETE FROM batches WHERE at < ?", (now - 7 * 86400,))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+SEEN = web.AppKey("seen", _Seen)
+
+
+def _identity(request: web.Request) -> Identity | web.Response:
+    state = request.app[STATE]
+    auth = request.headers.get("Authorization", "")
+    if not auth.startswith("Bearer "):
+        return _error(401, "missing 'Authorization: Bearer <probe token>'")
+    who = state.registry.authenticate(auth.removeprefix("Bearer ").strip())
+    if who is None:
+        return _error(401, "unknown or revoked token")
+    return who
+
+
+def _check_record(raw: msgspec.Raw, who: Identity, state: CollectorState) -> str | Measurement:
+    """The record, or the reason it is rejected."""
+    try:
+        record = decode_record(raw)
+    except msgspec.ValidationError as exc:
+        return str(exc)
+    except msgspec.DecodeError as exc:
+        return f"not JSON: {exc}"
+    now = state.clock()
+    if record.ts < (now - state.limits.max_age_s) * NS:
+        return f"ts {record.ts} is more than {state.limits.max_age_s:g} s in the past"
+    if record.ts > (now + state.limits.max_future_s) * NS:
+        return f"ts {record.ts} is more than {state.limits.max_future_s:g} s in the future"
+    return record
+
+
+async def ingest(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    who = _identity(request)
+    if isinstance(who, web.Response):
+        return who
+    if (request.content_length or 0) > state.limits.max_body_bytes:
+        return _error(413, f"body over {state.limits.max_body_bytes} bytes")
+    try:
+        body = await request.read()  # aiohttp inflates gzip, up to max_decoded_bytes
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"body over {state.limits.max_decoded_bytes} bytes once decoded")
+    try:
+        raw = _batch_decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return _error(400, f"not a batch: {exc}")
+    if raw.schema != 1:
+        return _error(400, f"schema {raw.schema} is not supported (this collector knows 1)")
+    if not 1 <= len(raw.batch) <= 64:
+        return _error(400, "batch id must be 1-64 characters")
+    if len(raw.measurements) > state.limits.max_records:
+        return _error(413, f"more than {state.limits.max_records} records in one batch")
+    seen = request.app[SEEN]
+    if seen.seen(who.probe, raw.batch):
+        metrics.DUPLICATES.inc()
+        return web.json_response({"accepted": 0, "rejected": [], "duplicate": True})
+    lines: list[str] = []
+    rejected: list[dict[str, Any]] = []
+    for i, item in enumerate(raw.measurements):
+        checked = _check_record(item, who, state)
+        if isinstance(checked, str):
+            rejected.append({"index": i, "error": checked})
+            continue
+        try:
+            lines.append(to_line(checked, who))
+        except Unrepresentable as exc:
+            rejected.append({"index": i, "error": str(exc)})
+    try:
+        await state.sink.write(lines)
+    except SinkUnavailable as exc:
+        log.warning("batch %s from %s not accepted: %s", raw.batch, who.probe, exc)
+        return _error(503, f"cannot store now: {exc}", **{"Retry-After": "5"})
+    seen.add(who.probe, raw.batch, state.clock())
+    metrics.ACCEPTED.inc(len(lines))
+    metrics.REJECTED.inc(len(rejected))
+    metrics.LAST_SEEN.labels(who.probe, who.region).set(state.clock())
+    return web.json_response({"accepted": len(lines), "rejected": rejected, "duplicate": False})
+
+
+async def config(request: web.Request) -> web.StreamResponse:
+    """The targets this collector serves to probes, with an ETag."""
+    state = request.app[STATE]
+    who = _identity(request)
+    if isinstance(who, web.Response):
+        return who
+    if state.targets_file is None:
+        return _error(404, "this collector serves no targets (POPWATCH_TARGETS is unset)")
+    from probe.config import ConfigError, load_targets
+
+    try:
+        targets = load_targets(state.targets_file)
+    except ConfigError as exc:
+        return _error(500, str(exc))
+    body = msgspec.json.encode({"targets": targets})
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag})
+    return web.Response(body=body, content_type="application/json", headers={"ETag": etag})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ok = await request.app[STATE].sink.ready()
+    return web.json_response({"influxdb": "ok" if ok else "unreachable"}, status=200 if ok else 503)
+
+
+async def prom(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(state: CollectorState, data_dir: Path) -> web.Application:
+    app = web.Application(client_max_size=state.limits.max_decoded_bytes)
+    app[STATE] = state
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        app[SEEN] = _Seen(data_dir / "batches.sqlite")
+        await state.sink.start()
+        yield
+        await state.sink.close()
+        app[SEEN].close()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_post("/api/v1/measurements", ingest)
+    app.router.add_get("/api/v1/config", config)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prom)
+    return app
+
+
+__all__ = ["STATE", "CollectorState", "Limits", "create_app"]

@@ -1,0 +1,18 @@
+"""The collector's own Prometheus metrics, on ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACCEPTED = Counter("popwatch_collector_accepted", "Records accepted and written.")
+REJECTED = Counter("popwatch_collector_rejected", "Records rejected, each with a reason.")
+DUPLICATES = Counter("popwatch_collector_duplicate_batches", "Batches received again.")
+WRITE_SECONDS = Histogram("popwatch_collector_write_seconds", "InfluxDB write latency.")
+POINTS_REFUSED = Counter(
+    "popwatch_collector_influx_partial_writes", "Writes where InfluxDB refused some points."
+)
+LAST_SEEN = Gauge(
+    "popwatch_collector_probe_last_seen_timestamp_seconds",
+    "When each probe last sent an accepted batch.",
+    ["probe", "region"],
+)

@@ -1,0 +1,132 @@
+"""The probe registry: who may send, and the identity tags their points carry.
+
+SQLite under the data directory. A token is ``pw1_<key id>_<secret>``. Only a SHA-256 of
+the secret is stored; the secret has 256 bits, so a fast hash is enough. The stored hash
+is compared with ``hmac.compare_digest``. A revoked probe's token fails on its next
+request, since every request is checked against the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from collector.points import Identity
+
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+_COUNTRY_RE: Final = re.compile(r"^[A-Z]{2}$")
+_TOKEN_RE: Final = re.compile(r"^pw1_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS probes (
+    id TEXT PRIMARY KEY,
+    region TEXT NOT NULL,
+    country TEXT NOT NULL DEFAULT '',
+    city TEXT NOT NULL DEFAULT '',
+    lat REAL, lon REAL, asn INTEGER,
+    key_id TEXT NOT NULL UNIQUE,
+    secret_sha256 TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+"""
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRow:
+    identity: Identity
+    created_at: float
+    revoked_at: float | None
+
+
+class Registry:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(
+        self,
+        probe_id: str,
+        region: str,
+        country: str = "",
+        city: str = "",
+        lat: float | None = None,
+        lon: float | None = None,
+        asn: int | None = None,
+    ) -> str:
+        """Register a probe and return its token (shown once, stored only hashed)."""
+        if not _ID_RE.match(probe_id):
+            raise RegistryError(f"probe id {probe_id!r}: use 1-63 of [A-Za-z0-9_.:-]")
+        if not _ID_RE.match(region):
+            raise RegistryError(f"region {region!r}: use 1-63 of [A-Za-z0-9_.:-]")
+        if country and not _COUNTRY_RE.match(country):
+            raise RegistryError(f"country {country!r}: use an ISO 3166 code like DE")
+        if "\n" in city or "\\" in city:
+            raise RegistryError("city: no line breaks or backslashes")
+        if lat is not None and not -90 <= lat <= 90:
+            raise RegistryError(f"lat {lat}: must be within -90..90")
+        if lon is not None and not -180 <= lon <= 180:
+            raise RegistryError(f"lon {lon}: must be within -180..180")
+        row = self._db.execute("SELECT revoked_at FROM probes WHERE id = ?", (probe_id,)).fetchone()
+        if row is not None and row[0] is None:
+            raise RegistryError(f"probe {probe_id} exists; revoke it first to issue a new token")
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        self._db.execute("DELETE FROM probes WHERE id = ?", (probe_id,))
+        self._db.execute(
+            "INSERT INTO probes (id, region, country, city, lat, lon, asn, key_id, "
+            "secret_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (probe_id, region, country, city, lat, lon, asn, key_id, digest, time.time()),
+        )
+        return f"pw1_{key_id}_{secret}"
+
+    def authenticate(self, token: str) -> Identity | None:
+        """The identity of a valid, unrevoked token; None otherwise."""
+        m = _TOKEN_RE.match(token)
+        if not m:
+            return None
+        row = self._db.execute(
+            "SELECT id, region, country, city, lat, lon, asn, secret_sha256 FROM probes "
+            "WHERE key_id = ? AND revoked_at IS NULL",
+            (m.group(1),),
+        ).fetchone()
+        digest = hashlib.sha256(m.group(2).encode()).hexdigest()
+        if row is None:
+            hmac.compare_digest(digest, digest)  # same work whether or not the key exists
+            return None
+        if not hmac.compare_digest(digest, row[7]):
+            return None
+        return Identity(*row[:7])
+
+    def revoke(self, probe_id: str) -> None:
+        cur = self._db.execute(
+            "UPDATE probes SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), probe_id),
+        )
+        if cur.rowcount == 0:
+            raise RegistryError(f"no active probe {probe_id!r}")
+
+    def list(self) -> list[ProbeRow]:
+        rows = self._db.execute(
+            "SELECT id, region, country, city, lat, lon, asn, created_at, revoked_at "
+            "FROM probes ORDER BY id"
+        ).fetchall()
+        return [ProbeRow(Identity(*r[:7]), r[7], r[8]) for r in rows]

@@ -1,0 +1,103 @@
+"""Where points go: a small ``Sink`` protocol and the InfluxDB v1 line-protocol sink."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+import aiohttp
+
+from collector import metrics
+
+log = logging.getLogger("popwatch.collector.sink")
+
+
+class SinkUnavailable(Exception):
+    """The store cannot take points now; the batch is not accepted (503)."""
+
+
+class Sink(Protocol):
+    async def start(self) -> None: ...
+
+    async def write(self, lines: list[str]) -> None: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class InfluxV1Sink:
+    """``POST /write?db=…&precision=ns`` (InfluxDB ≤ 1.7, Debian's 1.6.7 included).
+
+    The database is created when missing, as Telegraf does. The token, if any, is sent
+    as ``Authorization: Token …`` and never leaves the collector otherwise.
+    """
+
+    def __init__(
+        self, url: str, database: str, token: str | None = None, timeout: float = 10.0
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.database = database
+        headers = {"Authorization": f"Token {token}"} if token else {}
+        self._headers = headers
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        try:
+            await self._create_database()
+        except SinkUnavailable as exc:
+            log.warning("InfluxDB at %s: %s; will retry on first write", self.url, exc)
+
+    async def _create_database(self) -> None:
+        assert self._session is not None
+        q = f'CREATE DATABASE "{self.database}"'
+        try:
+            async with self._session.post(f"{self.url}/query", data={"q": q}) as resp:
+                if resp.status != 200:
+                    raise SinkUnavailable(f"CREATE DATABASE: HTTP {resp.status}")
+        except aiohttp.ClientError as exc:
+            raise SinkUnavailable(f"CREATE DATABASE: {exc}") from None
+        self._created = True
+
+    async def write(self, lines: list[str]) -> None:
+        assert self._session is not None
+        if not lines:
+            return
+        if not getattr(self, "_created", False):
+            await self._create_database()
+        body = ("\n".join(lines) + "\n").encode()
+        t0 = time.perf_counter()
+        try:
+            async with self._session.post(
+                f"{self.url}/write",
+                params={"db": self.database, "precision": "ns"},
+                data=body,
+            ) as resp:
+                text = await resp.text()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SinkUnavailable(f"InfluxDB write: {exc or type(exc).__name__}") from None
+        metrics.WRITE_SECONDS.observe(time.perf_counter() - t0)
+        if status == 204:
+            return
+        if status == 400 and "partial write" in text:
+            # InfluxDB kept the other points; these conflict with the stored schema
+            metrics.POINTS_REFUSED.inc()
+            log.warning("InfluxDB refused some points: %s", text.strip()[:300])
+            return
+        raise SinkUnavailable(f"InfluxDB write: HTTP {status}: {text.strip()[:200]}")
+
+    async def ready(self) -> bool:
+        assert self._session is not None
+        try:
+            async with self._session.get(f"{self.url}/ping") as resp:
+                return resp.status == 204
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
