@@ -171,11 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="collector config file (YAML)")
     probes = sub.add_parser("probes", help="register, list and revoke probes")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="where the registry lives (env POPWATCH_DATA_DIR, "
-                        "default /var/lib/popwatch)")
+    common.add_argument(
+        "--data-dir",
+        help="where the registry lives (env POPWATCH_DATA_DIR, default /var/lib/popwatch)",
+    )
     psub = probes.add_subparsers(dest="probes_cmd", required=True, metavar="ACTION")
-    add = psub.add_parser("add", parents=[common],
-                          help="register a probe and print its token once")
+    add = psub.add_parser("add", parents=[common], help="register a probe and print its token once")
     add.add_argument("id")
     add.add_argument("--region", required=True)
     add.add_argument("--country", help="ISO 3166 code, e.g. DE")
