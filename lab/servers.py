@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SERIAL = 2026112501
@@ -327,6 +328,41 @@ class Dnsdist(Server):
 def knot(nsid: str = "knot-fra1", identity: str = "knot-id-fra1") -> Iterator[Knot]:
     with Knot(nsid, identity) as k:
         yield k.start()
+
+
+def wait_for_records(
+    path: Path, done: Callable[[list[dict[str, object]]], bool], timeout: float = 20.0
+) -> list[dict[str, object]]:
+    """Poll a JSON-lines output file until ``done(records)``; raise on timeout."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = []
+        if path.exists():
+            lines = path.read_text().splitlines()
+            records = [json.loads(x) for x in lines if x.endswith("}")]
+        if done(records):
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: only {len(records)} records after {timeout}s")
+        time.sleep(0.1)
+
+
+def series_spacing(
+    records: list[dict[str, object]], key: Callable[[dict[str, object]], object]
+) -> list[float]:
+    """Seconds between consecutive runs (by ``ts``) of each series."""
+    by: dict[object, list[int]] = {}
+    for r in records:
+        ts = r["ts"]
+        assert isinstance(ts, int)
+        by.setdefault(key(r), []).append(ts)
+    gaps = []
+    for stamps in by.values():
+        stamps.sort()
+        gaps += [(b - a) / 1e9 for a, b in itertools.pairwise(stamps)]
+    return gaps
 
 
 def wait_for_stop() -> None:

@@ -12,7 +12,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -339,11 +338,13 @@ def test_run_measures_http_and_dns_targets(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3.5)
+    servers.wait_for_records(
+        output, lambda rs: min(sum(r["kind"] == k for r in rs) for k in ("http", "dns")) >= 3
+    )
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     records = [json.loads(x) for x in output.read_text().splitlines()]
-    kinds = [r["kind"] for r in records]
-    assert 3 <= kinds.count("http") <= 4 and 3 <= kinds.count("dns") <= 4
+    gaps = servers.series_spacing(records, lambda r: r["kind"])
+    assert all(abs(g - 1.0) < 0.1 for g in gaps), gaps  # each target every second
     assert all(r["status"] == 200 and r["ttfb_ms"] > 0 for r in records if r["kind"] == "http")
