@@ -12,6 +12,7 @@ import statistics
 import sys
 import urllib.parse
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,6 +23,7 @@ from probe.config import (
     QTYPES,
     ConfigError,
     HttpTarget,
+    ProbeConfig,
     Target,
     check_unique,
     load_config,
@@ -361,11 +363,52 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if cfg.collector_url and cfg.token:
+        await _run_shipping(cfg, stop)
+        return 0
     async with contextlib.AsyncExitStack() as stack:
         sink = await stack.enter_async_context(JsonLinesOutput(cfg.output))
         prober = Prober(cfg, sink)
         await prober.run(stop)
     return 0
+
+
+async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
+    """Measure and ship to the collector; on stop, spool the rest and try to send it."""
+    from probe.shipper import Shipper
+
+    assert cfg.collector_url
+    assert cfg.token
+    shipper = Shipper(
+        cfg.collector_url,
+        cfg.token,
+        Path(cfg.data_dir) / "spool",
+        batch_records=cfg.batch_records,
+        batch_seconds=cfg.batch_seconds,
+        spool_max_bytes=cfg.spool_max_bytes,
+    )
+    log.info(
+        "shipping to %s; spool %s holds %d batches from before",
+        cfg.collector_url,
+        shipper.dir,
+        shipper.depth,
+    )
+    sender_stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        sender = tg.create_task(shipper.run(sender_stop))
+        try:
+            await Prober(cfg, shipper).run(stop)
+        finally:
+            shipper.close()  # the last records go to disk before anything else
+            sender_stop.set()
+        await sender
+    log.info(
+        "shipped: %d accepted, %d rejected, %d dropped; %d batches left in the spool",
+        shipper.accepted,
+        shipper.rejected,
+        shipper.dropped,
+        shipper.depth,
+    )
 
 
 # --------------------------------------------------------------------------- main

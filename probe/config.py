@@ -176,7 +176,20 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     resolver: str | None = None  # "IP[:PORT]" for host-name lookups; the system's if unset
     metrics_listen: str | None = None  # "host:port" for /metrics; off if unset
     targets_file: str | None = None  # a targets file; its list is added to ``targets``
+    collector_url: str | None = None  # ship records there instead of writing ``output``
+    token: str | None = None  # this probe's token (popwatch-collector probes add)
+    data_dir: str = "/var/lib/popwatch"  # the spool lives in DATA_DIR/spool
+    batch_records: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    batch_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0
+    spool_max_bytes: Annotated[int, msgspec.Meta(ge=1_000_000)] = 200_000_000
     targets: list[AnyTarget] = msgspec.field(default_factory=list)
+
+
+def _check_shipping(cfg: ProbeConfig, source: str) -> None:
+    if cfg.collector_url and not cfg.token:
+        raise ConfigError(f"{source}: token: required with collector_url (set POPWATCH_TOKEN)")
+    if cfg.collector_url and not cfg.collector_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: collector_url: {cfg.collector_url!r} is not an http(s) URL")
 
 
 class TargetsFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -291,12 +304,16 @@ def load_config(
         data["log_level"] = env["POPWATCH_LOG_LEVEL"].lower()
     if "POPWATCH_PROBE_ID" in env:
         data["id"] = env["POPWATCH_PROBE_ID"]
+    for key in ("collector_url", "token", "data_dir"):
+        if f"POPWATCH_{key.upper()}" in env:
+            data[key] = env[f"POPWATCH_{key.upper()}"]
     _default_kind(data)
     try:
         cfg = msgspec.convert(data, ProbeConfig, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(one_line(source, exc)) from None
     check_unique(source, cfg.targets)
+    _check_shipping(cfg, source)
     if cfg.targets_file:
         tf = Path(cfg.targets_file)
         if path is not None and not tf.is_absolute():

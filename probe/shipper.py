@@ -1,0 +1,264 @@
+"""Ship records to a collector: batches on disk first, deleted only once accepted.
+
+Records are gathered into batches (by count and by time), each batch is written to the
+spool directory as one gzip file and fsync'd, and a sender posts the files oldest first.
+Until its batch is cut, each record is also appended to ``spool/journal.jsonl`` with one
+unbuffered ``write``: a killed process loses nothing (the kernel has the bytes), and the
+next start spools what the journal holds. (A power cut can still take the records of
+the batch being gathered: that file is fsync'd only when the batch is cut.)
+A file is deleted only after the collector answers ``200``: ``accepted`` means durable
+there. The spool survives restarts. It is bounded: when full, the oldest batch is
+dropped, counted and logged.
+
+Answers and what they do:
+
+* ``200``: delete; records the collector rejected are logged with their reasons and
+  counted, never sent again;
+* ``429`` / ``503``: wait ``Retry-After`` (or the backoff), then try the same batch again;
+* ``400`` / ``413``: the batch itself is refused; it is moved to ``spool/refused/``
+  and logged, never retried forever;
+* ``401``: the token is wrong or revoked; keep everything and retry slowly;
+* a network error: exponential backoff with jitter, up to a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import msgspec
+
+from probe.wire import Batch, Measurement, encode
+
+log = logging.getLogger("popwatch.probe.shipper")
+
+_MAX_BACKOFF: Final = 60.0
+
+
+class Shipper:
+    """A record sink that ships to a collector through an on-disk spool."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        spool_dir: Path,
+        *,
+        batch_records: int = 1000,
+        batch_seconds: float = 2.0,
+        spool_max_bytes: int = 200_000_000,
+        timeout: float = 30.0,
+    ) -> None:
+        self.url = url.rstrip("/") + "/api/v1/measurements"
+        self._token = token
+        self.dir = spool_dir
+        self.refused_dir = spool_dir / "refused"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.refused_dir.mkdir(exist_ok=True)
+        self.batch_records = batch_records
+        self.batch_seconds = batch_seconds
+        self.spool_max_bytes = spool_max_bytes
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._buffer: list[Measurement] = []
+        self._oldest = time.monotonic()
+        self._wake = asyncio.Event()
+        self._seq = int(time.time() * 1000)
+        self.accepted = 0
+        self.rejected = 0
+        self.dropped = 0
+        self._journal_path = spool_dir / "journal.jsonl"
+        self._recover()
+        self._journal = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def _recover(self) -> None:
+        """Spool the records a killed predecessor had gathered but not yet batched."""
+        if not self._journal_path.exists():
+            return
+        decoder = msgspec.json.Decoder(Measurement)
+        for line in self._journal_path.read_bytes().splitlines():
+            try:
+                self._buffer.append(decoder.decode(line))
+            except msgspec.DecodeError:
+                log.warning("journal: skipped an unreadable line")
+        if self._buffer:
+            log.info("journal: %d records from before a crash, spooled now", len(self._buffer))
+            self._cut(truncate_journal=False)
+        self._journal_path.unlink()
+
+    # ------------------------------------------------------------ the sink side
+
+    def write(self, record: Measurement) -> None:
+        if not self._buffer:
+            self._oldest = time.monotonic()
+        self._buffer.append(record)
+        os.write(self._journal, encode(record) + b"\n")
+        if len(self._buffer) >= self.batch_records:
+            self._cut()
+
+    def flush(self) -> None:
+        """Called by the runner when it idles: cut a batch once it is old enough."""
+        if self._buffer and time.monotonic() - self._oldest >= self.batch_seconds:
+            self._cut()
+
+    def close(self) -> None:
+        """Spool whatever is buffered (the sender may be gone; the file is not)."""
+        if self._buffer:
+            self._cut()
+        os.close(self._journal)
+        self._journal_path.unlink(missing_ok=True)
+
+    def _cut(self, truncate_journal: bool = True) -> None:
+        records, self._buffer = self._buffer, []
+        batch = Batch(
+            schema=1, batch=str(uuid.uuid4()), sent_at=time.time_ns(), measurements=records
+        )
+        self._seq += 1
+        path = self.dir / f"{self._seq:016d}-{batch.batch}.json.gz"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(gzip.compress(encode(batch), compresslevel=5))
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.rename(path)
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself is durable
+        finally:
+            os.close(dir_fd)
+        if truncate_journal:
+            # the batch file holds these records now. A kill between the rename and this
+            # truncate spools them twice on restart; the collector stores identical points
+            # (same series and timestamp) once, so the count stays exact.
+            os.ftruncate(self._journal, 0)
+        self._enforce_bound()
+        self._wake.set()
+
+    def _files(self) -> list[Path]:
+        return sorted(self.dir.glob("*.json.gz"))
+
+    @property
+    def depth(self) -> int:
+        """Batches waiting in the spool."""
+        return len(self._files())
+
+    def _enforce_bound(self) -> None:
+        files = self._files()
+        total = sum(f.stat().st_size for f in files)
+        while files and total > self.spool_max_bytes:
+            oldest = files.pop(0)
+            total -= oldest.stat().st_size
+            oldest.unlink(missing_ok=True)
+            self.dropped += 1
+            log.error(
+                "spool over %d bytes: dropped the oldest batch %s",
+                self.spool_max_bytes,
+                oldest.name,
+            )
+
+    # ------------------------------------------------------------ the sender side
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Send spooled batches, oldest first, until ``stop`` and the spool is empty or
+        the collector is unreachable (what is left stays on disk for the next start)."""
+        headers = {
+            "Authorization": f"Bearer {self._token}",
+            "Content-Encoding": "gzip",
+            "Content-Type": "application/json",
+        }
+        backoff = 1.0
+        async with aiohttp.ClientSession(headers=headers, timeout=self._timeout) as session:
+            while True:
+                files = self._files()
+                if not files:
+                    if stop.is_set():
+                        return
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._wake.wait()
+                    continue
+                wait = await self._send(session, files[0])
+                if wait is None:
+                    backoff = 1.0
+                    continue
+                if stop.is_set():
+                    log.info(
+                        "stopping with %d batches spooled; they go at the next start",
+                        len(self._files()),
+                    )
+                    return
+                delay = wait if wait > 0 else backoff * random.uniform(0.5, 1.5)  # noqa: S311
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+
+    # Spool files are small and local: these take microseconds, so they run inline rather
+    # than in a thread.
+    def _load(self, path: Path) -> bytes:
+        return path.read_bytes()
+
+    def _done(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def _refuse(self, path: Path) -> None:
+        path.rename(self.refused_dir / path.name)
+
+    async def _send(self, session: aiohttp.ClientSession, path: Path) -> float | None:
+        """Post one batch. None: done with it. A number: wait (0 = use the backoff)."""
+        body = self._load(path)
+        try:
+            async with session.post(self.url, data=body) as resp:
+                status = resp.status
+                text = await resp.text()
+                retry_after = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("collector %s unreachable: %s", self.url, exc or type(exc).__name__)
+            return 0.0
+        if status == 200:
+            answer: dict[str, Any] = json.loads(text)
+            self.accepted += int(answer.get("accepted", 0))
+            for item in answer.get("rejected", []):
+                self.rejected += 1
+                log.warning(
+                    "collector rejected record %s of %s: %s",
+                    item.get("index"),
+                    path.name,
+                    item.get("error"),
+                )
+            self._done(path)
+            return None
+        if status in (429, 503):
+            try:
+                return max(0.0, float(retry_after)) if retry_after else 0.0
+            except ValueError:
+                return 0.0
+        if status in (400, 413):
+            log.error(
+                "collector refused batch %s (%d: %s); moved to %s",
+                path.name,
+                status,
+                text.strip()[:200],
+                self.refused_dir,
+            )
+            self._refuse(path)
+            return None
+        if status == 401:
+            log.error(
+                "collector refused the token (401): is POPWATCH_TOKEN right, or was this "
+                "probe revoked? Keeping %d batches",
+                len(self._files()),
+            )
+            return _MAX_BACKOFF
+        log.warning("collector answered %d: %s", status, text.strip()[:200])
+        return 0.0

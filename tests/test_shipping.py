@@ -1,0 +1,241 @@
+"""Probes ship to a collector through their spool: every measurement arrives, once.
+
+Real processes: InfluxDB 1.6.7, Knot, one `popwatch-collector run`, three
+`popwatch-probe run`. "Sent" is counted on Knot: each measurement is one query.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import servers
+from influx import InfluxDB
+
+COLLECTOR = str(Path(sys.executable).parent / "popwatch-collector")
+PROBE = str(Path(sys.executable).parent / "popwatch-probe")
+REGIONS = {"probe-fra": "eu-central", "probe-iad": "us-east", "probe-sin": "ap-southeast"}
+
+
+@pytest.fixture(scope="module")
+def influx() -> Iterator[InfluxDB]:
+    with InfluxDB() as i:
+        yield i.start()
+
+
+class Collector:
+    def __init__(self, influx: InfluxDB, data: Path, db: str) -> None:
+        self.port = servers.free_port()
+        self.env = {
+            **os.environ,
+            "POPWATCH_LISTEN": f"127.0.0.1:{self.port}",
+            "POPWATCH_DATA_DIR": str(data),
+            "POPWATCH_INFLUXDB_URL": influx.url,
+            "POPWATCH_INFLUXDB_API": "v1",
+            "POPWATCH_INFLUXDB_BUCKET": db,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([COLLECTOR, "run"], env=self.env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
+                    return
+            except OSError:
+                assert time.monotonic() < deadline, "collector did not start"
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+
+
+def stored(influx: InfluxDB, db: str) -> list[dict[str, object]]:
+    try:
+        return influx.query("SELECT rtt_ms, probe, region, target FROM dns", db=db)
+    except RuntimeError:
+        return []
+
+
+def test_every_measurement_arrives_once_across_a_collector_crash(
+    influx: InfluxDB, tmp_path: Path
+) -> None:
+    """Collector SIGKILLed mid-stream and restarted: stored == sent, tags right, no dupes."""
+    db = "ship"
+    data = tmp_path / "collector"
+    tokens = {}
+    for probe, region in REGIONS.items():
+        out = subprocess.run(
+            [COLLECTOR, "probes", "add", probe, "--region", region, "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        tokens[probe] = out.stdout.strip()
+    collector = Collector(influx, data, db)
+    probes: list[subprocess.Popen[bytes]] = []
+    with servers.Knot("knot-ship", "id-ship") as knot:
+        knot.start()
+        targets = tmp_path / "targets.yaml"
+        targets.write_text(
+            "targets:\n"
+            + "".join(
+                f"  - {{name: t{i}, topology: anycast, server: 127.0.0.1, port: {knot.port}, "
+                f"interval: 1, timeout: 0.5, queries: [{{qname: example.test}}]}}\n"
+                for i in range(5)
+            )
+        )
+        collector.start()
+        before = knot.queries()
+        try:
+            for probe in REGIONS:
+                conf = tmp_path / f"{probe}.yaml"
+                conf.write_text(f"id: {probe}\nbatch_seconds: 0.5\n")
+                env = {
+                    **os.environ,
+                    "POPWATCH_COLLECTOR_URL": collector.url,
+                    "POPWATCH_TOKEN": tokens[probe],
+                    "POPWATCH_DATA_DIR": str(tmp_path / probe),
+                    "POPWATCH_TARGETS": str(targets),
+                }
+                probes.append(
+                    subprocess.Popen(
+                        [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.DEVNULL
+                    )
+                )
+            time.sleep(3)
+            collector.kill()  # mid-stream: probes keep measuring into their spools
+            time.sleep(2.5)
+            collector.start()
+            time.sleep(2.5)
+        finally:
+            for p in probes:
+                p.send_signal(signal.SIGTERM)
+            codes = [p.wait(30) for p in probes]
+        sent = knot.queries() - before
+    try:
+        assert codes == [0, 0, 0]
+        deadline = time.monotonic() + 20
+        rows = stored(influx, db)
+        while len(rows) < sent and time.monotonic() < deadline:
+            time.sleep(0.2)
+            rows = stored(influx, db)
+        assert sent > 3 * 5 * 6  # three probes, five 1-second series, ~8 s
+        assert len(rows) == sent
+        keys = {(r["probe"], r["target"], r["time"]) for r in rows}
+        assert len(keys) == len(rows)  # no duplicates
+        assert {(r["probe"], r["region"]) for r in rows} == set(REGIONS.items())
+        assert all(isinstance(r["rtt_ms"], float) for r in rows)
+        for probe in REGIONS:  # every spool is empty: all was delivered
+            assert list((tmp_path / probe / "spool").glob("*.json.gz")) == []
+    finally:
+        collector.stop()
+
+
+def test_probe_config_errors_for_shipping(tmp_path: Path) -> None:
+    """collector_url without a token is one line naming the key."""
+    conf = tmp_path / "probe.yaml"
+    conf.write_text("collector_url: http://127.0.0.1:1\n")
+    out = subprocess.run(
+        [
+            PROBE,
+            "run",
+            "--config",
+            str(conf),
+            "--targets",
+            str(Path(__file__).parent.parent / "probe" / "example.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"popwatch-probe: {conf}: token: required with collector_url (set POPWATCH_TOKEN)"
+    )
+
+
+def test_probe_killed_and_restarted_loses_nothing(influx: InfluxDB, tmp_path: Path) -> None:
+    """A probe SIGKILLed mid-stream, then restarted on the same data dir: stored == sent.
+
+    What it had gathered but not yet batched is in its journal; the restart spools it.
+    """
+    db = "probekill"
+    data = tmp_path / "collector"
+    token = subprocess.run(
+        [COLLECTOR, "probes", "add", "probe-kill", "--region", "eu", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    collector = Collector(influx, data, db)
+    collector.start()
+    try:
+        with servers.Knot("knot-kill", "id-kill") as knot:
+            knot.start()
+            targets = tmp_path / "targets.yaml"
+            targets.write_text(
+                "targets:\n"
+                + "".join(
+                    f"  - {{name: t{i}, topology: anycast, server: 127.0.0.1, port: {knot.port}, "
+                    f"interval: 1, timeout: 0.5, queries: [{{qname: example.test}}]}}\n"
+                    for i in range(10)
+                )
+            )
+            conf = tmp_path / "probe.yaml"
+            # long batches: a kill always finds records gathered but not yet batched
+            conf.write_text("id: probe-kill\nbatch_seconds: 30\nbatch_records: 100000\n")
+            env = {
+                **os.environ,
+                "POPWATCH_COLLECTOR_URL": collector.url,
+                "POPWATCH_TOKEN": token,
+                "POPWATCH_DATA_DIR": str(tmp_path / "probe"),
+                "POPWATCH_TARGETS": str(targets),
+            }
+            before = knot.queries()
+            first = subprocess.Popen(
+                [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.DEVNULL
+            )
+            time.sleep(3.2)
+            first.kill()
+            first.wait()
+            journal = tmp_path / "probe" / "spool" / "journal.jsonl"
+            assert journal.stat().st_size > 0  # the kill caught records unbatched
+            second = subprocess.Popen(
+                [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.PIPE, text=True
+            )
+            time.sleep(2.2)
+            second.send_signal(signal.SIGTERM)
+            _, err = second.communicate(timeout=30)
+            sent = knot.queries() - before
+        assert second.returncode == 0, err
+        assert "records from before a crash, spooled now" in err
+        deadline = time.monotonic() + 20
+        rows = stored(influx, db)
+        while len(rows) < sent and time.monotonic() < deadline:
+            time.sleep(0.2)
+            rows = stored(influx, db)
+        assert sent >= 40
+        assert len(rows) == sent
+        assert len({(r["target"], r["time"]) for r in rows}) == len(rows)
+    finally:
+        collector.stop()
