@@ -42,6 +42,28 @@ class Limits:
     max_records: int = 20_000
     max_age_s: float = 7 * 86400  # older records are rejected
     max_future_s: float = 300  # records further ahead of our clock are rejected
+    # per probe: a token bucket of records. A probe at 1,000 targets every 10 s sends
+    # 100 records/s; the default leaves ample room and stops a runaway or a replay storm.
+    records_per_second: float = 2_000
+    burst_records: float = 200_000  # a probe coming back with a full spool catches up
+
+
+class _Buckets:
+    """A token bucket of records per probe; ``take`` says how long to wait if it is empty."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, probe: str, n: int) -> float:
+        now = self.clock()
+        level, at = self._state.get(probe, (self.burst, now))
+        level = min(self.burst, level + (now - at) * self.rate)
+        if level < n:
+            self._state[probe] = (level, now)
+            return (n - level) / self.rate
+        self._state[probe] = (level - n, now)
+        return 0.0
 
 
 @dataclass
@@ -93,6 +115,7 @@ class _Seen:
 
 
 SEEN = web.AppKey("seen", _Seen)
+BUCKETS = web.AppKey("buckets", _Buckets)
 
 
 def _identity(request: web.Request) -> Identity | web.Response:
@@ -143,6 +166,13 @@ async def ingest(request: web.Request) -> web.Response:
         return _error(400, "batch id must be 1-64 characters")
     if len(raw.measurements) > state.limits.max_records:
         return _error(413, f"more than {state.limits.max_records} records in one batch")
+    wait = request.app[BUCKETS].take(who.probe, len(raw.measurements))
+    if wait > 0:
+        return _error(
+            429,
+            f"probe {who.probe} is over {state.limits.records_per_second:g} records/s; slow down",
+            **{"Retry-After": str(max(1, round(wait)))},
+        )
     seen = request.app[SEEN]
     if seen.seen(who.probe, raw.batch):
         metrics.DUPLICATES.inc()
@@ -207,6 +237,9 @@ async def prom(request: web.Request) -> web.Response:
 def create_app(state: CollectorState, data_dir: Path) -> web.Application:
     app = web.Application(client_max_size=state.limits.max_decoded_bytes)
     app[STATE] = state
+    app[BUCKETS] = _Buckets(
+        state.limits.records_per_second, state.limits.burst_records, state.clock
+    )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[SEEN] = _Seen(data_dir / "batches.sqlite")

@@ -435,3 +435,31 @@ def test_collector_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert (
         out.stderr.strip() == f"popwatch-collector: {conf}: influxdb_api: invalid enum value 'v3'"
     )
+
+
+async def test_probe_over_its_rate_gets_429(
+    influx: InfluxDB, registry: Registry, db: str, tmp_path: Path
+) -> None:
+    """Past its records/s budget a probe gets 429 with Retry-After; others are unaffected."""
+    from collector.app import Limits
+
+    state = CollectorState(
+        registry=registry,
+        sink=InfluxV1Sink(influx.url, db),
+        limits=Limits(records_per_second=10, burst_records=20),
+    )
+    client = await _client(state, tmp_path)
+    try:
+        noisy = registry.add("noisy", region="eu")
+        calm = registry.add("calm", region="eu")
+        recs = [dns_record(ts=now_ns() - i) for i in range(15)]
+        first = await client.post("/api/v1/measurements", json=batch(*recs), headers=auth(noisy))
+        assert first.status == 200
+        second = await client.post("/api/v1/measurements", json=batch(*recs), headers=auth(noisy))
+        assert second.status == 429
+        assert int(second.headers["Retry-After"]) >= 1
+        assert "records/s" in (await second.json())["error"]
+        other = await client.post("/api/v1/measurements", json=batch(*recs), headers=auth(calm))
+        assert other.status == 200
+    finally:
+        await client.close()
