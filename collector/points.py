@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from collector.lineproto import FieldValue, line
-from probe.wire import DnsRecord, HttpRecord, Measurement
+from probe.wire import DnsRecord, HttpRecord, Measurement, ProbeRecord
 
 # rcodes that mean the server answered the question as asked
 _OK_RCODES: Final = frozenset({"NOERROR", "NXDOMAIN"})
@@ -63,6 +63,21 @@ def to_line(record: Measurement, who: Identity) -> str:
             "error": record.error,
         }
         return line("dns", tags, {k: v for k, v in fields.items() if v is not None}, record.ts)
+    if isinstance(record, ProbeRecord):
+        probe_fields: dict[str, FieldValue | None] = {
+            "lat": who.lat,
+            "lon": who.lon,
+            "uptime_s": record.uptime_s,
+            "spool_depth": record.spool_depth,
+            "dropped": record.dropped,
+            "rejected": record.rejected,
+        }
+        return line(
+            "probe",
+            {**base, "version": record.version},
+            {k: v for k, v in probe_fields.items() if v is not None},
+            record.ts,
+        )
     assert isinstance(record, HttpRecord)
     tags = {
         **base,

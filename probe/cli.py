@@ -347,10 +347,11 @@ async def _run(args: argparse.Namespace) -> int:
     if args.concurrency:
         cfg.concurrency = args.concurrency
     _setup_logging(cfg.log_level)
-    if not cfg.targets:
+    if not cfg.targets and not cfg.collector_url:
         print(
             "popwatch-probe run: no targets: pass --targets FILE, set POPWATCH_TARGETS, "
-            "or list targets in the config file",
+            "list targets in the config file, or set POPWATCH_COLLECTOR_URL to take them "
+            "from the collector",
             file=sys.stderr,
         )
         return 2
@@ -393,11 +394,16 @@ async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
         shipper.dir,
         shipper.depth,
     )
+    from probe.remote import heartbeats, pull_config
+
     sender_stop = asyncio.Event()
+    prober = Prober(cfg, shipper)
     async with asyncio.TaskGroup() as tg:
         sender = tg.create_task(shipper.run(sender_stop))
+        tg.create_task(heartbeats(shipper, cfg.heartbeat_seconds, stop))
+        tg.create_task(pull_config(cfg.collector_url, cfg.token, prober, cfg.config_seconds, stop))
         try:
-            await Prober(cfg, shipper).run(stop)
+            await prober.run(stop)
         finally:
             shipper.close()  # the last records go to disk before anything else
             sender_stop.set()

@@ -182,6 +182,8 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     batch_records: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     batch_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0
     spool_max_bytes: Annotated[int, msgspec.Meta(ge=1_000_000)] = 200_000_000
+    heartbeat_seconds: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+    config_seconds: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0  # target pulls
     targets: list[AnyTarget] = msgspec.field(default_factory=list)
 
 
@@ -196,7 +198,7 @@ class TargetsFile(msgspec.Struct, forbid_unknown_fields=True):
     targets: list[AnyTarget]
 
 
-def _default_kind(data: dict[str, Any]) -> None:
+def default_kind(data: dict[str, Any]) -> None:
     """A target without ``kind`` is a DNS target."""
     targets = data.get("targets")
     if isinstance(targets, list):
@@ -276,7 +278,7 @@ def load_targets(path: str | os.PathLike[str]) -> list[AnyTarget]:
     """Load a targets file (a mapping with one key, ``targets``)."""
     p = Path(path)
     data = read_yaml(p)
-    _default_kind(data)
+    default_kind(data)
     try:
         parsed = msgspec.convert(data, TargetsFile, strict=False)
     except msgspec.ValidationError as exc:
@@ -307,7 +309,7 @@ def load_config(
     for key in ("collector_url", "token", "data_dir"):
         if f"POPWATCH_{key.upper()}" in env:
             data[key] = env[f"POPWATCH_{key.upper()}"]
-    _default_kind(data)
+    default_kind(data)
     try:
         cfg = msgspec.convert(data, ProbeConfig, strict=False)
     except msgspec.ValidationError as exc:

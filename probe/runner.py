@@ -19,7 +19,7 @@ from probe.checks.dns import DnsJob
 from probe.config import AnyTarget, HttpTarget, ProbeConfig, Target
 from probe.resolve import ResolveError, resolve
 from probe.scheduler import Schedule
-from probe.wire import DnsRecord, Measurement
+from probe.wire import DnsRecord, HttpRecord, Measurement
 
 log = logging.getLogger("popwatch.probe")
 
@@ -65,7 +65,7 @@ async def run_job(job: Job) -> Measurement:
         record = failure(job, exc, started)
     if isinstance(record, DnsRecord):
         _count(job.kind, record.transport, record.rcode)
-    else:
+    elif isinstance(record, HttpRecord):
         outcome = record.error.split(":", 1)[0] if record.error else str(record.status)
         _count(job.kind, job.transport, outcome)
     return record
@@ -117,6 +117,15 @@ class Prober:
         self._last_report = time.monotonic()
         self.completed = 0
         metrics.IN_FLIGHT.set_function(lambda: self._in_flight)
+
+    async def replace_targets(self, targets: list[AnyTarget]) -> None:
+        """Apply a new target list without a restart: series that stay keep their place."""
+        self.cfg.targets = targets
+        self._addresses = {
+            k: v for k, v in self._addresses.items() if any(t.name == k for t in targets)
+        }
+        await self.resolve_all()
+        log.info("targets replaced: %d targets, %d series", len(targets), len(self.schedule))
 
     async def resolve_all(self) -> None:
         """(Re-)resolve every host-name server and rebuild the job set."""

@@ -79,7 +79,21 @@ class HttpRecord(msgspec.Struct, tag="http", tag_field="kind", omit_defaults=Tru
     family: Literal[4, 6] | None = None
 
 
-Measurement = DnsRecord | HttpRecord
+class ProbeRecord(msgspec.Struct, tag="probe", tag_field="kind", omit_defaults=True, kw_only=True):
+    """A probe's heartbeat: how it is doing. ``kind`` is ``"probe"``.
+
+    The collector adds the probe's identity (and lat/lon) from its registry.
+    """
+
+    ts: EpochNs
+    version: Label
+    uptime_s: Annotated[float, msgspec.Meta(ge=0)]
+    spool_depth: Annotated[int, msgspec.Meta(ge=0)]  # batches waiting to be sent
+    dropped: Annotated[int, msgspec.Meta(ge=0)]  # batches dropped from a full spool
+    rejected: Annotated[int, msgspec.Meta(ge=0)]  # records the collector rejected
+
+
+Measurement = DnsRecord | HttpRecord | ProbeRecord
 
 
 class Batch(msgspec.Struct, kw_only=True):

@@ -239,3 +239,77 @@ def test_probe_killed_and_restarted_loses_nothing(influx: InfluxDB, tmp_path: Pa
         assert len({(r["target"], r["time"]) for r in rows}) == len(rows)
     finally:
         collector.stop()
+
+
+def test_targets_from_the_collector_and_heartbeats(influx: InfluxDB, tmp_path: Path) -> None:
+    """A probe with no targets of its own measures what the collector serves, picks up a
+    changed list without a restart, and sends heartbeats with the registry's tags."""
+    db = "remote"
+    data = tmp_path / "collector"
+    token = subprocess.run(
+        [
+            COLLECTOR,
+            "probes",
+            "add",
+            "probe-r",
+            "--region",
+            "sa-east",
+            "--lat",
+            "-23.5",
+            "--lon",
+            "-46.6",
+            "--data-dir",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    with servers.Knot("knot-r", "id-r") as knot:
+        knot.start()
+
+        def targets_yaml(n: int) -> str:
+            return "targets:\n" + "".join(
+                f"  - {{name: served{i}, topology: unicast, server: 127.0.0.1, "
+                f"port: {knot.port}, interval: 1, timeout: 0.5, "
+                f"queries: [{{qname: example.test}}]}}\n"
+                for i in range(n)
+            )
+
+        served = tmp_path / "served.yaml"
+        served.write_text(targets_yaml(1))
+        collector = Collector(influx, data, db)
+        collector.env["POPWATCH_TARGETS"] = str(served)
+        collector.start()
+        conf = tmp_path / "probe.yaml"
+        conf.write_text(
+            "id: probe-r\nbatch_seconds: 0.3\nheartbeat_seconds: 1\nconfig_seconds: 1\n"
+        )
+        env = {
+            **os.environ,
+            "POPWATCH_COLLECTOR_URL": collector.url,
+            "POPWATCH_TOKEN": token,
+            "POPWATCH_DATA_DIR": str(tmp_path / "probe"),
+        }
+        probe = subprocess.Popen(
+            [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            time.sleep(2.5)
+            served.write_text(targets_yaml(2))  # a second target appears
+            time.sleep(3.0)
+        finally:
+            probe.send_signal(signal.SIGTERM)
+            _, err = probe.communicate(timeout=30)
+            time.sleep(0.5)
+            collector.stop()
+    assert probe.returncode == 0, err
+    assert "targets replaced: 2 targets, 2 series" in err
+    dns_rows = stored(influx, db)
+    assert {r["target"] for r in dns_rows} == {"served0", "served1"}
+    beats = influx.query("SELECT * FROM probe", db=db)
+    assert len(beats) >= 3
+    assert {(b["probe"], b["region"], b["lat"], b["lon"]) for b in beats} == {
+        ("probe-r", "sa-east", -23.5, -46.6)
+    }
+    assert all(b["uptime_s"] >= 0 and b["dropped"] == 0 for b in beats)
