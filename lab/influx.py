@@ -55,7 +55,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   enabled = false
 """
         )
-        self.log = open(d / "log", "wb")  # noqa: SIM115
+        self.log = open(d / "log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             ["influxd", "-config", str(d / "influxdb.conf")],
             stdout=self.log,
@@ -94,6 +94,13 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                     row.update(series.get("tags") or {})
                     rows.append(row)
         return rows
+
+    def pause(self) -> None:
+        """Stop the server but keep its data (``start`` brings it back on the same port)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
+        self.log.close()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

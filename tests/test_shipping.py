@@ -313,3 +313,77 @@ def test_targets_from_the_collector_and_heartbeats(influx: InfluxDB, tmp_path: P
         ("probe-r", "sa-east", -23.5, -46.6)
     }
     assert all(b["uptime_s"] >= 0 and b["dropped"] == 0 for b in beats)
+
+
+@pytest.mark.slow
+def test_influxdb_down_for_a_minute_loses_nothing(tmp_path: Path) -> None:
+    """InfluxDB stopped for 60 s under two probes: the collector answers 503, the probes
+    keep their batches, and when InfluxDB is back every measurement arrives once."""
+    db = "outage"
+    data = tmp_path / "collector"
+    tokens = {
+        p: subprocess.run(
+            [COLLECTOR, "probes", "add", p, "--region", r, "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for p, r in (("probe-a", "eu"), ("probe-b", "us"))
+    }
+    with InfluxDB() as influx, servers.Knot("knot-out", "id-out") as knot:
+        influx.start()
+        knot.start()
+        targets = tmp_path / "targets.yaml"
+        targets.write_text(
+            "targets:\n"
+            + "".join(
+                f"  - {{name: t{i}, topology: anycast, server: 127.0.0.1, port: {knot.port}, "
+                f"interval: 1, timeout: 0.5, queries: [{{qname: example.test}}]}}\n"
+                for i in range(3)
+            )
+        )
+        collector = Collector(influx, data, db)
+        collector.start()
+        before = knot.queries()
+        probes = []
+        try:
+            for p, token in tokens.items():
+                conf = tmp_path / f"{p}.yaml"
+                conf.write_text(f"id: {p}\nbatch_seconds: 0.5\n")
+                env = {
+                    **os.environ,
+                    "POPWATCH_COLLECTOR_URL": collector.url,
+                    "POPWATCH_TOKEN": token,
+                    "POPWATCH_DATA_DIR": str(tmp_path / p),
+                    "POPWATCH_TARGETS": str(targets),
+                }
+                probes.append(
+                    subprocess.Popen(
+                        [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.DEVNULL
+                    )
+                )
+            time.sleep(3)
+            influx.pause()
+            time.sleep(30)
+            waiting = [len(list((tmp_path / p / "spool").glob("*.json.gz"))) for p in tokens]
+            assert all(n > 10 for n in waiting), waiting  # the probes hold their batches
+            time.sleep(30)
+            influx.start()
+            time.sleep(8)  # the collector's Retry-After is 5 s
+        finally:
+            for proc in probes:
+                proc.send_signal(signal.SIGTERM)
+            codes = [proc.wait(60) for proc in probes]
+            sent = knot.queries() - before
+        try:
+            assert codes == [0, 0]
+            rows = stored(influx, db)
+            deadline = time.monotonic() + 30
+            while len(rows) < sent and time.monotonic() < deadline:
+                time.sleep(0.5)
+                rows = stored(influx, db)
+            assert sent > 2 * 3 * 60
+            assert len(rows) == sent
+            assert len({(r["probe"], r["target"], r["time"]) for r in rows}) == len(rows)
+        finally:
+            collector.stop()
