@@ -93,14 +93,24 @@ def _error(status: int, reason: str, **headers: str) -> web.Response:
 
 
 class _Seen:
-    """Batch ids already written, per probe (SQLite, next to the registry)."""
+    """Batch ids already written, per probe (SQLite, next to the registry).
+
+    WAL with ``synchronous=NORMAL``: a crash may forget the last few ids, and then a
+    retried batch is written again; InfluxDB stores identical points (same series and
+    timestamp) once, so nothing is counted twice. Ids older than a week are pruned once
+    a minute, not on every request.
+    """
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS batches (probe TEXT, batch TEXT, at REAL, "
             "PRIMARY KEY (probe, batch))"
         )
+        self._db.execute("CREATE INDEX IF NOT EXISTS batches_at ON batches (at)")
+        self._pruned = 0.0
 
     def seen(self, probe: str, batch: str) -> bool:
         q = "SELECT 1 FROM batches WHERE probe = ? AND batch = ?"
@@ -108,7 +118,9 @@ class _Seen:
 
     def add(self, probe: str, batch: str, now: float) -> None:
         self._db.execute("INSERT OR IGNORE INTO batches VALUES (?, ?, ?)", (probe, batch, now))
-        self._db.execute("DELETE FROM batches WHERE at < ?", (now - 7 * 86400,))
+        if now - self._pruned > 60:
+            self._db.execute("DELETE FROM batches WHERE at < ?", (now - 7 * 86400,))
+            self._pruned = now
 
     def close(self) -> None:
         self._db.close()

@@ -19,7 +19,7 @@ from aiohttp import web
 from collector import __version__
 from collector.app import CollectorState, Limits, create_app
 from collector.registry import Registry, RegistryError
-from collector.sink import InfluxV1Sink
+from collector.sink import GroupCommit, InfluxV1Sink
 from probe.config import ConfigError, one_line, parse_hostport, read_yaml
 
 log = logging.getLogger("popwatch.collector")
@@ -33,7 +33,8 @@ examples:
 
 Every setting is a key of the config file and a POPWATCH_* variable (the variable wins):
 listen, data_dir, targets, influxdb_url, influxdb_api (v1 only in this version),
-influxdb_token, influxdb_bucket (the database with v1), tls_cert, tls_key, log_level.
+influxdb_token, influxdb_bucket (the database with v1), tls_cert, tls_key, log_level,
+max_body_bytes, max_decoded_bytes, records_per_second and burst_records (per probe).
 """
 
 
@@ -51,6 +52,8 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000
     max_decoded_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 20_000_000
+    records_per_second: Annotated[float, msgspec.Meta(gt=0)] = 2_000.0  # per probe
+    burst_records: Annotated[float, msgspec.Meta(gt=0)] = 200_000.0  # per probe
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, 8080)
@@ -119,11 +122,16 @@ def _probes(args: argparse.Namespace) -> int:
 
 async def _run(cfg: CollectorConfig, data_dir: Path) -> None:
     registry = Registry(data_dir / "registry.sqlite")
-    sink = InfluxV1Sink(cfg.influxdb_url, cfg.influxdb_bucket, cfg.influxdb_token)
+    sink = GroupCommit(InfluxV1Sink(cfg.influxdb_url, cfg.influxdb_bucket, cfg.influxdb_token))
     state = CollectorState(
         registry=registry,
         sink=sink,
-        limits=Limits(max_body_bytes=cfg.max_body_bytes, max_decoded_bytes=cfg.max_decoded_bytes),
+        limits=Limits(
+            max_body_bytes=cfg.max_body_bytes,
+            max_decoded_bytes=cfg.max_decoded_bytes,
+            records_per_second=cfg.records_per_second,
+            burst_records=cfg.burst_records,
+        ),
         targets_file=Path(cfg.targets) if cfg.targets else None,
     )
     app = create_app(state, data_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Protocol
@@ -101,3 +102,70 @@ class InfluxV1Sink:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class GroupCommit:
+    """Wraps a sink: the points of many requests go out in one write (group commit).
+
+    Each ``write`` returns when its own lines are stored, or raises what the store said,
+    so "accepted means durable" still holds per request. A write goes out when
+    ``max_lines`` are pending or ``max_delay`` seconds after the first pending line.
+    """
+
+    def __init__(self, sink: Sink, max_lines: int = 20_000, max_delay: float = 0.01) -> None:
+        self.sink = sink
+        self.max_lines = max_lines
+        self.max_delay = max_delay
+        self._pending: list[str] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.sink.start()
+
+    async def ready(self) -> bool:
+        return await self.sink.ready()
+
+    async def write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pending.extend(lines)
+        self._waiters.append(fut)
+        if len(self._pending) >= self.max_lines:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.max_delay, self._flush)
+        await fut
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        lines, waiters = self._pending, self._waiters
+        self._pending, self._waiters = [], []
+        if not lines:
+            return
+        task = asyncio.get_running_loop().create_task(self._write(lines, waiters))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, lines: list[str], waiters: list[asyncio.Future[None]]) -> None:
+        try:
+            await self.sink.write(lines)
+        except Exception as exc:
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(exc)
+            return
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def close(self) -> None:
+        self._flush()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sink.close()

@@ -1,0 +1,244 @@
+"""Collector ingest: throughput against direct InfluxDB writes, latency under many probes.
+
+1. **Throughput.** Records/s through one `popwatch-collector run` process into the real
+   InfluxDB 1.6.7, and, in the same run, the same points written directly as line
+   protocol to the same InfluxDB (the peer). Same batch size, same concurrency. Prints
+   the ratio.
+2. **Latency.** 1,000 simulated probes (each with its own token) send 10 records each
+   second, 10,000 records/s in all, spread evenly; p50/p99 of the POST round trip, and
+   the collector's peak RSS.
+
+    python bench/ingest.py [--seconds 10] [--runs 3] [--batch 5000] [--concurrency 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import aiohttp
+from _common import ROOT, median, pct, servers
+
+sys.path.insert(0, str(ROOT / "lab"))
+from influx import InfluxDB
+
+from collector.points import Identity, to_line
+from collector.registry import Registry
+from probe.wire import Batch, DnsRecord, encode
+
+BATCH_ID = b"00000000-0000-0000-0000-000000000000"  # replaced per post
+COLLECTOR = shutil.which("popwatch-collector", path=str(Path(sys.executable).parent))
+
+
+def records(n: int, base_ts: int) -> list[DnsRecord]:
+    return [
+        DnsRecord(
+            ts=base_ts + i,
+            target=f"t{i % 50}",
+            server="192.0.2.53",
+            port=53,
+            transport="udp",
+            qname="example.com.",
+            qtype="SOA",
+            rcode="NOERROR",
+            timestamping="kernel",
+            rtt_ms=10.0 + (i % 1000) / 100,
+            site=f"pop{i % 7}",
+            topology="anycast",
+            family=4,
+            answers=1,
+            size=100,
+            ttl=300,
+        )
+        for i in range(n)
+    ]
+
+
+async def throughput(
+    url: str,
+    bodies: list[bytes],
+    headers: dict[str, str],
+    seconds: float,
+    concurrency: int,
+    per_body: int,
+) -> float:
+    """Records/s posting ``bodies`` round-robin with ``concurrency`` connections."""
+    done = 0
+    stop_at = time.monotonic() + seconds
+
+    async def worker(k: int, session: aiohttp.ClientSession) -> None:
+        nonlocal done
+        i = k
+        while time.monotonic() < stop_at:
+            # a fresh batch id each time, or the collector (rightly) skips a repeat
+            body = bodies[i % len(bodies)].replace(BATCH_ID, str(uuid.uuid4()).encode(), 1)
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+                assert r.status in (200, 204), (r.status, await r.text())
+            done += per_body
+            i += concurrency
+
+    t0 = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(worker(k, session) for k in range(concurrency)))
+    return done / (time.monotonic() - t0)
+
+
+async def latency(url: str, tokens: list[str], seconds: float) -> list[float]:
+    """Each token posts 10 records once a second (phases spread); POST latencies in ms."""
+    lat: list[float] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.5
+    conn = aiohttp.TCPConnector(limit=256)
+
+    async def probe(k: int, token: str, session: aiohttp.ClientSession) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        n = 0
+        while True:
+            due = start + k / len(tokens) + n
+            if due > start + seconds:
+                return
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            body = encode(
+                Batch(
+                    schema=1,
+                    batch=str(uuid.uuid4()),
+                    sent_at=time.time_ns(),
+                    measurements=records(10, time.time_ns()),
+                )
+            )
+            t0 = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+            lat.append((time.perf_counter() - t0) * 1000)
+            n += 1
+
+    async with aiohttp.ClientSession(connector=conn) as session:
+        await asyncio.gather(*(probe(k, t, session) for k, t in enumerate(tokens)))
+    return lat
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--probes", type=int, default=1000)
+    args = ap.parse_args()
+    assert COLLECTOR, "popwatch-collector is not installed next to this Python"
+    results = []
+    with tempfile.TemporaryDirectory() as d, InfluxDB() as influx:
+        influx.start()
+        data = Path(d)
+        reg = Registry(data / "registry.sqlite")
+        main_token = reg.add("bench-main", region="eu")
+        tokens = [reg.add(f"bench-{i}", region=f"r{i % 20}") for i in range(args.probes)]
+        reg.close()
+        port = servers.free_port()
+        env = {
+            **os.environ,
+            "POPWATCH_LISTEN": f"127.0.0.1:{port}",
+            "POPWATCH_DATA_DIR": str(data),
+            "POPWATCH_INFLUXDB_URL": influx.url,
+            "POPWATCH_INFLUXDB_BUCKET": "bench",
+            "POPWATCH_LOG_LEVEL": "warning",
+            # one client stands for many probes here: lift the per-probe limit
+            "POPWATCH_RECORDS_PER_SECOND": "1e9",
+            "POPWATCH_BURST_RECORDS": "1e9",
+        }
+        proc = subprocess.Popen([COLLECTOR, "run"], env=env)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            who = Identity("bench-main", "eu")
+            ingest_url = f"http://127.0.0.1:{port}/api/v1/measurements"
+            direct_url = f"{influx.url}/write?db=bench&precision=ns"
+            for run in range(args.runs):
+                base = time.time_ns() - 3600 * 10**9 + run * 10**12
+                sets = [records(args.batch, base + j * args.batch) for j in range(20)]
+                col_bodies = [
+                    encode(Batch(schema=1, batch=BATCH_ID.decode(), sent_at=base, measurements=rs))
+                    for rs in sets
+                ]
+                direct_bodies = [
+                    ("\n".join(to_line(r, who) for r in rs) + "\n").encode() for rs in sets
+                ]
+                via = asyncio.run(
+                    throughput(
+                        ingest_url,
+                        col_bodies,
+                        {"Authorization": f"Bearer {main_token}"},
+                        args.seconds,
+                        args.concurrency,
+                        args.batch,
+                    )
+                )
+                direct = asyncio.run(
+                    throughput(
+                        direct_url, direct_bodies, {}, args.seconds, args.concurrency, args.batch
+                    )
+                )
+                lat = asyncio.run(latency(ingest_url, tokens, args.seconds))
+                rss = vm_hwm_mb(proc.pid)
+                results.append(
+                    {
+                        "via": via,
+                        "direct": direct,
+                        "p50": pct(lat, 50),
+                        "p99": pct(lat, 99),
+                        "rss": rss,
+                        "n": len(lat),
+                    }
+                )
+                print(
+                    f"run {run + 1}/{args.runs}: collector {via:,.0f} records/s, direct "
+                    f"{direct:,.0f} points/s (ratio {via / direct:.2f}); {args.probes} probes "
+                    f"x 10 records/s: p50 {pct(lat, 50):.1f} ms p99 {pct(lat, 99):.1f} ms "
+                    f"({len(lat)} posts); collector peak RSS {rss:.0f} MB",
+                    flush=True,
+                )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+    m = {k: median([r[k] for r in results]) for k in results[0]}
+    print()
+    print(f"ingest, median of {args.runs} runs:")
+    print(
+        f"  through the collector {m['via']:,.0f} records/s; direct line protocol "
+        f"{m['direct']:,.0f} points/s; ratio {m['via'] / m['direct']:.2f}   (goal ≥ 0.5)"
+    )
+    print(
+        f"  {args.probes} probes, 10,000 records/s: p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms"
+        "   (goal p99 ≤ 50 ms)"
+    )
+    print(f"  collector peak RSS {m['rss']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
