@@ -10,6 +10,7 @@ with that reason. String fields escape backslashes and double quotes.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -25,7 +26,13 @@ class Unrepresentable(ValueError):
     """A value line protocol cannot carry."""
 
 
+@functools.lru_cache(maxsize=65536)
 def tag_value(name: str, value: str) -> str:
+    """The escaped form of a tag value (cached: targets, servers, sites repeat)."""
+    return _tag_value(name, value)
+
+
+def _tag_value(name: str, value: str) -> str:
     m = _BAD_TAG.search(value)
     if m:
         what = (
@@ -35,7 +42,7 @@ def tag_value(name: str, value: str) -> str:
     return value.translate(_TAG_ESCAPE)
 
 
-def _field(name: str, value: FieldValue) -> str:
+def field(name: str, value: FieldValue) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -53,7 +60,7 @@ def line(
 ) -> str:
     """One point. Empty tags are left out (line protocol has no empty tag value)."""
     tag_part = "".join(f",{k}={tag_value(k, v)}" for k, v in sorted(tags.items()) if v != "")
-    field_part = ",".join(f"{k}={_field(k, v)}" for k, v in fields.items() if v is not None)
+    field_part = ",".join(f"{k}={field(k, v)}" for k, v in fields.items() if v is not None)
     if not field_part:
         raise Unrepresentable("a point needs at least one field")
     return f"{measurement}{tag_part} {field_part} {ts}"
