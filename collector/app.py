@@ -56,6 +56,7 @@ class _Buckets:
         self._state: dict[str, tuple[float, float]] = {}
 
     def take(self, probe: str, n: int) -> float:
+        n = min(n, int(self.burst))  # a batch larger than the burst must still get through
         now = self.clock()
         level, at = self._state.get(probe, (self.burst, now))
         level = min(self.burst, level + (now - at) * self.rate)

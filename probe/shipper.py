@@ -77,6 +77,8 @@ class Shipper:
         self.rejected = 0
         self.dropped = 0
         self._journal_path = spool_dir / "journal.jsonl"
+        for partial in spool_dir.glob("*.tmp"):  # a batch a crash left half-written
+            partial.unlink()
         self._recover()
         self._journal = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
@@ -205,18 +207,24 @@ class Shipper:
 
     # Spool files are small and local: these take microseconds, so they run inline rather
     # than in a thread.
-    def _load(self, path: Path) -> bytes:
-        return path.read_bytes()
+    def _load(self, path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:  # dropped by the spool bound meanwhile
+            return None
 
     def _done(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 
     def _refuse(self, path: Path) -> None:
-        path.rename(self.refused_dir / path.name)
+        with contextlib.suppress(FileNotFoundError):
+            path.rename(self.refused_dir / path.name)
 
     async def _send(self, session: aiohttp.ClientSession, path: Path) -> float | None:
         """Post one batch. None: done with it. A number: wait (0 = use the backoff)."""
         body = self._load(path)
+        if body is None:
+            return None
         try:
             async with session.post(self.url, data=body) as resp:
                 status = resp.status

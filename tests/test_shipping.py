@@ -387,3 +387,39 @@ def test_influxdb_down_for_a_minute_loses_nothing(tmp_path: Path) -> None:
             assert len({(r["probe"], r["target"], r["time"]) for r in rows}) == len(rows)
         finally:
             collector.stop()
+
+
+def test_spool_is_bounded_and_drops_the_oldest(tmp_path: Path) -> None:
+    """Past its bound the spool drops the oldest batch and counts it; a batch dropped
+    while the sender was about to read it is skipped, not a crash."""
+    from probe.shipper import Shipper
+    from probe.wire import DnsRecord
+
+    shipper = Shipper(
+        "http://127.0.0.1:1", "token", tmp_path / "spool", batch_records=50, spool_max_bytes=3_000
+    )
+    try:
+        for i in range(400):
+            shipper.write(
+                DnsRecord(
+                    ts=10**18 + i,
+                    target=f"t{i}",
+                    server="192.0.2.1",
+                    port=53,
+                    transport="udp",
+                    qname="a.",
+                    qtype="A",
+                    rcode="NOERROR",
+                    timestamping="kernel",
+                    rtt_ms=float(i),
+                )
+            )
+        files = sorted((tmp_path / "spool").glob("*.json.gz"))
+        assert shipper.dropped > 0
+        assert sum(f.stat().st_size for f in files) <= 3_000
+        assert shipper.depth == len(files) == 8 - shipper.dropped
+        gone = tmp_path / "spool" / "0-gone.json.gz"
+        assert shipper._load(gone) is None
+    finally:
+        shipper.close()
+    assert not (tmp_path / "spool" / "journal.jsonl").exists()
