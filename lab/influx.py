@@ -7,25 +7,24 @@ on free ports; ``query`` runs InfluxQL and returns the rows.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-from servers import free_port
+from servers import Server, free_port
 
 
-class InfluxDB:
+class InfluxDB(Server):
+    """influxd; ``pause`` stops it keeping its data, ``start`` brings it back."""
+
+    name = "influx"
+
     def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="popwatch-influx-"))
-        self.port = free_port()
+        super().__init__(nsid="", identity="")
         self.rpc_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -101,21 +100,3 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(15)
         self.log.close()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "log", None):
-            self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> InfluxDB:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -97,7 +97,7 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _start(self, argv: list[str]) -> None:
-        self.log = open(self.dir / "log", "wb")  # noqa: SIM115
+        self.log = open(self.dir / "log", "ab")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:

@@ -76,6 +76,31 @@ def stored(influx: InfluxDB, db: str) -> list[dict[str, object]]:
         return []
 
 
+def targets_file(path: Path, port: int, n: int) -> Path:
+    """``n`` one-second dns targets on the Knot at ``port``."""
+    path.write_text(
+        "targets:\n"
+        + "".join(
+            f"  - {{name: t{i}, topology: anycast, server: 127.0.0.1, port: {port}, "
+            f"interval: 1, timeout: 0.5, queries: [{{qname: example.test}}]}}\n"
+            for i in range(n)
+        )
+    )
+    return path
+
+
+def wait_stored(
+    influx: InfluxDB, db: str, sent: int, timeout: float = 30
+) -> list[dict[str, object]]:
+    """What InfluxDB holds once it holds ``sent`` rows (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    rows = stored(influx, db)
+    while len(rows) < sent and time.monotonic() < deadline:
+        time.sleep(0.2)
+        rows = stored(influx, db)
+    return rows
+
+
 def test_every_measurement_arrives_once_across_a_collector_crash(
     influx: InfluxDB, tmp_path: Path
 ) -> None:
@@ -95,15 +120,7 @@ def test_every_measurement_arrives_once_across_a_collector_crash(
     probes: list[subprocess.Popen[bytes]] = []
     with servers.Knot("knot-ship", "id-ship") as knot:
         knot.start()
-        targets = tmp_path / "targets.yaml"
-        targets.write_text(
-            "targets:\n"
-            + "".join(
-                f"  - {{name: t{i}, topology: anycast, server: 127.0.0.1, port: {knot.port}, "
-                f"interval: 1, timeout: 0.5, queries: [{{qname: example.test}}]}}\n"
-                for i in range(5)
-            )
-        )
+        targets = targets_file(tmp_path / "targets.yaml", knot.port, 5)
         collector.start()
         before = knot.queries()
         try:
@@ -134,11 +151,7 @@ def test_every_measurement_arrives_once_across_a_collector_crash(
         sent = knot.queries() - before
     try:
         assert codes == [0, 0, 0]
-        deadline = time.monotonic() + 20
-        rows = stored(influx, db)
-        while len(rows) < sent and time.monotonic() < deadline:
-            time.sleep(0.2)
-            rows = stored(influx, db)
+        rows = wait_stored(influx, db, sent, 20)
         assert sent > 3 * 5 * 6  # three probes, five 1-second series, ~8 s
         assert len(rows) == sent
         keys = {(r["probe"], r["target"], r["time"]) for r in rows}
@@ -192,15 +205,7 @@ def test_probe_killed_and_restarted_loses_nothing(influx: InfluxDB, tmp_path: Pa
     try:
         with servers.Knot("knot-kill", "id-kill") as knot:
             knot.start()
-            targets = tmp_path / "targets.yaml"
-            targets.write_text(
-                "targets:\n"
-                + "".join(
-                    f"  - {{name: t{i}, topology: anycast, server: 127.0.0.1, port: {knot.port}, "
-                    f"interval: 1, timeout: 0.5, queries: [{{qname: example.test}}]}}\n"
-                    for i in range(10)
-                )
-            )
+            targets = targets_file(tmp_path / "targets.yaml", knot.port, 10)
             conf = tmp_path / "probe.yaml"
             # long batches: a kill always finds records gathered but not yet batched
             conf.write_text("id: probe-kill\nbatch_seconds: 30\nbatch_records: 100000\n")
@@ -229,11 +234,7 @@ def test_probe_killed_and_restarted_loses_nothing(influx: InfluxDB, tmp_path: Pa
             sent = knot.queries() - before
         assert second.returncode == 0, err
         assert "records from before a crash, spooled now" in err
-        deadline = time.monotonic() + 20
-        rows = stored(influx, db)
-        while len(rows) < sent and time.monotonic() < deadline:
-            time.sleep(0.2)
-            rows = stored(influx, db)
+        rows = wait_stored(influx, db, sent, 20)
         assert sent >= 40
         assert len(rows) == sent
         assert len({(r["target"], r["time"]) for r in rows}) == len(rows)
@@ -333,15 +334,7 @@ def test_influxdb_down_for_a_minute_loses_nothing(tmp_path: Path) -> None:
     with InfluxDB() as influx, servers.Knot("knot-out", "id-out") as knot:
         influx.start()
         knot.start()
-        targets = tmp_path / "targets.yaml"
-        targets.write_text(
-            "targets:\n"
-            + "".join(
-                f"  - {{name: t{i}, topology: anycast, server: 127.0.0.1, port: {knot.port}, "
-                f"interval: 1, timeout: 0.5, queries: [{{qname: example.test}}]}}\n"
-                for i in range(3)
-            )
-        )
+        targets = targets_file(tmp_path / "targets.yaml", knot.port, 3)
         collector = Collector(influx, data, db)
         collector.start()
         before = knot.queries()
@@ -377,11 +370,7 @@ def test_influxdb_down_for_a_minute_loses_nothing(tmp_path: Path) -> None:
             sent = knot.queries() - before
         try:
             assert codes == [0, 0]
-            rows = stored(influx, db)
-            deadline = time.monotonic() + 30
-            while len(rows) < sent and time.monotonic() < deadline:
-                time.sleep(0.5)
-                rows = stored(influx, db)
+            rows = wait_stored(influx, db, sent, 30)
             assert sent > 2 * 3 * 60
             assert len(rows) == sent
             assert len({(r["probe"], r["target"], r["time"]) for r in rows}) == len(rows)
