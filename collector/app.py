@@ -142,7 +142,7 @@ def _identity(request: web.Request) -> Identity | web.Response:
     return who
 
 
-def _check_record(raw: msgspec.Raw, who: Identity, state: CollectorState) -> str | Measurement:
+def _check_record(raw: msgspec.Raw, state: CollectorState) -> str | Measurement:
     """The record, or the reason it is rejected."""
     try:
         record = decode_record(raw)
@@ -193,7 +193,7 @@ async def ingest(request: web.Request) -> web.Response:
     lines: list[str] = []
     rejected: list[dict[str, Any]] = []
     for i, item in enumerate(raw.measurements):
-        checked = _check_record(item, who, state)
+        checked = _check_record(item, state)
         if isinstance(checked, str):
             rejected.append({"index": i, "error": checked})
             continue

@@ -207,11 +207,17 @@ class _Stamped(AsyncClosing):
         self.kernel = _enable(sock)
         self._tx: int | None = None
 
-    def _drain_errqueue(self) -> None:
-        """Read TX stamps from the socket's error queue, until one is found or it is empty."""
+    def _drain_errqueue(self, first_only: bool = False) -> None:
+        """Read TX stamps from the error queue until it is empty; keep the latest.
+
+        A stream write split over several sends leaves one stamp per send, and the last
+        byte's is the one that counts; an unread stamp would also keep the socket
+        signalling readiness. ``first_only`` is for a datagram flow, whose single send
+        leaves a single stamp: it saves the call that finds the queue empty.
+        """
         if not self.kernel:
             return
-        while self._tx is None:
+        while True:
             try:
                 _, anc, _, _ = self.sock.recvmsg(0, _ANCBUF, socket.MSG_ERRQUEUE)
             except (BlockingIOError, InterruptedError):
@@ -219,7 +225,11 @@ class _Stamped(AsyncClosing):
             except OSError:
                 # an asynchronous socket error is reported by the next normal recv
                 return
-            self._tx = _stamp(anc)
+            stamp = _stamp(anc)
+            if stamp is not None:
+                self._tx = stamp
+                if first_only:
+                    return
 
     def close(self) -> None:
         self.sock.close()
@@ -264,7 +274,7 @@ class UdpFlow(_Stamped):
         def on_readable() -> None:
             nonlocal ignored
             if self._tx is None:
-                self._drain_errqueue()
+                self._drain_errqueue(first_only=True)
             while not fut.done():
                 try:
                     data, anc, _flags, src = sock.recvmsg(_MAX_DATAGRAM, _ANCBUF)
@@ -291,10 +301,10 @@ class UdpFlow(_Stamped):
             sent_wall = time.time_ns()
             t_send = time.perf_counter_ns()
             sock.send(wire)
-            self._drain_errqueue()  # on loopback and most drivers the stamp is already there
+            self._drain_errqueue(first_only=True)  # on loopback the stamp is already there
             data, rx, t_recv = await fut
             if rx is not None and self._tx is None:
-                self._drain_errqueue()
+                self._drain_errqueue(first_only=True)
         finally:
             timer.cancel()
             reactor.remove(fd)
@@ -328,7 +338,6 @@ class StreamConn(_Stamped):
         self._pending_user: int = 0
         self.connect_ns: int | None = None
         self.tls_ns: int | None = None
-        self.tls_version: str | None = None
 
     async def connect(self, addr: tuple[str, int]) -> None:
         """TCP connect; ``connect_ns`` lies between ``connect()`` and the SYN-ACK's ACK."""
@@ -353,7 +362,6 @@ class StreamConn(_Stamped):
                 self._in.write(data)
         await self._flush_tls()
         self.tls_ns = time.perf_counter_ns() - t0
-        self.tls_version = self._tls.version()
 
     async def _flush_tls(self) -> None:
         data = self._out.read()
@@ -449,8 +457,7 @@ class StreamConn(_Stamped):
         if need < len(buf):
             self._pending[:0] = buf[need:]
             buf = buf[:need]
-        if self._tx is None:
-            self._drain_errqueue()
+        self._drain_errqueue()
         tx = self._tx
         if self.kernel and rx is not None and tx is not None and rx >= tx:
             return Exchange(buf, tx, rx - tx, True)

@@ -120,10 +120,12 @@ class Prober:
 
     async def replace_targets(self, targets: list[AnyTarget]) -> None:
         """Apply a new target list without a restart: series that stay keep their place."""
+        # cached addresses stay only for targets that did not change: a target whose
+        # server changed must not fall back to the old host's addresses
+        new = {t.name: t for t in targets}
+        unchanged = {t.name for t in self.cfg.targets if new.get(t.name) == t}
         self.cfg.targets = targets
-        self._addresses = {
-            k: v for k, v in self._addresses.items() if any(t.name == k for t in targets)
-        }
+        self._addresses = {k: v for k, v in self._addresses.items() if k in unchanged}
         await self.resolve_all()
         log.info("targets replaced: %d targets, %d series", len(targets), len(self.schedule))
 

@@ -141,3 +141,27 @@ async def test_re_resolution_follows_a_changed_address() -> None:
     assert {r.server for r in before} == {"127.0.0.1"}
     assert {r.server for r in after} == {"127.0.0.2"}  # Knot does not listen there
     assert all(r.rcode == "NETERR" for r in after)
+
+
+async def test_replaced_target_does_not_keep_the_old_servers_addresses(
+    knot: servers.Knot,
+) -> None:
+    """A target whose server changes to a name that does not resolve drops its old series,
+    rather than measuring the old host under the new definition."""
+    old = target(
+        "by-name", knot.port, server="ns1.example.test", families=[4], interval=60, timeout=1
+    )
+    cfg = ProbeConfig(id="swap", resolver=f"127.0.0.1:{knot.port}", targets=[old])
+    prober = Prober(cfg, MemorySink())
+    await prober.resolve_all()
+    assert len(prober.schedule) == 1
+    same = target(
+        "by-name", knot.port, server="ns1.example.test", families=[4], interval=60, timeout=1
+    )
+    await prober.replace_targets([same])
+    assert len(prober.schedule) == 1  # unchanged target: still measured
+    moved = target(
+        "by-name", knot.port, server="nope.example.test", families=[4], interval=60, timeout=1
+    )
+    await prober.replace_targets([moved])
+    assert len(prober.schedule) == 0
