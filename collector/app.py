@@ -3,8 +3,9 @@
 ``POST /api/v1/measurements`` takes a batch (JSON, optionally gzip) from an authenticated
 probe. Records are validated one by one: each bad one is rejected with its index and
 reason, and the good ones are written. The answer means durable: the points are in
-InfluxDB (``200``). When InfluxDB cannot take them, the answer is ``503`` with
-``Retry-After``, and the probe keeps the batch. A repeated batch id is acknowledged as a
+InfluxDB or in the collector's fsync'd spool (``200``, see ``collector.spool``). When
+neither can take them (the spool is full), the answer is ``503`` with ``Retry-After``,
+and the probe keeps the batch. A repeated batch id is acknowledged as a
 duplicate and written once.
 """
 
@@ -28,6 +29,7 @@ from collector.lineproto import Unrepresentable
 from collector.points import Identity, to_line
 from collector.registry import Registry
 from collector.sink import Sink, SinkUnavailable
+from collector.spool import Spool, SpoolFull
 from probe.wire import Measurement, decode_record
 
 log = logging.getLogger("popwatch.collector")
@@ -74,6 +76,7 @@ class CollectorState:
     limits: Limits = field(default_factory=Limits)
     targets_file: Path | None = None
     clock: Callable[[], float] = time.time
+    spool: Spool | None = None  # the spool under ``sink``, for /readyz
 
 
 STATE = web.AppKey("state", CollectorState)
@@ -204,6 +207,8 @@ async def ingest(request: web.Request) -> web.Response:
     try:
         await state.sink.write(lines)
     except SinkUnavailable as exc:
+        if isinstance(exc, SpoolFull):
+            metrics.SPOOL_FULL.inc()
         log.warning("batch %s from %s not accepted: %s", raw.batch, who.probe, exc)
         return _error(503, f"cannot store now: {exc}", **{"Retry-After": "5"})
     seen.add(who.probe, raw.batch, state.clock())
@@ -239,8 +244,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ok = await request.app[STATE].sink.ready()
-    return web.json_response({"influxdb": "ok" if ok else "unreachable"}, status=200 if ok else 503)
+    """Ready to accept batches: InfluxDB answers, or the spool has room for them."""
+    state = request.app[STATE]
+    influx_ok = await state.sink.ready()
+    body: dict[str, Any] = {"influxdb": "ok" if influx_ok else "unreachable"}
+    ok = influx_ok
+    if state.spool is not None:
+        body["spool_bytes"] = state.spool.bytes
+        body["spool_max_bytes"] = state.spool.max_bytes
+        ok = ok or state.spool.bytes < state.spool.max_bytes
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def prom(request: web.Request) -> web.Response:

@@ -19,7 +19,8 @@ from aiohttp import web
 from collector import __version__
 from collector.app import CollectorState, Limits, create_app
 from collector.registry import Registry, RegistryError
-from collector.sink import GroupCommit, InfluxV1Sink
+from collector.sink import GroupCommit, InfluxV1Sink, InfluxV2Sink, Sink
+from collector.spool import Spool, SpoolingSink
 from probe.config import ConfigError, one_line, parse_hostport, read_yaml
 
 log = logging.getLogger("popwatch.collector")
@@ -31,10 +32,16 @@ examples:
   popwatch-collector probes revoke probe-fra-1
   POPWATCH_INFLUXDB_URL=http://127.0.0.1:8086 POPWATCH_INFLUXDB_API=v1 popwatch-collector run
 
+  POPWATCH_INFLUXDB_URL=http://influxdb:8086 POPWATCH_INFLUXDB_TOKEN=... \
+    POPWATCH_INFLUXDB_ORG=ops POPWATCH_INFLUXDB_BUCKET=popwatch popwatch-collector run
+
 Every setting is a key of the config file and a POPWATCH_* variable (the variable wins):
-listen, data_dir, targets, influxdb_url, influxdb_api (v1 only in this version),
-influxdb_token, influxdb_bucket (the database with v1), tls_cert, tls_key, log_level,
-max_body_bytes, max_decoded_bytes, records_per_second and burst_records (per probe).
+listen, data_dir, targets, influxdb_url, influxdb_api (v2, the default, for InfluxDB
+1.8+/2.x/3.x; v1 for InfluxDB <= 1.7), influxdb_token, influxdb_org, influxdb_bucket
+(the database with v1), influxdb_timeout (a slower write goes to the spool),
+spool_max_bytes (past it, probes get 503 and keep their data), tls_cert, tls_key,
+log_level, max_body_bytes, max_decoded_bytes, records_per_second and burst_records
+(per probe). See the README's configuration reference.
 """
 
 
@@ -43,7 +50,7 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "/var/lib/popwatch"
     targets: str | None = None  # the targets file served on /api/v1/config
     influxdb_url: str = "http://127.0.0.1:8086"
-    influxdb_api: Literal["v1"] = "v1"
+    influxdb_api: Literal["v1", "v2"] = "v2"
     influxdb_token: str | None = None
     influxdb_org: str | None = None
     influxdb_bucket: str = "popwatch"
@@ -54,6 +61,8 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_decoded_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 20_000_000
     records_per_second: Annotated[float, msgspec.Meta(gt=0)] = 2_000.0  # per probe
     burst_records: Annotated[float, msgspec.Meta(gt=0)] = 200_000.0  # per probe
+    influxdb_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # slower writes are spooled
+    spool_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_000_000_000
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, 8080)
@@ -120,12 +129,26 @@ def _probes(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_sink(cfg: CollectorConfig, data_dir: Path) -> tuple[Sink, Spool]:
+    """InfluxDB (v1 or v2 API) behind the spool, behind group commit."""
+    store: Sink
+    if cfg.influxdb_api == "v1":
+        store = InfluxV1Sink(cfg.influxdb_url, cfg.influxdb_bucket, cfg.influxdb_token)
+    else:
+        store = InfluxV2Sink(
+            cfg.influxdb_url, cfg.influxdb_bucket, cfg.influxdb_token, cfg.influxdb_org
+        )
+    spool = Spool(data_dir / "spool", cfg.spool_max_bytes)
+    return GroupCommit(SpoolingSink(store, spool, cfg.influxdb_timeout)), spool
+
+
 async def _run(cfg: CollectorConfig, data_dir: Path) -> None:
     registry = Registry(data_dir / "registry.sqlite")
-    sink = GroupCommit(InfluxV1Sink(cfg.influxdb_url, cfg.influxdb_bucket, cfg.influxdb_token))
+    sink, spool = build_sink(cfg, data_dir)
     state = CollectorState(
         registry=registry,
         sink=sink,
+        spool=spool,
         limits=Limits(
             max_body_bytes=cfg.max_body_bytes,
             max_decoded_bytes=cfg.max_decoded_bytes,
@@ -146,12 +169,15 @@ async def _run(cfg: CollectorConfig, data_dir: Path) -> None:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx)
         await site.start()
         log.info(
-            "collector listening on %s://%s:%d, writing to %s (database %s)",
+            "collector listening on %s://%s:%d, writing to %s (%s API, %s %s), spool %s",
             "https" if ssl_ctx else "http",
             host,
             port,
             cfg.influxdb_url,
+            cfg.influxdb_api,
+            "database" if cfg.influxdb_api == "v1" else "bucket",
             cfg.influxdb_bucket,
+            spool.dir,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -16,3 +16,10 @@ LAST_SEEN = Gauge(
     "When each probe last sent an accepted batch.",
     ["probe", "region"],
 )
+SPOOL_BYTES = Gauge("popwatch_collector_spool_bytes", "Bytes of points waiting in the spool.")
+SPOOL_SEGMENTS = Gauge("popwatch_collector_spool_segments", "Segment files in the spool.")
+SPOOLED = Counter("popwatch_collector_spooled", "Records written to the spool, not InfluxDB.")
+REPLAYED = Counter("popwatch_collector_replayed", "Records replayed from the spool to InfluxDB.")
+SPOOL_FULL = Counter(
+    "popwatch_collector_spool_full", "Batches answered 503 because the spool was full."
+)

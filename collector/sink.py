@@ -1,11 +1,11 @@
-"""Where points go: a small ``Sink`` protocol and the InfluxDB v1 line-protocol sink."""
+"""Where points go: a small ``Sink`` protocol, and the InfluxDB sinks (v1 and v2 APIs)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -18,6 +18,10 @@ class SinkUnavailable(Exception):
     """The store cannot take points now; the batch is not accepted (503)."""
 
 
+class SinkRefused(SinkUnavailable):
+    """The store refuses these points outright (not a pause): retrying will not help."""
+
+
 class Sink(Protocol):
     async def start(self) -> None: ...
 
@@ -26,6 +30,21 @@ class Sink(Protocol):
     async def ready(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+def _verdict(status: int, text: str) -> None:
+    """Returns when InfluxDB stored the points; raises what to do otherwise."""
+    if status in (200, 204):
+        return
+    if status in (400, 422) and "partial write" in text:
+        # InfluxDB kept the other points; these conflict with the stored schema
+        metrics.POINTS_REFUSED.inc()
+        log.warning("InfluxDB refused some points: %s", text.strip()[:300])
+        return
+    what = f"InfluxDB write: HTTP {status}: {text.strip()[:200]}"
+    if status in (400, 413, 422):
+        raise SinkRefused(what)
+    raise SinkUnavailable(what)
 
 
 class InfluxV1Sink:
@@ -44,6 +63,7 @@ class InfluxV1Sink:
         self._headers = headers
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._created = False
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
@@ -67,7 +87,7 @@ class InfluxV1Sink:
         assert self._session is not None
         if not lines:
             return
-        if not getattr(self, "_created", False):
+        if not self._created:
             await self._create_database()
         body = ("\n".join(lines) + "\n").encode()
         t0 = time.perf_counter()
@@ -82,14 +102,9 @@ class InfluxV1Sink:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SinkUnavailable(f"InfluxDB write: {exc or type(exc).__name__}") from None
         metrics.WRITE_SECONDS.observe(time.perf_counter() - t0)
-        if status == 204:
-            return
-        if status == 400 and "partial write" in text:
-            # InfluxDB kept the other points; these conflict with the stored schema
-            metrics.POINTS_REFUSED.inc()
-            log.warning("InfluxDB refused some points: %s", text.strip()[:300])
-            return
-        raise SinkUnavailable(f"InfluxDB write: HTTP {status}: {text.strip()[:200]}")
+        if status == 404:  # the database was dropped under us: create it on the next write
+            self._created = False
+        _verdict(status, text)
 
     async def ready(self) -> bool:
         assert self._session is not None
@@ -102,6 +117,64 @@ class InfluxV1Sink:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class InfluxV2Sink:
+    """influxdb-client's async API, ``POST /api/v2/write`` (InfluxDB 1.8+, 2.x, 3.x).
+
+    ``bucket`` is ``database/retention`` on InfluxDB 1.8; ``token`` is ``user:password``
+    there, an API token on 2.x and 3.x. The token is sent to InfluxDB only.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        bucket: str,
+        token: str | None = None,
+        org: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.bucket = bucket
+        self.token = token
+        self.org = org or "-"  # 1.8 ignores org; the client wants one
+        self.timeout = timeout
+        self._client: Any = None
+        self._write: Any = None
+
+    async def start(self) -> None:
+        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
+        self._client = InfluxDBClientAsync(
+            url=self.url, token=self.token or "", org=self.org, timeout=int(self.timeout * 1000)
+        )
+        self._write = self._client.write_api()
+
+    async def write(self, lines: list[str]) -> None:
+        from influxdb_client.rest import ApiException
+
+        if not lines:
+            return
+        body = ("\n".join(lines) + "\n").encode()
+        t0 = time.perf_counter()
+        try:
+            await self._write.write(bucket=self.bucket, org=self.org, record=body)
+        except ApiException as exc:
+            text = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else exc.body
+            _verdict(int(exc.status or 0), str(text or exc.reason))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise SinkUnavailable(f"InfluxDB write: {exc or type(exc).__name__}") from None
+        metrics.WRITE_SECONDS.observe(time.perf_counter() - t0)
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except Exception:  # ping raises what the transport raised
+            return False
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
 
 
 class GroupCommit:

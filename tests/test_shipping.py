@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -316,26 +316,60 @@ def test_targets_from_the_collector_and_heartbeats(influx: InfluxDB, tmp_path: P
     assert all(b["uptime_s"] >= 0 and b["dropped"] == 0 for b in beats)
 
 
-@pytest.mark.slow
-def test_influxdb_down_for_a_minute_loses_nothing(tmp_path: Path) -> None:
-    """InfluxDB stopped for 60 s under two probes: the collector answers 503, the probes
-    keep their batches, and when InfluxDB is back every measurement arrives once."""
-    db = "outage"
-    data = tmp_path / "collector"
-    tokens = {
+def register(data: Path, regions: dict[str, str]) -> dict[str, str]:
+    """Each probe's token, from ``popwatch-collector probes add``."""
+    return {
         p: subprocess.run(
             [COLLECTOR, "probes", "add", p, "--region", r, "--data-dir", str(data)],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        for p, r in (("probe-a", "eu"), ("probe-b", "us"))
+        for p, r in regions.items()
     }
+
+
+def spooled(directory: Path, pattern: str = "*.json.gz") -> int:
+    return len(list(directory.glob(pattern)))
+
+
+def collector_metric(collector: Collector, name: str) -> float:
+    with urllib.request.urlopen(f"{collector.url}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not on /metrics")
+
+
+def until(cond: Callable[[], bool], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("outage", "spool_max"),
+    [(60, None), (25, 8_000)],
+    ids=["influxdb-down-60s", "collector-spool-full"],
+)
+def test_influxdb_outage_loses_nothing(tmp_path: Path, outage: int, spool_max: int | None) -> None:
+    """InfluxDB stopped under two probes. With room in the collector's spool, the
+    collector accepts into it; once the spool is full it answers 503 and the probes keep
+    their batches. When InfluxDB is back every measurement arrives once."""
+    db = "outage"
+    data = tmp_path / "collector"
+    tokens = register(data, {"probe-a": "eu", "probe-b": "us"})
     with InfluxDB() as influx, servers.Knot("knot-out", "id-out") as knot:
         influx.start()
         knot.start()
         targets = targets_file(tmp_path / "targets.yaml", knot.port, 3)
         collector = Collector(influx, data, db)
+        if spool_max:
+            collector.env["POPWATCH_SPOOL_MAX_BYTES"] = str(spool_max)
         collector.start()
         before = knot.queries()
         probes = []
@@ -357,23 +391,42 @@ def test_influxdb_down_for_a_minute_loses_nothing(tmp_path: Path) -> None:
                 )
             time.sleep(3)
             influx.pause()
-            time.sleep(30)
-            waiting = [len(list((tmp_path / p / "spool").glob("*.json.gz"))) for p in tokens]
-            assert all(n > 10 for n in waiting), waiting  # the probes hold their batches
-            time.sleep(30)
+            time.sleep(outage - 5)
+            held = [spooled(tmp_path / p / "spool") for p in tokens]
+            in_collector = spooled(data / "spool", "*.lp")
+            full = collector_metric(collector, "popwatch_collector_spool_full_total")
+            if spool_max:  # the collector's spool is full: the probes hold their batches
+                assert full > 0 and all(n > 3 for n in held), (full, held)
+                spool_bytes = collector_metric(collector, "popwatch_collector_spool_bytes")
+                assert spool_max / 2 < spool_bytes <= spool_max
+            else:  # the collector took everything into its own spool
+                assert full == 0 and in_collector > 10 and all(n <= 2 for n in held), (
+                    in_collector,
+                    held,
+                )
+            time.sleep(5)
             influx.start()
-            time.sleep(8)  # the collector's Retry-After is 5 s
+            caught_up = until(
+                lambda: (
+                    all(spooled(tmp_path / p / "spool") == 0 for p in tokens)
+                    and spooled(data / "spool", "*.lp") == 0
+                ),
+                60,
+            )
         finally:
             for proc in probes:
                 proc.send_signal(signal.SIGTERM)
             codes = [proc.wait(60) for proc in probes]
             sent = knot.queries() - before
         try:
+            assert caught_up, "the spools did not drain"
             assert codes == [0, 0]
             rows = wait_stored(influx, db, sent, 30)
-            assert sent > 2 * 3 * 60
+            assert sent > 2 * 3 * outage
             assert len(rows) == sent
             assert len({(r["probe"], r["target"], r["time"]) for r in rows}) == len(rows)
+            for p in tokens:
+                assert spooled(tmp_path / p / "spool") == 0
         finally:
             collector.stop()
 
