@@ -184,6 +184,7 @@ async def ingest(request: web.Request) -> web.Response:
         return _error(413, f"more than {state.limits.max_records} records in one batch")
     wait = request.app[BUCKETS].take(who.probe, len(raw.measurements))
     if wait > 0:
+        metrics.RATE_LIMITED.inc()
         return _error(
             429,
             f"probe {who.probe} is over {state.limits.records_per_second:g} records/s; slow down",

@@ -23,3 +23,6 @@ REPLAYED = Counter("popwatch_collector_replayed", "Records replayed from the spo
 SPOOL_FULL = Counter(
     "popwatch_collector_spool_full", "Batches answered 503 because the spool was full."
 )
+RATE_LIMITED = Counter(
+    "popwatch_collector_rate_limited", "Batches answered 429: a probe over its rate."
+)

@@ -248,9 +248,16 @@ class Shipper:
             return None
         if status in (429, 503):
             try:
-                return max(0.0, float(retry_after)) if retry_after else 0.0
+                wait = max(0.0, float(retry_after)) if retry_after else 0.0
             except ValueError:
-                return 0.0
+                wait = 0.0
+            log.info(
+                "collector busy (%d: %s); retrying %s",
+                status,
+                text.strip()[:200],
+                f"in {wait:g} s as it asked" if wait else "with backoff",
+            )
+            return wait
         if status in (400, 413):
             log.error(
                 "collector refused batch %s (%d: %s); moved to %s",

@@ -6,6 +6,7 @@ Real processes: InfluxDB 1.6.7, Knot, one `popwatch-collector run`, three
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -429,6 +430,60 @@ def test_influxdb_outage_loses_nothing(tmp_path: Path, outage: int, spool_max: i
                 assert spooled(tmp_path / p / "spool") == 0
         finally:
             collector.stop()
+
+
+def test_probe_honours_429_retry_after(influx: InfluxDB, tmp_path: Path) -> None:
+    """A probe over its rate gets 429 with Retry-After and waits that long, rather than
+    hammering the collector; every record still arrives."""
+    from probe.shipper import Shipper
+    from probe.wire import DnsRecord
+
+    data = tmp_path / "collector"
+    (token,) = register(data, {"probe-fast": "eu"}).values()
+    collector = Collector(influx, data, "ratelimit")
+    collector.env["POPWATCH_RECORDS_PER_SECOND"] = "10"
+    collector.env["POPWATCH_BURST_RECORDS"] = "20"
+    collector.start()
+    shipper = Shipper(collector.url, token, tmp_path / "spool", batch_records=20)
+    try:
+        now = time.time_ns()
+        for i in range(60):  # three batches of 20: the burst takes one, then 2 s per batch
+            shipper.write(
+                DnsRecord(
+                    ts=now - i * 1000,
+                    target="t",
+                    server="192.0.2.1",
+                    port=53,
+                    transport="udp",
+                    qname="a.",
+                    qtype="A",
+                    rcode="NOERROR",
+                    timestamping="kernel",
+                    rtt_ms=float(i),
+                )
+            )
+        assert shipper.depth == 3
+
+        async def ship() -> float:
+            stop = asyncio.Event()
+            t0 = time.monotonic()
+            task = asyncio.create_task(shipper.run(stop))
+            while shipper.depth:  # noqa: ASYNC110 (the spool is files on disk)
+                await asyncio.sleep(0.05)
+            stop.set()
+            await task
+            return time.monotonic() - t0
+
+        elapsed = asyncio.run(ship())
+        limited = collector_metric(collector, "popwatch_collector_rate_limited_total")
+        assert limited == 2, limited  # one 429 per wait: it waited as told, no hammering
+        assert 3.5 <= elapsed <= 10, elapsed  # two waits of ~2 s, as Retry-After said
+        assert shipper.accepted == 60
+        rows = influx.query("SELECT rtt_ms FROM dns", db="ratelimit")
+        assert sorted(r["rtt_ms"] for r in rows) == [float(i) for i in range(60)]
+    finally:
+        shipper.close()
+        collector.stop()
 
 
 def test_spool_is_bounded_and_drops_the_oldest(tmp_path: Path) -> None:
