@@ -95,33 +95,41 @@ async def throughput(
 
 
 async def latency(url: str, tokens: list[str], seconds: float) -> list[float]:
-    """Each token posts 10 records once a second (phases spread); POST latencies in ms."""
-    lat: list[float] = []
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.5
-    conn = aiohttp.TCPConnector(limit=256)
+    """Each token posts 10 records once a second (phases spread); POST latencies in ms.
 
-    async def probe(k: int, token: str, session: aiohttp.ClientSession) -> None:
-        headers = {"Authorization": f"Bearer {token}"}
-        n = 0
-        while True:
-            due = start + k / len(tokens) + n
-            if due > start + seconds:
-                return
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            body = encode(
+    Bodies are encoded before the clock starts, so the client spends its time sending.
+    """
+    lat: list[float] = []
+    base = time.time_ns() - 60 * 10**9
+    sends = int(seconds)
+    bodies = [
+        [
+            encode(
                 Batch(
                     schema=1,
                     batch=str(uuid.uuid4()),
-                    sent_at=time.time_ns(),
-                    measurements=records(10, time.time_ns()),
+                    sent_at=base,
+                    measurements=records(10, base + (k * sends + n) * 10),
                 )
             )
+            for n in range(sends)
+        ]
+        for k in range(len(tokens))
+    ]
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.5
+    conn = aiohttp.TCPConnector(limit=0)
+
+    async def probe(k: int, token: str, session: aiohttp.ClientSession) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        for n in range(sends):
+            due = start + k / len(tokens) + n
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            body = bodies[k][n]
             t0 = time.perf_counter()
             async with session.post(url, data=body, headers=headers) as r:
                 await r.read()
             lat.append((time.perf_counter() - t0) * 1000)
-            n += 1
 
     async with aiohttp.ClientSession(connector=conn) as session:
         await asyncio.gather(*(probe(k, t, session) for k, t in enumerate(tokens)))
@@ -160,6 +168,7 @@ def main() -> None:
             "POPWATCH_LISTEN": f"127.0.0.1:{port}",
             "POPWATCH_DATA_DIR": str(data),
             "POPWATCH_INFLUXDB_URL": influx.url,
+            "POPWATCH_INFLUXDB_API": "v1",  # Debian's InfluxDB 1.6.7
             "POPWATCH_INFLUXDB_BUCKET": "bench",
             "POPWATCH_LOG_LEVEL": "warning",
             # one client stands for many probes here: lift the per-probe limit
