@@ -11,6 +11,7 @@ duplicate and written once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import sqlite3
@@ -108,13 +109,15 @@ def _error(status: int, reason: str, **headers: str) -> web.Response:
 class _Seen:
     """Batch ids already written, per probe (SQLite, next to the registry).
 
-    WAL with ``synchronous=NORMAL``: a crash may forget the last few ids, and then a
-    retried batch is written again; InfluxDB stores identical points (same series and
-    timestamp) once, so nothing is counted twice. Ids older than a week are pruned once
-    a minute, not on every request.
+    New ids are kept in memory and committed together every ``flush_s`` (one
+    transaction, not one per request: an autocommit costs ~45 µs here, a row in a
+    transaction ~3 µs). WAL with ``synchronous=NORMAL``: a crash may forget the last
+    ids, and then a retried batch is written again; InfluxDB stores identical points
+    (same series and timestamp) once, so nothing is counted twice. Ids older than a week
+    are pruned once a minute, not on every request.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, flush_s: float = 0.2) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -124,18 +127,38 @@ class _Seen:
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS batches_at ON batches (at)")
         self._pruned = 0.0
+        self._pending: dict[tuple[str, str], float] = {}
+        self._flush_s = flush_s
+        self._timer: asyncio.TimerHandle | None = None
 
     def seen(self, probe: str, batch: str) -> bool:
+        if (probe, batch) in self._pending:
+            return True
         q = "SELECT 1 FROM batches WHERE probe = ? AND batch = ?"
         return self._db.execute(q, (probe, batch)).fetchone() is not None
 
     def add(self, probe: str, batch: str, now: float) -> None:
-        self._db.execute("INSERT OR IGNORE INTO batches VALUES (?, ?, ?)", (probe, batch, now))
-        if now - self._pruned > 60:
-            self._db.execute("DELETE FROM batches WHERE at < ?", (now - 7 * 86400,))
-            self._pruned = now
+        self._pending[(probe, batch)] = now
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        rows = [(p, b, at) for (p, b), at in self._pending.items()]
+        self._pending.clear()
+        if rows:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO batches VALUES (?, ?, ?)", rows)
+            now = rows[-1][2]
+            if now - self._pruned > 60:
+                self._db.execute("DELETE FROM batches WHERE at < ?", (now - 7 * 86400,))
+                self._pruned = now
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.flush()
         self._db.close()
 
 
@@ -180,6 +203,13 @@ def _decode(body: bytes) -> tuple[_RawBatch | _TypedBatch, list[str | Measuremen
 
 
 async def ingest(request: web.Request) -> web.Response:
+    t0 = time.perf_counter()
+    response = await _ingest(request)
+    metrics.INGEST_SECONDS.labels(str(response.status)).observe(time.perf_counter() - t0)
+    return response
+
+
+async def _ingest(request: web.Request) -> web.Response:
     state = request.app[STATE]
     who = _identity(request)
     if isinstance(who, web.Response):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import ssl
@@ -38,8 +39,9 @@ examples:
 Every setting is a key of the config file and a POPWATCH_* variable (the variable wins):
 listen, data_dir, targets, influxdb_url, influxdb_api (v2, the default, for InfluxDB
 1.8+/2.x/3.x; v1 for InfluxDB <= 1.7), influxdb_token, influxdb_org, influxdb_bucket
-(the database with v1), influxdb_timeout (a slower write goes to the spool),
-spool_max_bytes (past it, probes get 503 and keep their data), tls_cert, tls_key,
+(the database with v1), influxdb_timeout, spool_after_ms (a write InfluxDB has not
+confirmed by then goes to the spool), spool_max_bytes (past it, probes get 503 and
+keep their data), tls_cert, tls_key,
 log_level, max_body_bytes, max_decoded_bytes, records_per_second and burst_records
 (per probe). See the README's configuration reference.
 """
@@ -61,7 +63,9 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_decoded_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 20_000_000
     records_per_second: Annotated[float, msgspec.Meta(gt=0)] = 2_000.0  # per probe
     burst_records: Annotated[float, msgspec.Meta(gt=0)] = 200_000.0  # per probe
-    influxdb_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # slower writes are spooled
+    influxdb_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # one write, seconds
+    # a write InfluxDB has not confirmed by then is made durable in the spool instead
+    spool_after_ms: Annotated[float, msgspec.Meta(gt=0)] = 25.0
     spool_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_000_000_000
 
     def __post_init__(self) -> None:
@@ -133,13 +137,19 @@ def build_sink(cfg: CollectorConfig, data_dir: Path) -> tuple[Sink, Spool]:
     """InfluxDB (v1 or v2 API) behind the spool, behind group commit."""
     store: Sink
     if cfg.influxdb_api == "v1":
-        store = InfluxV1Sink(cfg.influxdb_url, cfg.influxdb_bucket, cfg.influxdb_token)
+        store = InfluxV1Sink(
+            cfg.influxdb_url, cfg.influxdb_bucket, cfg.influxdb_token, cfg.influxdb_timeout
+        )
     else:
         store = InfluxV2Sink(
-            cfg.influxdb_url, cfg.influxdb_bucket, cfg.influxdb_token, cfg.influxdb_org
+            cfg.influxdb_url,
+            cfg.influxdb_bucket,
+            cfg.influxdb_token,
+            cfg.influxdb_org,
+            cfg.influxdb_timeout,
         )
     spool = Spool(data_dir / "spool", cfg.spool_max_bytes)
-    return GroupCommit(SpoolingSink(store, spool, cfg.influxdb_timeout)), spool
+    return GroupCommit(SpoolingSink(store, spool, cfg.spool_after_ms / 1000)), spool
 
 
 async def _run(cfg: CollectorConfig, data_dir: Path) -> None:
@@ -165,8 +175,14 @@ async def _run(cfg: CollectorConfig, data_dir: Path) -> None:
         ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    # Fewer, cheaper collections: what start-up built lives as long as the process, and a
+    # request allocates thousands of short-lived objects (it cut the ingest p99 here)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 100)
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx)
+        # a backlog for many probes reconnecting at once (after a restart, say)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, backlog=1024)
         await site.start()
         log.info(
             "collector listening on %s://%s:%d, writing to %s (%s API, %s %s), spool %s",

@@ -7,7 +7,16 @@ from prometheus_client import Counter, Gauge, Histogram
 ACCEPTED = Counter("popwatch_collector_accepted", "Records accepted and written.")
 REJECTED = Counter("popwatch_collector_rejected", "Records rejected, each with a reason.")
 DUPLICATES = Counter("popwatch_collector_duplicate_batches", "Batches received again.")
-WRITE_SECONDS = Histogram("popwatch_collector_write_seconds", "InfluxDB write latency.")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+WRITE_SECONDS = Histogram(
+    "popwatch_collector_write_seconds", "InfluxDB write latency.", buckets=_LATENCY_BUCKETS
+)
+INGEST_SECONDS = Histogram(
+    "popwatch_collector_ingest_seconds",
+    "POST /api/v1/measurements: body read to answer, by status.",
+    ["status"],
+    buckets=_LATENCY_BUCKETS,
+)
 POINTS_REFUSED = Counter(
     "popwatch_collector_influx_partial_writes", "Writes where InfluxDB refused some points."
 )

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import random
+from collections.abc import Container
 from pathlib import Path
 
 from collector import metrics
@@ -93,11 +94,14 @@ class Spool:
     def unreserve(self, size: int) -> None:
         self.bytes -= size
 
-    def oldest(self, max_lines: int) -> list[int]:
-        """The oldest segments to replay together: about ``max_lines`` lines, at least one."""
+    def oldest(self, max_lines: int, skip: Container[int] = ()) -> list[int]:
+        """The oldest segments to replay together: about ``max_lines`` lines, at least one
+        (none when every segment is in ``skip``)."""
         seqs: list[int] = []
         budget = max_lines * 200  # bytes: line protocol points are ~200-300 bytes
         for seq, size in self._segments.items():
+            if seq in skip:
+                continue
             if seqs and size > budget:
                 break
             seqs.append(seq)
@@ -131,19 +135,24 @@ class Spool:
 
 
 class SpoolingSink:
-    """Writes to ``sink``; when it fails or takes longer than ``slow_s``, to the spool.
+    """Writes to ``sink``; what InfluxDB refuses, or has not confirmed within
+    ``spool_after_s``, is made durable in the spool instead, and the request answered.
 
-    A background task replays the spool, oldest first, with a jittered backoff while
-    InfluxDB stays away.
+    A slow write is hedged, not abandoned: it goes on, and if InfluxDB confirms it later
+    its segment is deleted unreplayed. A background task replays the rest, oldest first,
+    with a jittered backoff while InfluxDB stays away.
     """
 
-    def __init__(self, sink: Sink, spool: Spool, slow_s: float = 5.0) -> None:
+    def __init__(self, sink: Sink, spool: Spool, spool_after_s: float = 0.025) -> None:
         self.sink = sink
         self.spool = spool
-        self.slow_s = slow_s
+        self.spool_after_s = spool_after_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one spool write at a time keeps segments in order
+        self._inflight: dict[int, int] = {}  # seq -> bytes: spooled, still being written
+        self._writes: set[asyncio.Task[None]] = set()
+        self._spooling = False  # for the log: say once when spooling starts
 
     async def start(self) -> None:
         await self.sink.start()
@@ -160,31 +169,61 @@ class SpoolingSink:
         """InfluxDB answers (``/readyz`` adds the spool's room)."""
         return await self.sink.ready()
 
+    def _backlog(self) -> bool:
+        """Points wait in the spool (not counting hedged writes still under way)."""
+        return self.spool.bytes > sum(self._inflight.values())
+
     async def write(self, lines: list[str]) -> None:
         if not lines:
             return
-        if not self.spool.bytes:  # no backlog, nothing on its way in: write directly
-            try:
-                await asyncio.wait_for(self.sink.write(lines), self.slow_s)
-                return
-            except TimeoutError:
-                log.warning("InfluxDB took over %g s; spooling this write", self.slow_s)
-            except SinkUnavailable as exc:
-                log.warning("%s; spooling", exc)
+        if self._backlog():  # keep order: new points queue behind the backlog
+            await self._to_spool(lines)
+            return
+        task = asyncio.get_running_loop().create_task(self.sink.write(lines))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        done, _ = await asyncio.wait({task}, timeout=self.spool_after_s)
+        if not done:  # slow: durable in the spool now; the write goes on
+            seq = await self._to_spool(lines, hedge=task)
+            log.debug("InfluxDB slower than %g s; segment %d spooled", self.spool_after_s, seq)
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if not isinstance(exc, SinkUnavailable):
+            raise exc
+        if not self._spooling:
+            log.warning("%s; spooling until InfluxDB takes writes again", exc)
+            self._spooling = True
         await self._to_spool(lines)
 
-    async def _to_spool(self, lines: list[str]) -> None:
+    async def _to_spool(self, lines: list[str], hedge: asyncio.Task[None] | None = None) -> int:
         body = ("\n".join(lines) + "\n").encode()
         async with self._lock:
             seq = self.spool.reserve(body)  # SpoolFull -> 503, before anything is written
+            if hedge is not None:
+                self._inflight[seq] = len(body)
             try:
                 await asyncio.to_thread(self.spool.store, seq, body)
             except OSError as exc:
+                self._inflight.pop(seq, None)
                 self.spool.unreserve(len(body))
                 raise SinkUnavailable(f"collector spool: {exc}") from None
             self.spool.stored(seq, len(body))
         metrics.SPOOLED.inc(len(lines))
-        self._wake.set()
+        if hedge is None:
+            self._wake.set()
+        else:
+            hedge.add_done_callback(lambda t: self._landed(seq, t))
+        return seq
+
+    def _landed(self, seq: int, task: asyncio.Task[None]) -> None:
+        """A hedged write finished: its segment is deleted, or left for the replayer."""
+        self._inflight.pop(seq, None)
+        if not task.cancelled() and task.exception() is None:
+            self.spool.remove([seq])
+        else:
+            self._wake.set()
 
     async def _replay(self) -> None:
         backoff = 1.0
@@ -206,7 +245,10 @@ class SpoolingSink:
 
     async def _replay_one(self) -> bool:
         """Replays the oldest segments; False when InfluxDB cannot take them yet."""
-        seqs = self.spool.oldest(REPLAY_LINES)
+        seqs = self.spool.oldest(REPLAY_LINES, skip=self._inflight)
+        if not seqs:  # only hedged writes, still under way
+            self._wake.clear()
+            return True
         lines, gone = await asyncio.to_thread(self.spool.read, seqs)
         if gone:
             log.warning("spool segments %s vanished before replay", gone)
@@ -226,12 +268,15 @@ class SpoolingSink:
             return False
         self.spool.remove(seqs)
         metrics.REPLAYED.inc(len(lines))
-        if not len(self.spool):
+        if not self._backlog() and self._spooling:
             log.info("spool replayed; writing to InfluxDB directly again")
+            self._spooling = False
         return True
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._writes:  # hedged writes: let them land (their segments stay otherwise)
+            await asyncio.wait(self._writes, timeout=5)
         await self.sink.close()

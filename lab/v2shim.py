@@ -13,23 +13,28 @@ InfluxDB 1.8's compatibility endpoint does and nothing more:
   comes back as is;
 - ``/ping`` and ``/health`` are passed through.
 
-It keeps the body of every write InfluxDB stored, so a test can tell the v2 path was
+For the tests it can also hold each write a while (a slow InfluxDB), and it keeps
+the body of every write InfluxDB stored, so a test can tell the v2 path was
 taken, and in what order points arrived.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import aiohttp
 from aiohttp import web
 
 PRECISION = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
 BODIES = web.AppKey("bodies", list[bytes])  # what each stored write carried, in order
+DELAY = web.AppKey("delay", list[float])  # [seconds]: hold each write this long first
 
 
 def make_app(influx_url: str) -> web.Application:
     """The shim, forwarding to the InfluxDB 1.x at ``influx_url``."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[BODIES] = []
+    app[DELAY] = [0.0]
     session_key = web.AppKey("session", aiohttp.ClientSession)
 
     async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
@@ -58,6 +63,8 @@ def make_app(influx_url: str) -> web.Application:
         if auth.startswith("Token ") and ":" in auth:
             params["u"], _, params["p"] = auth.removeprefix("Token ").partition(":")
         body = await request.read()  # aiohttp inflates a gzip body
+        if app[DELAY][0]:  # a slow InfluxDB, for the tests
+            await asyncio.sleep(app[DELAY][0])
         try:
             async with app[session_key].post(
                 f"{influx_url}/write", params=params, data=body

@@ -58,7 +58,7 @@ class Stack:
         self.db = db or "s_" + uuid.uuid4().hex[:10]
         self.spool = Spool(data / "spool", max_bytes)
         store = InfluxV2Sink(str(shim.make_url("")), self.db, token="user:pw", timeout=2)  # noqa: S106
-        sink = GroupCommit(SpoolingSink(store, self.spool, slow_s=2))
+        sink = GroupCommit(SpoolingSink(store, self.spool))
         self.state = CollectorState(registry=registry, sink=sink, spool=self.spool)
         self.client = TestClient(TestServer(create_app(self.state, data), host="127.0.0.1"))
 
@@ -155,6 +155,26 @@ async def test_influxdb_down_spools_then_full_is_503_then_replays_in_order(
         assert list((tmp_path / "spool").glob("*.lp")) == []
         status, body = await stack.post(token, [dns_record()])  # direct again
         assert status == 200 and len(stack.spool) == 0
+
+
+async def test_slow_influxdb_is_hedged_by_the_spool(
+    influx: InfluxDB, shim: TestServer, registry: Registry, tmp_path: Path
+) -> None:
+    """A write InfluxDB has not confirmed within spool_after is made durable in the spool
+    and the probe answered; when the write then lands, its segment is deleted, not
+    replayed (one write reaches InfluxDB)."""
+    token = registry.add("probe-h", region="eu")
+    async with Stack(shim, registry, tmp_path, 10**6) as stack:
+        create_db(influx, stack.db)
+        shim.app[v2shim.DELAY][0] = 1.0
+        status, body = await stack.post(token, [dns_record(rtt_ms=float(i)) for i in range(4)])
+        assert (status, body["accepted"]) == (200, 4)
+        assert _forwarded_ts(shim) == []  # answered before InfluxDB confirmed...
+        assert len(list((tmp_path / "spool").glob("*.lp"))) == 1  # ...because it is here
+        await wait_for(lambda: len(stack.spool) == 0)
+        assert len(_forwarded_ts(shim)) == 4
+        assert len(shim.app[v2shim.BODIES]) == 1  # the hedged write, never replayed
+        assert len(influx.query("SELECT rtt_ms FROM dns", db=stack.db)) == 4
 
 
 async def test_spool_survives_a_collector_restart(

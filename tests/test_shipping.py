@@ -31,6 +31,17 @@ def influx() -> Iterator[InfluxDB]:
         yield i.start()
 
 
+_STARTED: list[Collector] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_collectors() -> Iterator[None]:
+    """Every collector a test started is stopped, even when the test fails midway."""
+    yield
+    while _STARTED:
+        _STARTED.pop().stop()
+
+
 class Collector:
     def __init__(self, influx: InfluxDB, data: Path, db: str) -> None:
         self.port = servers.free_port()
@@ -50,6 +61,7 @@ class Collector:
 
     def start(self) -> None:
         self.proc = subprocess.Popen([COLLECTOR, "run"], env=self.env, stderr=subprocess.DEVNULL)
+        _STARTED.append(self)
         deadline = time.monotonic() + 10
         while True:
             try:
