@@ -178,6 +178,7 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     targets_file: str | None = None  # a targets file; its list is added to ``targets``
     collector_url: str | None = None  # ship records there instead of writing ``output``
     token: str | None = None  # this probe's token (popwatch-collector probes add)
+    token_file: str | None = None  # or a file holding it (a Docker secret, say)
     data_dir: str = "/var/lib/popwatch"  # the spool lives in DATA_DIR/spool
     batch_records: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     batch_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0
@@ -188,8 +189,18 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def _check_shipping(cfg: ProbeConfig, source: str) -> None:
+    if cfg.token_file and not cfg.token:
+        try:
+            cfg.token = Path(cfg.token_file).read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"{source}: token_file: {exc.strerror}: {cfg.token_file}") from None
+        if cfg.token is None:
+            raise ConfigError(f"{source}: token_file: {cfg.token_file} is empty")
     if cfg.collector_url and not cfg.token:
-        raise ConfigError(f"{source}: token: required with collector_url (set POPWATCH_TOKEN)")
+        raise ConfigError(
+            f"{source}: token: required with collector_url (set POPWATCH_TOKEN or "
+            "POPWATCH_TOKEN_FILE)"
+        )
     if cfg.collector_url and not cfg.collector_url.startswith(("http://", "https://")):
         raise ConfigError(f"{source}: collector_url: {cfg.collector_url!r} is not an http(s) URL")
 
@@ -306,7 +317,7 @@ def load_config(
         data["log_level"] = env["POPWATCH_LOG_LEVEL"].lower()
     if "POPWATCH_PROBE_ID" in env:
         data["id"] = env["POPWATCH_PROBE_ID"]
-    for key in ("collector_url", "token", "data_dir"):
+    for key in ("collector_url", "token", "token_file", "data_dir"):
         if f"POPWATCH_{key.upper()}" in env:
             data[key] = env[f"POPWATCH_{key.upper()}"]
     default_kind(data)

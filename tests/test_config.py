@@ -89,6 +89,24 @@ def test_env_overrides_file(tmp_path: Path) -> None:
     assert [t.name for t in cfg.targets] == ["x"]
 
 
+def test_token_file(tmp_path: Path) -> None:
+    """POPWATCH_TOKEN_FILE: the token is read from the file; a missing or empty file is one
+    line naming the key."""
+    token = tmp_path / "token"
+    secret = "pw1_0123456789abcdef_" + "s" * 43
+    token.write_text(secret + "\n")
+    env = {"POPWATCH_COLLECTOR_URL": "http://127.0.0.1:1", "POPWATCH_TOKEN_FILE": str(token)}
+    assert load_config(None, env=env).token == secret
+    token.write_text("\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env=env)
+    assert str(info.value) == f"(environment): token_file: {token} is empty"
+    token.unlink()
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env=env)
+    assert str(info.value) == f"(environment): token_file: No such file or directory: {token}"
+
+
 def test_bad_probe_config_key(tmp_path: Path) -> None:
     """The probe config is checked the same way as targets files."""
     conf = tmp_path / "probe.yaml"

@@ -196,7 +196,8 @@ def test_probe_config_errors_for_shipping(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert out.stderr.strip() == (
-        f"popwatch-probe: {conf}: token: required with collector_url (set POPWATCH_TOKEN)"
+        f"popwatch-probe: {conf}: token: required with collector_url (set POPWATCH_TOKEN or "
+        "POPWATCH_TOKEN_FILE)"
     )
 
 
