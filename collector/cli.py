@@ -136,6 +136,11 @@ def _probes(args: argparse.Namespace) -> int:
 def build_sink(cfg: CollectorConfig, data_dir: Path) -> tuple[Sink, Spool]:
     """InfluxDB (v1 or v2 API) behind the spool, behind group commit."""
     store: Sink
+    if cfg.influxdb_api == "v2" and not cfg.influxdb_org:
+        log.info(
+            "influxdb_org is unset: fine for InfluxDB 1.8, but 2.x and 3.x need it "
+            "(POPWATCH_INFLUXDB_ORG)"
+        )
     if cfg.influxdb_api == "v1":
         store = InfluxV1Sink(
             cfg.influxdb_url, cfg.influxdb_bucket, cfg.influxdb_token, cfg.influxdb_timeout

@@ -43,7 +43,7 @@ class Spool:
         (self.dir / "refused").mkdir(parents=True, exist_ok=True)
         for stale in self.dir.glob("*.tmp"):  # a crash mid-write: never acknowledged
             stale.unlink()
-        self._segments: dict[int, int] = {}  # seq -> bytes, in order
+        self._segments: dict[int, int] = {}  # seq -> bytes
         for path in sorted(self.dir.glob(f"*{SUFFIX}"), key=lambda p: int(p.stem)):
             self._segments[int(path.stem)] = path.stat().st_size
         self._next = max(self._segments, default=0) + 1
@@ -94,14 +94,19 @@ class Spool:
     def unreserve(self, size: int) -> None:
         self.bytes -= size
 
-    def oldest(self, max_lines: int, skip: Container[int] = ()) -> list[int]:
+    def oldest(
+        self, max_lines: int, skip: Container[int] = (), below: int | None = None
+    ) -> list[int]:
         """The oldest segments to replay together: about ``max_lines`` lines, at least one
-        (none when every segment is in ``skip``)."""
+        (none when every segment is in ``skip`` or not ``below``)."""
         seqs: list[int] = []
         budget = max_lines * 200  # bytes: line protocol points are ~200-300 bytes
-        for seq, size in self._segments.items():
+        for seq in sorted(self._segments):  # stored in parallel: not always in order
+            if below is not None and seq >= below:
+                break
             if seq in skip:
                 continue
+            size = self._segments[seq]
             if seqs and size > budget:
                 break
             seqs.append(seq)
@@ -149,7 +154,9 @@ class SpoolingSink:
         self.spool_after_s = spool_after_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()  # one spool write at a time keeps segments in order
+        # segments being written (in parallel: concurrent fsyncs share a journal commit);
+        # the replayer takes nothing at or past the oldest of them, which keeps the order
+        self._storing: set[int] = set()
         self._inflight: dict[int, int] = {}  # seq -> bytes: spooled, still being written
         self._writes: set[asyncio.Task[None]] = set()
         self._spooling = False  # for the log: say once when spooling starts
@@ -199,21 +206,22 @@ class SpoolingSink:
 
     async def _to_spool(self, lines: list[str], hedge: asyncio.Task[None] | None = None) -> int:
         body = ("\n".join(lines) + "\n").encode()
-        async with self._lock:
-            seq = self.spool.reserve(body)  # SpoolFull -> 503, before anything is written
-            if hedge is not None:
-                self._inflight[seq] = len(body)
-            try:
-                await asyncio.to_thread(self.spool.store, seq, body)
-            except OSError as exc:
-                self._inflight.pop(seq, None)
-                self.spool.unreserve(len(body))
-                raise SinkUnavailable(f"collector spool: {exc}") from None
-            self.spool.stored(seq, len(body))
+        seq = self.spool.reserve(body)  # SpoolFull -> 503, before anything is written
+        if hedge is not None:
+            self._inflight[seq] = len(body)
+        self._storing.add(seq)
+        try:
+            await asyncio.to_thread(self.spool.store, seq, body)
+        except OSError as exc:
+            self._inflight.pop(seq, None)
+            self.spool.unreserve(len(body))
+            raise SinkUnavailable(f"collector spool: {exc}") from None
+        finally:
+            self._storing.discard(seq)
+        self.spool.stored(seq, len(body))
         metrics.SPOOLED.inc(len(lines))
-        if hedge is None:
-            self._wake.set()
-        else:
+        self._wake.set()  # even for a hedge: segments may wait behind this one
+        if hedge is not None:
             hedge.add_done_callback(lambda t: self._landed(seq, t))
         return seq
 
@@ -245,8 +253,9 @@ class SpoolingSink:
 
     async def _replay_one(self) -> bool:
         """Replays the oldest segments; False when InfluxDB cannot take them yet."""
-        seqs = self.spool.oldest(REPLAY_LINES, skip=self._inflight)
-        if not seqs:  # only hedged writes, still under way
+        below = min(self._storing, default=None)
+        seqs = self.spool.oldest(REPLAY_LINES, skip=self._inflight, below=below)
+        if not seqs:  # only hedged writes still under way, or segments still being written
             self._wake.clear()
             return True
         lines, gone = await asyncio.to_thread(self.spool.read, seqs)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 import servers
 
+from collector.registry import Registry
 from probe import net
 from probe.checks.dns import DnsJob
 from probe.config import Target
@@ -73,3 +75,11 @@ def make_job(
 @pytest.fixture
 def job_for() -> Callable[..., DnsJob]:
     return make_job
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """A probe registry of the test's own (the collector's SQLite)."""
+    r = Registry(tmp_path / "registry.sqlite")
+    yield r
+    r.close()

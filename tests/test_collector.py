@@ -33,13 +33,6 @@ def influx() -> Iterator[InfluxDB]:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    r = Registry(tmp_path / "registry.sqlite")
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def db() -> str:
     return "t_" + uuid.uuid4().hex[:12]
 

@@ -35,13 +35,6 @@ def influx() -> Iterator[InfluxDB]:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    r = Registry(tmp_path / "registry.sqlite")
-    yield r
-    r.close()
-
-
-@pytest.fixture
 async def shim(influx: InfluxDB) -> AsyncIterator[TestServer]:
     server = TestServer(v2shim.make_app(influx.url), host="127.0.0.1")
     await server.start_server()

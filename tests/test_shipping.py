@@ -20,6 +20,8 @@ import pytest
 import servers
 from influx import InfluxDB
 
+from probe.wire import DnsRecord
+
 COLLECTOR = str(Path(sys.executable).parent / "popwatch-collector")
 PROBE = str(Path(sys.executable).parent / "popwatch-probe")
 REGIONS = {"probe-fra": "eu-central", "probe-iad": "us-east", "probe-sin": "ap-southeast"}
@@ -445,11 +447,26 @@ def test_influxdb_outage_loses_nothing(tmp_path: Path, outage: int, spool_max: i
             collector.stop()
 
 
+def record(ts: int, target: str, rtt_ms: float) -> DnsRecord:
+    """A UDP A answer from 192.0.2.1, for the tests that feed a shipper directly."""
+    return DnsRecord(
+        ts=ts,
+        target=target,
+        server="192.0.2.1",
+        port=53,
+        transport="udp",
+        qname="a.",
+        qtype="A",
+        rcode="NOERROR",
+        timestamping="kernel",
+        rtt_ms=rtt_ms,
+    )
+
+
 def test_probe_honours_429_retry_after(influx: InfluxDB, tmp_path: Path) -> None:
     """A probe over its rate gets 429 with Retry-After and waits that long, rather than
     hammering the collector; every record still arrives."""
     from probe.shipper import Shipper
-    from probe.wire import DnsRecord
 
     data = tmp_path / "collector"
     (token,) = register(data, {"probe-fast": "eu"}).values()
@@ -461,20 +478,7 @@ def test_probe_honours_429_retry_after(influx: InfluxDB, tmp_path: Path) -> None
     try:
         now = time.time_ns()
         for i in range(60):  # three batches of 20: the burst takes one, then 2 s per batch
-            shipper.write(
-                DnsRecord(
-                    ts=now - i * 1000,
-                    target="t",
-                    server="192.0.2.1",
-                    port=53,
-                    transport="udp",
-                    qname="a.",
-                    qtype="A",
-                    rcode="NOERROR",
-                    timestamping="kernel",
-                    rtt_ms=float(i),
-                )
-            )
+            shipper.write(record(ts=now - i * 1000, target="t", rtt_ms=float(i)))
         assert shipper.depth == 3
 
         async def ship() -> float:
@@ -503,27 +507,13 @@ def test_spool_is_bounded_and_drops_the_oldest(tmp_path: Path) -> None:
     """Past its bound the spool drops the oldest batch and counts it; a batch dropped
     while the sender was about to read it is skipped, not a crash."""
     from probe.shipper import Shipper
-    from probe.wire import DnsRecord
 
     shipper = Shipper(
         "http://127.0.0.1:1", "token", tmp_path / "spool", batch_records=50, spool_max_bytes=3_000
     )
     try:
         for i in range(400):
-            shipper.write(
-                DnsRecord(
-                    ts=10**18 + i,
-                    target=f"t{i}",
-                    server="192.0.2.1",
-                    port=53,
-                    transport="udp",
-                    qname="a.",
-                    qtype="A",
-                    rcode="NOERROR",
-                    timestamping="kernel",
-                    rtt_ms=float(i),
-                )
-            )
+            shipper.write(record(ts=10**18 + i, target=f"t{i}", rtt_ms=float(i)))
         files = sorted((tmp_path / "spool").glob("*.json.gz"))
         assert shipper.dropped > 0
         assert sum(f.stat().st_size for f in files) <= 3_000
