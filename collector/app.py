@@ -146,7 +146,9 @@ class _Seen:
         self._timer = None
         rows = [(p, b, at) for (p, b), at in self._pending.items()]
         self._pending.clear()
-        if rows:
+        if not rows:
+            return
+        try:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR IGNORE INTO batches VALUES (?, ?, ?)", rows)
             now = rows[-1][2]
@@ -154,6 +156,12 @@ class _Seen:
                 self._db.execute("DELETE FROM batches WHERE at < ?", (now - 7 * 86400,))
                 self._pruned = now
             self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # only duplicate detection suffers: a repeat of these batches is written
+            # again, and InfluxDB keeps one point per series and timestamp
+            log.warning("could not record %d batch ids: %s", len(rows), exc)
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
 
     def close(self) -> None:
         if self._timer is not None:
