@@ -31,19 +31,22 @@ examples:
   popwatch-collector probes add probe-fra-1 --region eu-central --country DE --city Frankfurt
   popwatch-collector probes list
   popwatch-collector probes revoke probe-fra-1
+
+  # Debian's InfluxDB 1.6.7: the v1 API (the database is created if missing)
   POPWATCH_INFLUXDB_URL=http://127.0.0.1:8086 POPWATCH_INFLUXDB_API=v1 popwatch-collector run
 
-  POPWATCH_INFLUXDB_URL=http://influxdb:8086 POPWATCH_INFLUXDB_TOKEN=... \
+  # InfluxDB 2.x or 3.x (the default v2 API; on 1.8 the org may be left out)
+  POPWATCH_INFLUXDB_URL=http://influxdb:8086 POPWATCH_INFLUXDB_TOKEN=... \\
     POPWATCH_INFLUXDB_ORG=ops POPWATCH_INFLUXDB_BUCKET=popwatch popwatch-collector run
 
 Every setting is a key of the config file and a POPWATCH_* variable (the variable wins):
 listen, data_dir, targets, influxdb_url, influxdb_api (v2, the default, for InfluxDB
 1.8+/2.x/3.x; v1 for InfluxDB <= 1.7), influxdb_token, influxdb_org, influxdb_bucket
 (the database with v1), influxdb_timeout, spool_after_ms (a write InfluxDB has not
-confirmed by then goes to the spool), spool_max_bytes (past it, probes get 503 and
-keep their data), tls_cert, tls_key,
-log_level, max_body_bytes, max_decoded_bytes, records_per_second and burst_records
-(per probe). See the README's configuration reference.
+confirmed by then goes to the spool), spool_max_bytes (past it, probes get 503 and keep
+their data), tls_cert, tls_key, log_level, max_body_bytes, max_decoded_bytes,
+records_per_second and burst_records (per probe). See the README's configuration
+reference.
 """
 
 
@@ -222,7 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"popwatch-collector {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="serve the ingest API")
+    run = sub.add_parser(
+        "run",
+        help="serve the ingest API",
+        description="Serve the ingest API: authenticate probes, validate their records, and "
+        "write them to InfluxDB, or to the durable spool while InfluxDB is down or slow. "
+        "SIGTERM stops it after in-flight writes land.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--config", metavar="FILE", help="collector config file (YAML)")
     probes = sub.add_parser("probes", help="register, list and revoke probes")
     common = argparse.ArgumentParser(add_help=False)
