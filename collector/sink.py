@@ -181,17 +181,18 @@ class GroupCommit:
     """Wraps a sink: the points of many requests go out in one write (group commit).
 
     Each ``write`` returns when its own lines are stored, or raises what the store said,
-    so "accepted means durable" still holds per request. A write goes out when
-    ``max_lines`` are pending or ``max_delay`` seconds after the first pending line.
+    so "accepted means durable" still holds per request. A write goes out at once while
+    fewer than ``max_inflight`` are under way; otherwise the lines wait and go out
+    together as soon as one finishes (or when ``max_lines`` are pending). So a quiet
+    collector adds no delay, and a busy one sends fewer, larger writes.
     """
 
-    def __init__(self, sink: Sink, max_lines: int = 20_000, max_delay: float = 0.01) -> None:
+    def __init__(self, sink: Sink, max_lines: int = 20_000, max_inflight: int = 2) -> None:
         self.sink = sink
         self.max_lines = max_lines
-        self.max_delay = max_delay
+        self.max_inflight = max_inflight
         self._pending: list[str] = []
         self._waiters: list[asyncio.Future[None]] = []
-        self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -203,27 +204,26 @@ class GroupCommit:
     async def write(self, lines: list[str]) -> None:
         if not lines:
             return
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.extend(lines)
         self._waiters.append(fut)
-        if len(self._pending) >= self.max_lines:
+        if len(self._tasks) < self.max_inflight or len(self._pending) >= self.max_lines:
             self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.max_delay, self._flush)
         await fut
 
     def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         lines, waiters = self._pending, self._waiters
         self._pending, self._waiters = [], []
         if not lines:
             return
         task = asyncio.get_running_loop().create_task(self._write(lines, waiters))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._pending and len(self._tasks) < self.max_inflight:
+            self._flush()
 
     async def _write(self, lines: list[str], waiters: list[asyncio.Future[None]]) -> None:
         try:
