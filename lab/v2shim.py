@@ -13,6 +13,9 @@ InfluxDB 1.8's compatibility endpoint does and nothing more:
   comes back as is;
 - ``/ping`` and ``/health`` are passed through.
 
+One difference: when the InfluxDB behind it is down, the shim answers ``503``, where a
+real 1.8 would refuse the connection. The collector takes both as "unavailable".
+
 For the tests it can also hold each write a while (a slow InfluxDB), and it keeps
 the body of every write InfluxDB stored, so a test can tell the v2 path was
 taken, and in what order points arrived.
