@@ -197,3 +197,20 @@ def _forwarded_ts(shim: TestServer) -> list[int]:
         for line in body.splitlines()
         if line
     ]
+
+
+async def test_v2_sink_with_nothing_listening_is_unavailable() -> None:
+    """No InfluxDB at all (connection refused): the v2 sink says unavailable, not a crash,
+    and /readyz would say unreachable."""
+    from servers import free_port
+
+    from collector.sink import SinkUnavailable
+
+    sink = InfluxV2Sink(f"http://127.0.0.1:{free_port()}", "db", timeout=2)
+    await sink.start()
+    try:
+        with pytest.raises(SinkUnavailable, match="InfluxDB write"):
+            await sink.write(["dns,probe=p rtt_ms=1.0 1"])
+        assert await sink.ready() is False
+    finally:
+        await sink.close()
