@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -230,14 +229,7 @@ def main() -> None:
         }
         proc = subprocess.Popen([COLLECTOR, "run"], env=env)
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.1)
+            servers.wait_http(f"http://127.0.0.1:{port}/healthz")
             who = Identity("bench-main", "eu")
             ingest_url = f"http://127.0.0.1:{port}/api/v1/measurements"
             direct_url = f"{influx.url}/write?db=bench&precision=ns"

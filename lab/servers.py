@@ -84,6 +84,21 @@ def _wait_udp(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None
             time.sleep(0.05)
 
 
+def wait_http(url: str, timeout: float = 10.0) -> None:
+    """Wait until ``url`` answers with a success (a collector just started, say)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer after {timeout}s") from None
+            time.sleep(0.1)
+
+
 class Server:
     """A server process in its own temporary directory."""
 

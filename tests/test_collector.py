@@ -348,14 +348,7 @@ def test_probe_records_through_a_collector_process(influx: InfluxDB, tmp_path: P
     }
     proc = subprocess.Popen([COLLECTOR, "run"], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "collector did not start"
-                time.sleep(0.1)
+        servers.wait_http(f"http://127.0.0.1:{port}/healthz")
         with servers.Knot("knot-ams", "id-ams") as knot:
             knot.start()
             out = subprocess.run(

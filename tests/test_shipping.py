@@ -64,14 +64,7 @@ class Collector:
     def start(self) -> None:
         self.proc = subprocess.Popen([COLLECTOR, "run"], env=self.env, stderr=subprocess.DEVNULL)
         _STARTED.append(self)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
-                    return
-            except OSError:
-                assert time.monotonic() < deadline, "collector did not start"
-                time.sleep(0.1)
+        servers.wait_http(f"{self.url}/healthz")
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -116,21 +109,58 @@ def wait_stored(
     return rows
 
 
+def register(data: Path, regions: dict[str, str], *more: str) -> dict[str, str]:
+    """Each probe's token, from ``popwatch-collector probes add`` (``more``: its flags)."""
+    return {
+        p: subprocess.run(
+            [COLLECTOR, "probes", "add", p, "--region", r, *more, "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for p, r in regions.items()
+    }
+
+
+def probe_env(
+    collector: Collector, token: str, data_dir: Path, targets: Path | None = None
+) -> dict[str, str]:
+    """The environment of a probe shipping to ``collector``."""
+    env = {
+        **os.environ,
+        "POPWATCH_COLLECTOR_URL": collector.url,
+        "POPWATCH_TOKEN": token,
+        "POPWATCH_DATA_DIR": str(data_dir),
+    }
+    if targets is not None:
+        env["POPWATCH_TARGETS"] = str(targets)
+    return env
+
+
+def start_probes(
+    tmp_path: Path, collector: Collector, tokens: dict[str, str], targets: Path
+) -> list[subprocess.Popen[bytes]]:
+    """One ``popwatch-probe run`` per token, batching every 0.5 s, data in tmp_path/ID."""
+    probes = []
+    for probe, token in tokens.items():
+        conf = tmp_path / f"{probe}.yaml"
+        conf.write_text(f"id: {probe}\nbatch_seconds: 0.5\n")
+        env = probe_env(collector, token, tmp_path / probe, targets)
+        probes.append(
+            subprocess.Popen(
+                [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.DEVNULL
+            )
+        )
+    return probes
+
+
 def test_every_measurement_arrives_once_across_a_collector_crash(
     influx: InfluxDB, tmp_path: Path
 ) -> None:
     """Collector SIGKILLed mid-stream and restarted: stored == sent, tags right, no dupes."""
     db = "ship"
     data = tmp_path / "collector"
-    tokens = {}
-    for probe, region in REGIONS.items():
-        out = subprocess.run(
-            [COLLECTOR, "probes", "add", probe, "--region", region, "--data-dir", str(data)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        tokens[probe] = out.stdout.strip()
+    tokens = register(data, REGIONS)
     collector = Collector(influx, data, db)
     probes: list[subprocess.Popen[bytes]] = []
     with servers.Knot("knot-ship", "id-ship") as knot:
@@ -139,21 +169,7 @@ def test_every_measurement_arrives_once_across_a_collector_crash(
         collector.start()
         before = knot.queries()
         try:
-            for probe in REGIONS:
-                conf = tmp_path / f"{probe}.yaml"
-                conf.write_text(f"id: {probe}\nbatch_seconds: 0.5\n")
-                env = {
-                    **os.environ,
-                    "POPWATCH_COLLECTOR_URL": collector.url,
-                    "POPWATCH_TOKEN": tokens[probe],
-                    "POPWATCH_DATA_DIR": str(tmp_path / probe),
-                    "POPWATCH_TARGETS": str(targets),
-                }
-                probes.append(
-                    subprocess.Popen(
-                        [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.DEVNULL
-                    )
-                )
+            probes = start_probes(tmp_path, collector, tokens, targets)
             time.sleep(3)
             collector.kill()  # mid-stream: probes keep measuring into their spools
             time.sleep(2.5)
@@ -210,12 +226,7 @@ def test_probe_killed_and_restarted_loses_nothing(influx: InfluxDB, tmp_path: Pa
     """
     db = "probekill"
     data = tmp_path / "collector"
-    token = subprocess.run(
-        [COLLECTOR, "probes", "add", "probe-kill", "--region", "eu", "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    (token,) = register(data, {"probe-kill": "eu"}).values()
     collector = Collector(influx, data, db)
     collector.start()
     try:
@@ -225,13 +236,7 @@ def test_probe_killed_and_restarted_loses_nothing(influx: InfluxDB, tmp_path: Pa
             conf = tmp_path / "probe.yaml"
             # long batches: a kill always finds records gathered but not yet batched
             conf.write_text("id: probe-kill\nbatch_seconds: 30\nbatch_records: 100000\n")
-            env = {
-                **os.environ,
-                "POPWATCH_COLLECTOR_URL": collector.url,
-                "POPWATCH_TOKEN": token,
-                "POPWATCH_DATA_DIR": str(tmp_path / "probe"),
-                "POPWATCH_TARGETS": str(targets),
-            }
+            env = probe_env(collector, token, tmp_path / "probe", targets)
             before = knot.queries()
             first = subprocess.Popen(
                 [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.DEVNULL
@@ -263,25 +268,7 @@ def test_targets_from_the_collector_and_heartbeats(influx: InfluxDB, tmp_path: P
     changed list without a restart, and sends heartbeats with the registry's tags."""
     db = "remote"
     data = tmp_path / "collector"
-    token = subprocess.run(
-        [
-            COLLECTOR,
-            "probes",
-            "add",
-            "probe-r",
-            "--region",
-            "sa-east",
-            "--lat",
-            "-23.5",
-            "--lon",
-            "-46.6",
-            "--data-dir",
-            str(data),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    (token,) = register(data, {"probe-r": "sa-east"}, "--lat", "-23.5", "--lon", "-46.6").values()
     with servers.Knot("knot-r", "id-r") as knot:
         knot.start()
 
@@ -302,12 +289,7 @@ def test_targets_from_the_collector_and_heartbeats(influx: InfluxDB, tmp_path: P
         conf.write_text(
             "id: probe-r\nbatch_seconds: 0.3\nheartbeat_seconds: 1\nconfig_seconds: 1\n"
         )
-        env = {
-            **os.environ,
-            "POPWATCH_COLLECTOR_URL": collector.url,
-            "POPWATCH_TOKEN": token,
-            "POPWATCH_DATA_DIR": str(tmp_path / "probe"),
-        }
+        env = probe_env(collector, token, tmp_path / "probe")
         probe = subprocess.Popen(
             [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.PIPE, text=True
         )
@@ -330,19 +312,6 @@ def test_targets_from_the_collector_and_heartbeats(influx: InfluxDB, tmp_path: P
         ("probe-r", "sa-east", -23.5, -46.6)
     }
     assert all(b["uptime_s"] >= 0 and b["dropped"] == 0 for b in beats)
-
-
-def register(data: Path, regions: dict[str, str]) -> dict[str, str]:
-    """Each probe's token, from ``popwatch-collector probes add``."""
-    return {
-        p: subprocess.run(
-            [COLLECTOR, "probes", "add", p, "--region", r, "--data-dir", str(data)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        for p, r in regions.items()
-    }
 
 
 def spooled(directory: Path, pattern: str = "*.json.gz") -> int:
@@ -388,23 +357,9 @@ def test_influxdb_outage_loses_nothing(tmp_path: Path, outage: int, spool_max: i
             collector.env["POPWATCH_SPOOL_MAX_BYTES"] = str(spool_max)
         collector.start()
         before = knot.queries()
-        probes = []
+        probes: list[subprocess.Popen[bytes]] = []
         try:
-            for p, token in tokens.items():
-                conf = tmp_path / f"{p}.yaml"
-                conf.write_text(f"id: {p}\nbatch_seconds: 0.5\n")
-                env = {
-                    **os.environ,
-                    "POPWATCH_COLLECTOR_URL": collector.url,
-                    "POPWATCH_TOKEN": token,
-                    "POPWATCH_DATA_DIR": str(tmp_path / p),
-                    "POPWATCH_TARGETS": str(targets),
-                }
-                probes.append(
-                    subprocess.Popen(
-                        [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.DEVNULL
-                    )
-                )
+            probes = start_probes(tmp_path, collector, tokens, targets)
             time.sleep(3)
             influx.pause()
             time.sleep(outage - 5)
