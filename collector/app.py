@@ -29,7 +29,7 @@ from collector import metrics
 from collector.lineproto import Unrepresentable
 from collector.points import Identity, to_line
 from collector.registry import Registry
-from collector.sink import Sink, SinkUnavailable
+from collector.sink import Sink, SinkUnavailable, encode
 from collector.spool import Spool, SpoolFull
 from probe.wire import Measurement, decode_record
 
@@ -274,7 +274,7 @@ async def _ingest(request: web.Request) -> web.Response:
             except Unrepresentable as exc:
                 rejected.append({"index": i, "error": str(exc)})
     try:
-        await state.sink.write(lines)
+        await state.sink.write(encode(lines))
     except SinkUnavailable as exc:
         if isinstance(exc, SpoolFull):
             metrics.SPOOL_FULL.inc()

@@ -23,13 +23,26 @@ class SinkRefused(SinkUnavailable):
 
 
 class Sink(Protocol):
+    """A store of line protocol. ``write`` takes a body of whole lines, each ending in a
+    newline (see ``encode``), so the bytes made once are what InfluxDB and the spool get."""
+
     async def start(self) -> None: ...
 
-    async def write(self, lines: list[str]) -> None: ...
+    async def write(self, body: bytes) -> None: ...
 
     async def ready(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+def encode(lines: list[str]) -> bytes:
+    """A write body: the lines, each ending in a newline."""
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def points(body: bytes) -> int:
+    """How many points a write body holds."""
+    return body.count(b"\n")
 
 
 def _verdict(status: int, text: str) -> None:
@@ -83,13 +96,12 @@ class InfluxV1Sink:
             raise SinkUnavailable(f"CREATE DATABASE: {exc}") from None
         self._created = True
 
-    async def write(self, lines: list[str]) -> None:
+    async def write(self, body: bytes) -> None:
         assert self._session is not None
-        if not lines:
+        if not body:
             return
         if not self._created:
             await self._create_database()
-        body = ("\n".join(lines) + "\n").encode()
         t0 = time.perf_counter()
         try:
             async with self._session.post(
@@ -150,12 +162,11 @@ class InfluxV2Sink:
         )
         self._write = self._client.write_api()
 
-    async def write(self, lines: list[str]) -> None:
+    async def write(self, body: bytes) -> None:
         from influxdb_client.rest import ApiException
 
-        if not lines:
+        if not body:
             return
-        body = ("\n".join(lines) + "\n").encode()
         t0 = time.perf_counter()
         try:
             await self._write.write(bucket=self.bucket, org=self.org, record=body)
@@ -180,18 +191,19 @@ class InfluxV2Sink:
 class GroupCommit:
     """Wraps a sink: the points of many requests go out in one write (group commit).
 
-    Each ``write`` returns when its own lines are stored, or raises what the store said,
+    Each ``write`` returns when its own points are stored, or raises what the store said,
     so "accepted means durable" still holds per request. A write goes out at once while
-    fewer than ``max_inflight`` are under way; otherwise the lines wait and go out
-    together as soon as one finishes (or when ``max_lines`` are pending). So a quiet
-    collector adds no delay, and a busy one sends fewer, larger writes.
+    fewer than ``max_inflight`` are under way; otherwise the bodies wait and go out
+    together as soon as one finishes (or when ``max_lines`` points are pending). So a
+    quiet collector adds no delay, and a busy one sends fewer, larger writes.
     """
 
     def __init__(self, sink: Sink, max_lines: int = 20_000, max_inflight: int = 2) -> None:
         self.sink = sink
         self.max_lines = max_lines
         self.max_inflight = max_inflight
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
+        self._pending_lines = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -201,22 +213,23 @@ class GroupCommit:
     async def ready(self) -> bool:
         return await self.sink.ready()
 
-    async def write(self, lines: list[str]) -> None:
-        if not lines:
+    async def write(self, body: bytes) -> None:
+        if not body:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.extend(lines)
+        self._pending.append(body)
+        self._pending_lines += points(body)
         self._waiters.append(fut)
-        if len(self._tasks) < self.max_inflight or len(self._pending) >= self.max_lines:
+        if len(self._tasks) < self.max_inflight or self._pending_lines >= self.max_lines:
             self._flush()
         await fut
 
     def _flush(self) -> None:
-        lines, waiters = self._pending, self._waiters
-        self._pending, self._waiters = [], []
-        if not lines:
+        bodies, waiters = self._pending, self._waiters
+        self._pending, self._waiters, self._pending_lines = [], [], 0
+        if not bodies:
             return
-        task = asyncio.get_running_loop().create_task(self._write(lines, waiters))
+        task = asyncio.get_running_loop().create_task(self._write(b"".join(bodies), waiters))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -225,9 +238,9 @@ class GroupCommit:
         if self._pending and len(self._tasks) < self.max_inflight:
             self._flush()
 
-    async def _write(self, lines: list[str], waiters: list[asyncio.Future[None]]) -> None:
+    async def _write(self, body: bytes, waiters: list[asyncio.Future[None]]) -> None:
         try:
-            await self.sink.write(lines)
+            await self.sink.write(body)
         except Exception as exc:
             for w in waiters:
                 if not w.done():

@@ -22,7 +22,7 @@ from collections.abc import Container
 from pathlib import Path
 
 from collector import metrics
-from collector.sink import Sink, SinkRefused, SinkUnavailable
+from collector.sink import Sink, SinkRefused, SinkUnavailable, points
 
 log = logging.getLogger("popwatch.collector.spool")
 
@@ -113,16 +113,17 @@ class Spool:
             budget -= size
         return seqs
 
-    def read(self, seqs: list[int]) -> tuple[list[str], list[int]]:
-        """The lines of ``seqs``, and the ones that are gone (blocking: run in a thread)."""
-        lines: list[str] = []
+    def read(self, seqs: list[int]) -> tuple[bytes, list[int]]:
+        """The body of ``seqs`` together, and the ones that are gone (blocking: run it in
+        a thread)."""
+        bodies: list[bytes] = []
         gone: list[int] = []
         for seq in seqs:
             try:
-                lines.extend(self._path(seq).read_text().splitlines())
+                bodies.append(self._path(seq).read_bytes())
             except FileNotFoundError:  # removed by hand: nothing to replay
                 gone.append(seq)
-        return lines, gone
+        return b"".join(bodies), gone
 
     def remove(self, seqs: list[int]) -> None:
         for seq in seqs:
@@ -180,18 +181,18 @@ class SpoolingSink:
         """Points wait in the spool (not counting hedged writes still under way)."""
         return self.spool.bytes > sum(self._inflight.values())
 
-    async def write(self, lines: list[str]) -> None:
-        if not lines:
+    async def write(self, body: bytes) -> None:
+        if not body:
             return
         if self._backlog():  # keep order: new points queue behind the backlog
-            await self._to_spool(lines)
+            await self._to_spool(body)
             return
-        task = asyncio.get_running_loop().create_task(self.sink.write(lines))
+        task = asyncio.get_running_loop().create_task(self.sink.write(body))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         done, _ = await asyncio.wait({task}, timeout=self.spool_after_s)
         if not done:  # slow: durable in the spool now; the write goes on
-            seq = await self._to_spool(lines, hedge=task)
+            seq = await self._to_spool(body, hedge=task)
             log.debug("InfluxDB slower than %g s; segment %d spooled", self.spool_after_s, seq)
             return
         exc = task.exception()
@@ -202,10 +203,9 @@ class SpoolingSink:
         if not self._spooling:
             log.warning("%s; spooling until InfluxDB takes writes again", exc)
             self._spooling = True
-        await self._to_spool(lines)
+        await self._to_spool(body)
 
-    async def _to_spool(self, lines: list[str], hedge: asyncio.Task[None] | None = None) -> int:
-        body = ("\n".join(lines) + "\n").encode()
+    async def _to_spool(self, body: bytes, hedge: asyncio.Task[None] | None = None) -> int:
         seq = self.spool.reserve(body)  # SpoolFull -> 503, before anything is written
         if hedge is not None:
             self._inflight[seq] = len(body)
@@ -219,7 +219,7 @@ class SpoolingSink:
         finally:
             self._storing.discard(seq)
         self.spool.stored(seq, len(body))
-        metrics.SPOOLED.inc(len(lines))
+        metrics.SPOOLED.inc(points(body))
         self._wake.set()  # even for a hedge: segments may wait behind this one
         if hedge is not None:
             hedge.add_done_callback(lambda t: self._landed(seq, t))
@@ -258,12 +258,12 @@ class SpoolingSink:
         if not seqs:  # only hedged writes still under way, or segments still being written
             self._wake.clear()
             return True
-        lines, gone = await asyncio.to_thread(self.spool.read, seqs)
+        body, gone = await asyncio.to_thread(self.spool.read, seqs)
         if gone:
             log.warning("spool segments %s vanished before replay", gone)
             self.spool.remove(gone)
         try:
-            await self.sink.write(lines)
+            await self.sink.write(body)
         except SinkRefused as exc:
             log.error(
                 "InfluxDB refuses spooled points (%s); set aside in %s/refused",
@@ -276,7 +276,7 @@ class SpoolingSink:
             log.info("spool replay waits: %s (%d bytes waiting)", exc, self.spool.bytes)
             return False
         self.spool.remove(seqs)
-        metrics.REPLAYED.inc(len(lines))
+        metrics.REPLAYED.inc(points(body))
         if not self._backlog() and self._spooling:
             log.info("spool replayed; writing to InfluxDB directly again")
             self._spooling = False

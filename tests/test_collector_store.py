@@ -210,7 +210,7 @@ async def test_v2_sink_with_nothing_listening_is_unavailable() -> None:
     await sink.start()
     try:
         with pytest.raises(SinkUnavailable, match="InfluxDB write"):
-            await sink.write(["dns,probe=p rtt_ms=1.0 1"])
+            await sink.write(b"dns,probe=p rtt_ms=1.0 1\n")
         assert await sink.ready() is False
     finally:
         await sink.close()
