@@ -154,6 +154,13 @@ def start_probes(
     return probes
 
 
+def stop_probes(probes: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
+    """SIGTERM to every probe at once, then their exit codes."""
+    for proc in probes:
+        proc.send_signal(signal.SIGTERM)
+    return [proc.wait(timeout) for proc in probes]
+
+
 def test_every_measurement_arrives_once_across_a_collector_crash(
     influx: InfluxDB, tmp_path: Path
 ) -> None:
@@ -176,9 +183,7 @@ def test_every_measurement_arrives_once_across_a_collector_crash(
             collector.start()
             time.sleep(2.5)
         finally:
-            for p in probes:
-                p.send_signal(signal.SIGTERM)
-            codes = [p.wait(30) for p in probes]
+            codes = stop_probes(probes, 30)
         sent = knot.queries() - before
     try:
         assert codes == [0, 0, 0]
@@ -385,9 +390,7 @@ def test_influxdb_outage_loses_nothing(tmp_path: Path, outage: int, spool_max: i
                 60,
             )
         finally:
-            for proc in probes:
-                proc.send_signal(signal.SIGTERM)
-            codes = [proc.wait(60) for proc in probes]
+            codes = stop_probes(probes, 60)
             sent = knot.queries() - before
         try:
             assert caught_up, "the spools did not drain"
