@@ -93,8 +93,11 @@ async def test_v2_sink_writes_through_api_v2_write(
     async with Stack(shim, registry, tmp_path, 10**6) as stack:
         create_db(influx, stack.db)
         records = [dns_record(ts=time.time_ns() - i, rtt_ms=float(i)) for i in range(20)]
+        timed = "popwatch_collector_ingest_seconds_count"
+        before = REGISTRY.get_sample_value(timed, {"status": "200"}) or 0.0
         status, body = await stack.post(token, records)
         assert (status, body["accepted"]) == (200, 20)
+        assert REGISTRY.get_sample_value(timed, {"status": "200"}) == before + 1
         assert len(_forwarded_ts(shim)) == 20  # every point went the v2 way
         rows = influx.query("SELECT * FROM dns", db=stack.db)
         assert sorted(r["rtt_ms"] for r in rows) == [float(i) for i in range(20)]
