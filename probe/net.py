@@ -124,6 +124,32 @@ def _stamp(ancdata: list[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
+_TCP_INFO_RTT: Final = 68  # offsetof(struct tcp_info, tcpi_rtt), µs
+_TCP_INFO_TOTAL_RETRANS: Final = 100  # offsetof(struct tcp_info, tcpi_total_retrans)
+
+
+def kernel_connect_ns(sock: socket.socket) -> int | None:
+    """The kernel's RTT sample of the handshake (SYN -> SYN-ACK), if it took one.
+
+    Right after connect the smoothed RTT is the first and only sample, the handshake's.
+    Karn's rule leaves no sample when the SYN was retransmitted: then None.
+    """
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 104)
+    except OSError:
+        return None
+    if len(info) < 104:
+        return None
+    rtt_us, retrans = (
+        int.from_bytes(info[o : o + 4], sys.byteorder)
+        for o in (_TCP_INFO_RTT, _TCP_INFO_TOTAL_RETRANS)
+    )
+    return rtt_us * 1000 if rtt_us and not retrans else None
+
+
 class _Reactor:
     """One epoll set for the probe's short-lived UDP sockets, watched by the event loop.
 

@@ -30,7 +30,6 @@ import functools
 import re
 import socket
 import ssl
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -41,8 +40,9 @@ from aiohttp.abc import ResolveResult
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.resolver import AsyncResolver
 
-from probe.config import HttpTarget, parse_hostport
+from probe import net
 from probe.errors import HttpCheckError, classify_http
+from probe.targets import HttpTarget, parse_hostport
 from probe.wire import HttpRecord
 
 _NS_PER_MS: Final = 1_000_000
@@ -142,32 +142,6 @@ class _TimedHandler(ResponseHandler):
         super().data_received(data)
 
 
-_TCP_INFO_RTT: Final = 68  # offsetof(struct tcp_info, tcpi_rtt), µs
-_TCP_INFO_TOTAL_RETRANS: Final = 100  # offsetof(struct tcp_info, tcpi_total_retrans)
-
-
-def _kernel_connect_ns(sock: socket.socket) -> int | None:
-    """The kernel's RTT sample of the handshake (SYN -> SYN-ACK), if it took one.
-
-    Right after connect the smoothed RTT is the first and only sample, the handshake's.
-    Karn's rule leaves no sample when the SYN was retransmitted: then None.
-    """
-    tcp_info = getattr(socket, "TCP_INFO", None)
-    if tcp_info is None:
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 104)
-    except OSError:
-        return None
-    if len(info) < 104:
-        return None
-    rtt_us, retrans = (
-        int.from_bytes(info[o : o + 4], sys.byteorder)
-        for o in (_TCP_INFO_RTT, _TCP_INFO_TOTAL_RETRANS)
-    )
-    return rtt_us * 1000 if rtt_us and not retrans else None
-
-
 def _cert_days(transport: asyncio.BaseTransport) -> float | None:
     sslobj = transport.get_extra_info("ssl_object")
     cert = sslobj.getpeercert() if sslobj is not None else None
@@ -228,7 +202,7 @@ class _PhaseConnector(aiohttp.TCPConnector):
         except OSError as exc:
             raise classify_http(exc, "connect") from None
         t1 = time.perf_counter_ns()
-        ph.add("connect_ns", _kernel_connect_ns(sock) or t1 - t0)
+        ph.add("connect_ns", net.kernel_connect_ns(sock) or t1 - t0)
         ph.ip = sock.getpeername()[0]
         sslctx = kwargs.get("ssl")
         ph.phase = "tls" if sslctx else "ttfb"

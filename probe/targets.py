@@ -1,0 +1,285 @@
+"""The targets schema: what a probe measures, as a targets file or the collector serves it.
+
+Part of the contract between probe and collector (with :mod:`probe.wire`): stdlib,
+msgspec, PyYAML and dnspython's name parser only. The collector validates the targets
+file it serves with this module; the probe validates what it is served with it too.
+
+A bad file raises :class:`ConfigError` whose message is one line:
+``FILE: KEY.PATH: what is wrong``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import dns.name
+import dns.rdatatype
+import msgspec
+import yaml
+
+QTYPES: Final = ("A", "AAAA", "NS", "SOA", "TXT", "CNAME", "MX", "CAA", "HTTPS", "DNSKEY")
+QType = Literal["A", "AAAA", "NS", "SOA", "TXT", "CNAME", "MX", "CAA", "HTTPS", "DNSKEY"]
+TransportName = Literal["udp", "tcp", "tls", "https"]
+Identify = Literal["nsid", "chaos", "none"]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")]
+
+_HOSTNAME_RE: Final = re.compile(
+    r"^(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?$"
+)
+
+
+class ConfigError(Exception):
+    """A configuration file is wrong. ``str()`` is the one-line message for the user."""
+
+
+class Query(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    qname: str
+    qtype: QType = "SOA"
+
+    def __post_init__(self) -> None:
+        try:
+            name = dns.name.from_text(self.qname)
+        except dns.exception.DNSException as exc:
+            raise ValueError(f"qname {self.qname!r} is not a domain name: {exc}") from None
+        # store the absolute form, so records say "example.com." whatever was written
+        msgspec.structs.force_setattr(self, "qname", name.to_text())
+
+
+class DnsTarget(
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    frozen=True,
+    kw_only=True,
+    tag="dns",
+    tag_field="kind",
+):
+    """One nameserver (or resolver) to measure, with the queries to time against it.
+
+    ``kind: dns`` (the default when a target has no ``kind``).
+    """
+
+    name: Name
+    topology: Literal["unicast", "anycast", "resolver"]
+    server: str  # an IP address, or a host name resolved (A and AAAA) on a schedule
+    queries: Annotated[list[Query], msgspec.Meta(min_length=1)]
+    provider: str = ""
+    port: Port = 53  # UDP and TCP
+    tls_port: Port = 853  # DNS over TLS
+    doh_port: Port = 443  # DNS over HTTPS
+    doh_path: str = "/dns-query"
+    tls_name: str | None = None  # name to verify the certificate against (and SNI)
+    tls_ca: str | None = None  # CA bundle (PEM) for tls/https; the system store if unset
+    tls_verify: bool = True
+    transports: Annotated[list[TransportName], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["udp"]
+    )
+    families: Annotated[list[Literal[4, 6]], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [4, 6]
+    )
+    interval: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 60.0
+    timeout: Seconds = 2.0
+    identify: Identify = "nsid"
+    rd: bool | None = None  # recursion desired; default off, on for topology "resolver"
+    dnssec: bool = False  # set the DO bit
+    edns: bool = True
+    edns_bufsize: Annotated[int, msgspec.Meta(ge=512, le=65535)] = 1232
+
+    def __post_init__(self) -> None:
+        if not self.doh_path.startswith("/"):
+            raise ValueError(f"doh_path {self.doh_path!r} must start with '/'")
+        if self.timeout >= self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) must be shorter than interval ({self.interval:g}s)"
+            )
+        if not is_ip(self.server) and not _HOSTNAME_RE.match(self.server):
+            raise ValueError(f"server {self.server!r} is neither an IP address nor a host name")
+        if self.identify == "nsid" and not self.edns:
+            raise ValueError("identify: nsid needs edns: true (NSID is an EDNS option)")
+        for field in ("transports", "families"):
+            seen = getattr(self, field)
+            if len(set(seen)) != len(seen):
+                raise ValueError(f"{field} lists a value twice: {seen}")
+        if is_ip(self.server):
+            fam = ipaddress.ip_address(self.server).version
+            msgspec.structs.force_setattr(self, "families", [fam])
+        if self.rd is None:
+            msgspec.structs.force_setattr(self, "rd", self.topology == "resolver")
+
+    @property
+    def recursion(self) -> bool:
+        return bool(self.rd)
+
+
+class HttpTarget(
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    frozen=True,
+    kw_only=True,
+    tag="http",
+    tag_field="kind",
+):
+    """A web site to fetch (``kind: http``): TTFB by phase, DNS included."""
+
+    name: Name
+    topology: Literal["unicast", "anycast", "resolver"]  # the DNS behind the site
+    url: str  # http:// or https://
+    provider: str = ""
+    method: Literal["GET", "HEAD"] = "GET"
+    # statuses that count as success (of the last hop); empty: any 2xx
+    expect_status: list[Annotated[int, msgspec.Meta(ge=100, le=599)]] = msgspec.field(
+        default_factory=list
+    )
+    body_regex: str | None = None  # the body must match (searched, not anchored)
+    follow_redirects: bool = True
+    max_redirects: Annotated[int, msgspec.Meta(ge=0, le=30)] = 10
+    interval: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 60.0
+    timeout: Seconds = 5.0  # per phase: dns, connect, tls, ttfb, body
+    family: Literal[4, 6] | None = None  # connect over IPv4 or IPv6 only; unset: either
+    resolver: str | None = None  # "IP[:PORT]" for the DNS phase; the system's if unset
+    tls_ca: str | None = None
+    tls_verify: bool = True
+
+    def __post_init__(self) -> None:
+        import urllib.parse
+
+        url = urllib.parse.urlsplit(self.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"url {self.url!r} must be http:// or https:// with a host")
+        if self.body_regex is not None:
+            try:
+                re.compile(self.body_regex)
+            except re.error as exc:
+                raise ValueError(f"body_regex {self.body_regex!r}: {exc}") from None
+        if self.timeout >= self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) must be shorter than interval ({self.interval:g}s)"
+            )
+        if self.resolver is not None:
+            parse_hostport(self.resolver, 53)
+
+
+AnyTarget = DnsTarget | HttpTarget
+Target = DnsTarget  # the name before other kinds existed
+
+
+class TargetsFile(msgspec.Struct, forbid_unknown_fields=True):
+    targets: list[AnyTarget]
+
+
+def default_kind(data: dict[str, Any]) -> None:
+    """A target without ``kind`` is a DNS target."""
+    targets = data.get("targets")
+    if isinstance(targets, list):
+        for item in targets:
+            if isinstance(item, dict):
+                item.setdefault("kind", "dns")
+
+
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+_AT_RE: Final = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$", re.S)
+_MISSING_RE: Final = re.compile(r"^Object missing required field `(?P<f>[^`]+)`$")
+_UNKNOWN_RE: Final = re.compile(r"^Object contains unknown field `(?P<f>[^`]+)`$")
+
+
+def one_line(file: str, err: msgspec.ValidationError) -> str:
+    """``FILE: key.path: fault`` from msgspec's ``fault - at `$.key.path` ``."""
+    text = str(err)
+    m = _AT_RE.match(text)
+    msg, path = (m.group("msg"), m.group("path")) if m else (text, "")
+    path = path.lstrip(".")
+    if mm := _MISSING_RE.match(msg):
+        path = f"{path}.{mm.group('f')}" if path else mm.group("f")
+        msg = "required key is missing"
+    elif mm := _UNKNOWN_RE.match(msg):
+        path = f"{path}.{mm.group('f')}" if path else mm.group("f")
+        msg = "unknown key"
+    msg = msg.replace("`", "")
+    if msg[:1].isupper() and not msg[:2].isupper():
+        msg = msg[0].lower() + msg[1:]
+    return f"{file}: {path or '(top level)'}: {msg}".replace("\n", " ")
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}" if mark else "(document)"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: {where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{path}: (top level): expected a mapping of keys, got {kind}")
+    return data
+
+
+def check_unique(file: str, targets: list[AnyTarget], key: str = "targets") -> None:
+    """Target names are series identities: two targets may not share one."""
+    seen: dict[str, int] = {}
+    for i, t in enumerate(targets):
+        if t.name in seen:
+            raise ConfigError(
+                f"{file}: {key}[{i}].name: {t.name!r} is already the name of {key}[{seen[t.name]}]"
+            )
+        seen[t.name] = i
+
+
+def load_targets(path: str | os.PathLike[str]) -> list[AnyTarget]:
+    """Load a targets file (a mapping with one key, ``targets``)."""
+    p = Path(path)
+    data = read_yaml(p)
+    default_kind(data)
+    try:
+        parsed = msgspec.convert(data, TargetsFile, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(one_line(str(p), exc)) from None
+    check_unique(str(p), parsed.targets)
+    return parsed.targets
+
+
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """``"IP"``, ``"IP:PORT"``, ``"[v6]:PORT"``, ``"v6"`` or ``"host:port"`` to (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"{text!r}: missing ']'")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{text!r}: expected ':PORT' after ']'")
+        port_text = rest[1:] if rest else ""
+    elif text.count(":") > 1:  # a bare IPv6 address
+        host, port_text = text, ""
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise ValueError(f"{text!r}: no host")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"{text!r}: port must be 1-65535")
+        port = int(port_text)
+    return host, port
