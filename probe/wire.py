@@ -79,6 +79,26 @@ class HttpRecord(msgspec.Struct, tag="http", tag_field="kind", omit_defaults=Tru
     family: Literal[4, 6] | None = None
 
 
+class PingRecord(msgspec.Struct, tag="ping", tag_field="kind", omit_defaults=True, kw_only=True):
+    """One echo (``method`` icmp) or one TCP handshake (``method`` tcp), timed.
+
+    Network time without server time: a DNS ``rtt_ms`` minus the ``ping`` ``rtt_ms`` to
+    the same address is what the server itself spent. ``kind`` is ``"ping"``.
+    """
+
+    ts: EpochNs  # epoch ns of the send (kernel TX stamp when timestamping is "kernel")
+    target: Label
+    server: Label  # the IP address pinged
+    method: Literal["icmp", "tcp"]
+    timestamping: Timestamping
+    port: Port | None = None  # tcp only
+    rtt_ms: NonNegMs | None = None  # icmp: echo sent -> reply received; tcp: SYN -> SYN-ACK
+    error: str | None = None  # "<kind>: <detail>" when no reply came; then no rtt_ms
+    topology: Topology | None = None
+    provider: str | None = None
+    family: Literal[4, 6] | None = None
+
+
 class ProbeRecord(msgspec.Struct, tag="probe", tag_field="kind", omit_defaults=True, kw_only=True):
     """A probe's heartbeat: how it is doing. ``kind`` is ``"probe"``.
 
@@ -93,7 +113,7 @@ class ProbeRecord(msgspec.Struct, tag="probe", tag_field="kind", omit_defaults=T
     rejected: Annotated[int, msgspec.Meta(ge=0)]  # records the collector rejected
 
 
-Measurement = DnsRecord | HttpRecord | ProbeRecord
+Measurement = DnsRecord | HttpRecord | PingRecord | ProbeRecord
 
 
 class Batch(msgspec.Struct, kw_only=True):
