@@ -6,25 +6,16 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import math
 import signal
-import statistics
 import sys
-import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import msgspec
 
 from probe import __version__, net
-from probe.checks.dns import DnsJob
+from probe.checks import CHECKS, AnyCheck, Job, check
 from probe.config import (
-    QTYPES,
     ConfigError,
-    HttpTarget,
     ProbeConfig,
-    Target,
     check_unique,
     load_config,
     load_targets,
@@ -33,7 +24,7 @@ from probe.config import (
 from probe.output import JsonLinesOutput
 from probe.resolve import ResolveError, resolve
 from probe.runner import Prober, run_job
-from probe.wire import DnsRecord, HttpRecord, Measurement, encode
+from probe.wire import Measurement, encode
 
 log = logging.getLogger("popwatch.probe")
 
@@ -46,6 +37,8 @@ examples:
   popwatch-probe once --https https://dns.example.net/dns-query --qname example.com --rd
   popwatch-probe once --server 127.0.0.1:5300 --qname www.example.test --count 100 --json
   popwatch-probe once --https https://www.example.com/ --resolver 192.0.2.53 --count 5
+  popwatch-probe once --ping icmp --server 192.0.2.53 --count 10
+  popwatch-probe once --ping tcp --server 192.0.2.53:53 --count 10
 
 With --https URL and no --qname, `once` fetches the page and prints its phases (dns,
 connect, tls, ttfb, total) and DNS's share of the time to first byte; with --qname it
@@ -80,141 +73,50 @@ def _setup_logging(level: str) -> None:
 # --------------------------------------------------------------------------- once
 
 
-def _once_target(args: argparse.Namespace) -> tuple[Target, str, str]:
-    """A Target built from ``once`` flags, the transport, and the host to resolve."""
-    transport = "udp"
-    doh_port, doh_path, tls_name = 443, "/dns-query", args.tls_name
-    if args.https:
-        url = urllib.parse.urlsplit(args.https)
-        if url.scheme != "https" or not url.hostname:
-            raise ValueError(f"--https {args.https!r}: expected https://HOST[:PORT]/PATH")
-        transport = "https"
-        doh_port = url.port or 443
-        doh_path = url.path or "/dns-query"
-        if url.query:
-            doh_path += "?" + url.query
-        tls_name = tls_name or url.hostname
-    elif args.tls:
-        transport = "tls"
-    elif args.tcp:
-        transport = "tcp"
-    default_port = {"udp": 53, "tcp": 53, "tls": 853, "https": doh_port}[transport]
-    if args.server:
-        host, port = parse_hostport(args.server, default_port)
-    elif args.https:
-        host, port = urllib.parse.urlsplit(args.https).hostname or "", doh_port
-    else:
-        raise ValueError("--server is required (or --https URL)")
-    families = [4] if args.ipv4 else [6] if args.ipv6 else [4, 6]
-    spec: dict[str, Any] = {
-        "name": "once",
-        "topology": "resolver" if args.rd else "unicast",
-        "server": host,
-        "queries": [{"qname": args.qname, "qtype": args.qtype}],
-        "port": port if transport in ("udp", "tcp") else 53,
-        "tls_port": port if transport == "tls" else 853,
-        "doh_port": port if transport == "https" else doh_port,
-        "doh_path": doh_path,
-        "tls_name": tls_name,
-        "tls_ca": args.tls_ca,
-        "tls_verify": not args.insecure,
-        "transports": [transport],
-        "families": families,
-        "interval": max(args.interval, args.timeout + 0.001, 1.0),
-        "timeout": args.timeout,
-        "identify": "chaos" if args.chaos else "nsid" if args.nsid else "none",
-        "rd": args.rd,
-        "dnssec": args.dnssec,
-        "edns": not args.no_edns,
-        "edns_bufsize": args.bufsize,
-    }
-    try:
-        target = msgspec.convert(spec, Target)
-    except msgspec.ValidationError as exc:
-        raise ValueError(str(exc).split(" - at ")[0]) from None
-    return target, transport, host
+def _once_check(args: argparse.Namespace) -> AnyCheck:
+    """The check whose flags were given (each kind says which of its flags select it)."""
+    for kind in CHECKS:
+        chk = check(kind)
+        if chk.once is not None and chk.once.wanted(args):
+            return chk
+    hints = " or ".join(c.once.hint for c in map(check, CHECKS) if c.once is not None)
+    raise ValueError(f"nothing to measure: give {hints}")
 
 
-_COLS = (
-    "#",
-    "server",
-    "proto",
-    "rcode",
-    "rtt_ms",
-    "conn_ms",
-    "tls_ms",
-    "site",
-    "size",
-    "ttl",
-    "serial",
-    "stamp",
-)
-
-
-def _row(i: int, r: DnsRecord) -> list[str]:
-    def f(v: float | None) -> str:
-        return "-" if v is None else f"{v:.3f}"
-
-    return [
-        str(i),
-        f"{r.server}:{r.port}" if r.family == 4 else f"[{r.server}]:{r.port}",
-        r.transport + (" TC" if r.truncated else ""),
-        r.rcode,
-        f(r.rtt_ms),
-        f(r.connect_ms),
-        f(r.tls_ms),
-        r.site or "-",
-        "-" if r.size is None else str(r.size),
-        "-" if r.ttl is None else str(r.ttl),
-        "-" if r.serial is None else str(r.serial),
-        r.timestamping + (f"  {r.error}" if r.error else ""),
-    ]
-
-
-_WIDTHS = (4, 24, 6, 9, 9, 8, 8, 16, 5, 6, 11, 6)
-
-
-def _print_row(cells: Sequence[str]) -> None:
-    print("  ".join(c.ljust(w) for c, w in zip(cells, _WIDTHS, strict=True)).rstrip(), flush=True)
-
-
-def _summary(records: list[DnsRecord]) -> str:
-    rtts = sorted(r.rtt_ms for r in records if r.rtt_ms is not None)
-    lost = len(records) - len(rtts)
-    line = f"{len(records)} queries, {len(rtts)} answered, {lost} without answer"
-    if rtts:
-        p95 = rtts[min(len(rtts) - 1, math.ceil(0.95 * len(rtts)) - 1)]
-        line += (
-            f"; rtt_ms min {rtts[0]:.3f} median {statistics.median(rtts):.3f} "
-            f"p95 {p95:.3f} max {rtts[-1]:.3f}"
-        )
-    return line
+def _print_row(widths: Sequence[int], cells: Sequence[str]) -> None:
+    print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip(), flush=True)
 
 
 async def _once(args: argparse.Namespace) -> int:
-    target, transport, host = _once_target(args)
-    net.warm_up()
-    try:
-        addresses = await resolve(host, target.families)
-    except ResolveError as exc:
-        print(f"popwatch-probe once: {exc}", file=sys.stderr)
+    """Measure one target of the kind the flags ask for, --count times, and print it."""
+    chk = _once_check(args)
+    assert chk.once is not None
+    target = chk.once.target(args)
+    addresses: list[tuple[int, str]] = []
+    if (host := chk.host(target)) is not None:
+        try:
+            addresses = await resolve(host[0], host[1])
+        except ResolveError as exc:
+            print(f"popwatch-probe once: {exc}", file=sys.stderr)
+            return 1
+    jobs = chk.jobs(target, addresses)
+    if not jobs:
+        print(f"popwatch-probe once: {target.name}: nothing to measure", file=sys.stderr)
         return 1
-    _, address = addresses[0]
-    job = DnsJob(target, address, transport, target.queries[0].qname, target.queries[0].qtype)
+    net.warm_up()
+    widths = [4, *(w for _, w in chk.columns)]
     if not args.json:
-        _print_row(_COLS)
-    records = [
-        r
-        for r in await _repeat(job, args, lambda i, r: _print_row(_row(i, r)))
-        if isinstance(r, DnsRecord)
-    ]
+        _print_row(widths, ["#", *(name for name, _ in chk.columns)])
+    records = await _repeat(
+        jobs[0], args, lambda i, r: _print_row(widths, [str(i), *chk.row(r)])
+    )
     if not args.json:
-        print(_summary(records))
-    return 0 if any(r.rtt_ms is not None for r in records) else 1
+        print(chk.summary(records))
+    return 0 if any(chk.answered(r) for r in records) else 1
 
 
 async def _repeat(
-    job: Any, args: argparse.Namespace, show: Callable[[int, Any], None]
+    job: Job, args: argparse.Namespace, show: Callable[[int, Measurement], None]
 ) -> list[Measurement]:
     """Run ``job`` --count times, --interval apart; print each record as it comes."""
     records: list[Measurement] = []
@@ -233,103 +135,6 @@ async def _repeat(
         else:
             show(i + 1, record)
     return records
-
-
-_HTTP_COLS = (
-    "#",
-    "ip",
-    "status",
-    "dns_ms",
-    "conn_ms",
-    "tls_ms",
-    "ttfb_ms",
-    "total_ms",
-    "bytes",
-    "redir",
-    "error",
-)
-_HTTP_WIDTHS = (4, 16, 6, 9, 9, 9, 9, 9, 8, 5, 0)
-
-
-def _print_http_row(cells: Sequence[str]) -> None:
-    print(
-        "  ".join(c.ljust(w) for c, w in zip(cells, _HTTP_WIDTHS, strict=True)).rstrip(), flush=True
-    )
-
-
-def _http_row(i: int, r: HttpRecord) -> list[str]:
-    def f(v: float | None) -> str:
-        return "-" if v is None else f"{v:.3f}"
-
-    return [
-        str(i),
-        r.ip or "-",
-        "-" if r.status is None else str(r.status),
-        f(r.dns_ms),
-        f(r.connect_ms),
-        f(r.tls_ms),
-        f(r.ttfb_ms),
-        f(r.total_ms),
-        "-" if r.bytes is None else str(r.bytes),
-        "-" if r.redirects is None else str(r.redirects),
-        r.error or "",
-    ]
-
-
-def _http_summary(records: list[HttpRecord]) -> str:
-    ok = [r for r in records if r.error is None]
-    line = f"{len(records)} fetches, {len(ok)} ok, {len(records) - len(ok)} failed"
-    done = [r for r in ok if r.ttfb_ms is not None]
-    if done:
-
-        def med(name: str) -> float:
-            return statistics.median(getattr(r, name) or 0.0 for r in done)
-
-        to_first_byte = med("dns_ms") + med("connect_ms") + med("tls_ms") + med("ttfb_ms")
-        line += (
-            f"; median ms: dns {med('dns_ms'):.3f} connect {med('connect_ms'):.3f} "
-            f"tls {med('tls_ms'):.3f} ttfb {med('ttfb_ms'):.3f} total {med('total_ms'):.3f}"
-        )
-        if to_first_byte > 0:
-            line += f"; DNS is {100 * med('dns_ms') / to_first_byte:.1f}% of time to first byte"
-    return line
-
-
-async def _once_http(args: argparse.Namespace) -> int:
-    from probe.checks.http import HttpJob  # aiohttp loads only when a page is fetched
-
-    spec: dict[str, Any] = {
-        "kind": "http",
-        "name": "once",
-        "topology": "unicast",
-        "url": args.https,
-        "method": args.method,
-        "expect_status": args.expect or [],
-        "body_regex": args.body_regex,
-        "follow_redirects": not args.no_redirects,
-        "max_redirects": args.max_redirects,
-        "interval": max(args.interval, args.timeout + 0.001, 1.0),
-        "timeout": args.timeout,
-        "family": 4 if args.ipv4 else 6 if args.ipv6 else None,
-        "resolver": args.resolver,
-        "tls_ca": args.tls_ca,
-        "tls_verify": not args.insecure,
-    }
-    try:
-        target = msgspec.convert(spec, HttpTarget)
-    except msgspec.ValidationError as exc:
-        raise ValueError(str(exc).split(" - at ")[0]) from None
-    job = HttpJob(target)
-    if not args.json:
-        _print_http_row(_HTTP_COLS)
-    records = [
-        r
-        for r in await _repeat(job, args, lambda i, r: _print_http_row(_http_row(i, r)))
-        if isinstance(r, HttpRecord)
-    ]
-    if not args.json:
-        print(_http_summary(records))
-    return 0 if any(r.error is None for r in records) else 1
 
 
 # --------------------------------------------------------------------------- run
@@ -420,7 +225,7 @@ async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_checks: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="popwatch-probe",
         description="popwatch probe: exact DNS latency measurements of unicast and anycast "
@@ -442,71 +247,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST[:PORT]",
         help="server IP or host name; [v6]:PORT for a port with IPv6",
     )
+    once.add_argument("--count", type=int, default=1, help="how many measurements (default 1)")
     once.add_argument(
-        "--qname",
-        help="name to query, e.g. example.com (omit with --https URL to fetch the page instead)",
-    )
-    once.add_argument(
-        "--qtype", default="SOA", type=str.upper, choices=QTYPES, help="query type (default SOA)"
-    )
-    proto = once.add_mutually_exclusive_group()
-    proto.add_argument("--tcp", action="store_true", help="DNS over TCP (default UDP)")
-    proto.add_argument("--tls", action="store_true", help="DNS over TLS (default port 853)")
-    proto.add_argument(
-        "--https",
-        metavar="URL",
-        help="with --qname: DNS over HTTPS to URL (HTTP/1.1 POST); without: "
-        "fetch URL and time its phases",
-    )
-    ident = once.add_mutually_exclusive_group()
-    ident.add_argument(
-        "--nsid", action="store_true", help="ask for NSID on the timed query itself (site = NSID)"
-    )
-    ident.add_argument(
-        "--chaos",
-        action="store_true",
-        help="after each query ask CHAOS TXT id.server/hostname.bind on the same "
-        "flow (site = that answer)",
-    )
-    once.add_argument("--count", type=int, default=1, help="how many queries (default 1)")
-    once.add_argument(
-        "--interval", type=float, default=1.0, help="seconds between query starts (default 1)"
+        "--interval", type=float, default=1.0, help="seconds between starts (default 1)"
     )
     once.add_argument(
         "--timeout", type=float, default=2.0, help="seconds to wait for each phase (default 2)"
     )
-    once.add_argument("--rd", action="store_true", help="set RD (ask a resolver to recurse)")
-    once.add_argument("--dnssec", action="store_true", help="set the DO bit")
-    once.add_argument("--no-edns", action="store_true", help="send no OPT record")
-    once.add_argument(
-        "--bufsize", type=int, default=1232, help="EDNS UDP buffer size (default 1232)"
-    )
-    once.add_argument("--tls-name", help="name to verify the TLS certificate against (and SNI)")
-    once.add_argument("--tls-ca", metavar="FILE", help="CA bundle (PEM) for --tls/--https")
+    once.add_argument("--tls-ca", metavar="FILE", help="CA bundle (PEM) for TLS connections")
     once.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     fam = once.add_mutually_exclusive_group()
     fam.add_argument("-4", dest="ipv4", action="store_true", help="use IPv4 only")
     fam.add_argument("-6", dest="ipv6", action="store_true", help="use IPv6 only")
-    web = once.add_argument_group("page fetches (--https URL without --qname)")
-    web.add_argument(
-        "--resolver",
-        metavar="IP[:PORT]",
-        help="resolver or nameserver for the DNS phase (default: the system's)",
-    )
-    web.add_argument("--method", default="GET", type=str.upper, choices=["GET", "HEAD"])
-    web.add_argument(
-        "--expect",
-        type=int,
-        action="append",
-        metavar="STATUS",
-        help="a status that counts as success (repeat it; default any 2xx)",
-    )
-    web.add_argument("--body-regex", metavar="RE", help="the body must match this")
-    web.add_argument("--no-redirects", action="store_true", help="do not follow redirects")
-    web.add_argument("--max-redirects", type=int, default=10, help="(default 10)")
     once.add_argument(
         "--json", action="store_true", help="print one wire record per line (what `run` would ship)"
     )
+    if with_checks:  # each kind adds its own flags (and imports its module)
+        for kind in CHECKS:
+            chk = check(kind)
+            if chk.once is not None:
+                chk.once.add_arguments(once)
 
     run = sub.add_parser(
         "run",
@@ -527,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the check modules (aiohttp among their imports) load only for `once`, whose flags
+    # they define: `run` imports a check when a target first needs it
+    parser = build_parser(with_checks=argv[:1] == ["once"])
     args = parser.parse_args(argv)
     try:
         if args.command == "example":
@@ -540,10 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error("--count must be at least 1")
             if args.interval < 0 or args.timeout <= 0:
                 parser.error("--interval must be >= 0 and --timeout > 0")
-            if args.https and not args.qname:
-                return asyncio.run(_once_http(args))
-            if not args.qname:
-                parser.error("--qname is required (or --https URL to fetch a page)")
+            args.families = [4] if args.ipv4 else [6] if args.ipv6 else [4, 6]
+            args.run_interval = max(args.interval, args.timeout + 0.001, 1.0)
             return asyncio.run(_once(args))
         return asyncio.run(_run(args))
     except ConfigError as exc:

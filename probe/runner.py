@@ -1,6 +1,7 @@
 """The runner: owns what every check shares (deadline, failure records, metrics, schedule).
 
-Checks do only their protocol; ``CHECKS`` maps a kind to its check module.
+Checks do only their protocol. The runner knows a check only through the seam in
+:mod:`probe.checks` (``check(kind)``): it never branches on a kind.
 """
 
 from __future__ import annotations
@@ -8,36 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from probe import metrics, net
-from probe.checks.dns import DnsJob
-from probe.config import AnyTarget, HttpTarget, ProbeConfig, Target
+from probe.checks import AnyCheck, Job, check, check_for
+from probe.config import AnyTarget, ProbeConfig
 from probe.resolve import ResolveError, resolve
 from probe.scheduler import Schedule
-from probe.wire import DnsRecord, HttpRecord, Measurement
+from probe.targets import derived_targets
+from probe.wire import Measurement
 
 log = logging.getLogger("popwatch.probe")
-
-if TYPE_CHECKING:
-    from probe.checks.http import HttpJob
-
-Job = Union[DnsJob, "HttpJob"]
-
-#: check kind -> its module, which has ``measure(job)`` and ``failure(job, exc, ts)``.
-#: A check module is imported when a target first needs it: a probe without http
-#: targets never loads aiohttp (about 10 MB of memory).
-CHECKS: dict[str, str] = {"dns": "probe.checks.dns", "http": "probe.checks.http"}
-
-
-@functools.cache
-def _check(kind: str) -> tuple[Callable[[Any], Awaitable[Measurement]], Callable[..., Measurement]]:
-    module = importlib.import_module(CHECKS[kind])
-    return module.measure, module.failure
 
 
 class RecordSink(Protocol):
@@ -49,25 +34,20 @@ class RecordSink(Protocol):
 async def run_job(job: Job) -> Measurement:
     """Run one measurement under its outer deadline; never raises for a network fault."""
     started = time.time_ns()
-    measure, failure = _check(job.kind)
+    chk = check(job.kind)
+    record: Measurement
     try:
-        if job.transport == "udp":
-            # one datagram exchange (two with CHAOS), each under its own hard deadline:
-            # an outer asyncio.timeout would only add cost on the probe's hottest path
-            record = await measure(job)
+        if job.deadline is None:  # the check bounds every step itself
+            record = await chk.measure(job)
         else:
             async with asyncio.timeout(job.deadline):
-                record = await measure(job)
+                record = await chk.measure(job)
     except TimeoutError as exc:
-        record = failure(job, exc, started)
+        record = chk.failure(job, exc, started)
     except Exception as exc:
         log.exception("check %s failed unexpectedly", job.key)
-        record = failure(job, exc, started)
-    if isinstance(record, DnsRecord):
-        _count(job.kind, record.transport, record.rcode)
-    elif isinstance(record, HttpRecord):
-        outcome = record.error.split(":", 1)[0] if record.error else str(record.status)
-        _count(job.kind, job.transport, outcome)
+        record = chk.failure(job, exc, started)
+    _counter(job.kind, job.transport, chk.outcome(record)).inc()
     return record
 
 
@@ -76,23 +56,15 @@ def _counter(kind: str, transport: str, outcome: str) -> Any:
     return metrics.MEASUREMENTS.labels(kind, transport, outcome)
 
 
-def _count(kind: str, transport: str, outcome: str) -> None:
-    _counter(kind, transport, outcome).inc()
-
-
 def expand(target: AnyTarget, addresses: Iterable[tuple[int, str]]) -> list[Job]:
-    """Every series of a target: address x transport x query (one URL for http)."""
-    if isinstance(target, HttpTarget):
-        from probe.checks.http import HttpJob
+    """Every series of a target, given the addresses of its host."""
+    jobs: list[Job] = check_for(target).jobs(target, list(addresses))
+    return jobs
 
-        return [HttpJob(target)]
-    return [
-        DnsJob(target, addr, transport, q.qname, q.qtype)
-        for fam, addr in addresses
-        if fam in target.families
-        for transport in target.transports
-        for q in target.queries
-    ]
+
+def _akey(target: AnyTarget) -> str:
+    """Where a target's resolved addresses are kept: its kind and name."""
+    return f"{check_for(target).kind}|{target.name}"
 
 
 class Prober:
@@ -122,33 +94,39 @@ class Prober:
         """Apply a new target list without a restart: series that stay keep their place."""
         # cached addresses stay only for targets that did not change: a target whose
         # server changed must not fall back to the old host's addresses
-        new = {t.name: t for t in targets}
-        unchanged = {t.name for t in self.cfg.targets if new.get(t.name) == t}
+        old = {_akey(t): t for t, _ in self._measured()}
         self.cfg.targets = targets
+        unchanged = {_akey(t) for t, _ in self._measured() if old.get(_akey(t)) == t}
         self._addresses = {k: v for k, v in self._addresses.items() if k in unchanged}
         await self.resolve_all()
         log.info("targets replaced: %d targets, %d series", len(targets), len(self.schedule))
 
+    def _measured(self) -> list[tuple[AnyTarget, AnyCheck]]:
+        """Every target measured, with the ones derived from others (a DNS target's ping)."""
+        targets = [*self.cfg.targets, *derived_targets(self.cfg.targets)]
+        return [(t, check_for(t)) for t in targets]
+
     async def resolve_all(self) -> None:
         """(Re-)resolve every host-name server and rebuild the job set."""
         sem = asyncio.Semaphore(32)
+        measured = self._measured()
 
-        async def one(t: Target) -> None:
+        async def one(key: str, host: str, families: list[int]) -> None:
             async with sem:
                 try:
-                    self._addresses[t.name] = await resolve(t.server, t.families, self.cfg.resolver)
+                    self._addresses[key] = await resolve(host, families, self.cfg.resolver)
                 except ResolveError as exc:
                     metrics.RESOLVE_FAILURES.inc()
-                    log.warning("target %s: %s; keeping the last addresses", t.name, exc)
+                    log.warning("target %s: %s; keeping the last addresses", key, exc)
                 except Exception as exc:
                     metrics.RESOLVE_FAILURES.inc()
-                    log.warning("target %s: resolving %s failed: %s", t.name, t.server, exc)
+                    log.warning("target %s: resolving %s failed: %s", key, host, exc)
 
         async with asyncio.TaskGroup() as tg:
-            for t in self.cfg.targets:
-                if isinstance(t, Target):  # an http target resolves as part of its fetch
-                    tg.create_task(one(t))
-        jobs = [j for t in self.cfg.targets for j in expand(t, self._addresses.get(t.name, []))]
+            for t, chk in measured:
+                if (host := chk.host(t)) is not None:  # None: resolved by the check itself
+                    tg.create_task(one(_akey(t), host[0], list(host[1])))
+        jobs = [j for t, chk in measured for j in chk.jobs(t, self._addresses.get(_akey(t), []))]
         loop = asyncio.get_running_loop()
         self.schedule.set_jobs(jobs, loop.time(), time.time())
         metrics.SERIES.set(len(self.schedule))

@@ -283,3 +283,8 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
             raise ValueError(f"{text!r}: port must be 1-65535")
         port = int(port_text)
     return host, port
+
+
+def derived_targets(targets: list[AnyTarget]) -> list[AnyTarget]:
+    """Targets measured because another target asks for them (a DNS target's ``ping``)."""
+    return []

@@ -56,7 +56,7 @@ R = TypeVar("R", bound=Measurement)  # the wire record type
 Addresses = Sequence[tuple[int, str]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Once(Generic[T]):
     """How ``popwatch-probe once`` builds one target of this kind from its flags."""
 
@@ -71,7 +71,7 @@ class Once(Generic[T]):
     hint: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: Check[...](...) sets __orig_class__
 class Check(Generic[T, J, R]):
     """Everything the rest of the probe knows about one check kind."""
 

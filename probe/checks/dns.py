@@ -7,14 +7,19 @@ transport, read the answer. Socket timing lives in :mod:`probe.net`; errors are 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import ipaddress
+import math
 import random
 import socket
 import ssl
+import statistics
 import struct
 import time
+import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -26,12 +31,13 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import msgspec
 
 from probe import dnswire, errors, net
-from probe.config import Target, is_ip
+from probe.checks import Addresses, Check, Once, fmt_ms, ms
+from probe.targets import QTYPES, DnsTarget, is_ip, parse_hostport
 from probe.wire import DnsRecord
 
-_NS_PER_MS: Final = 1_000_000
 _CHAOS_NAMES: Final = ("id.server.", "hostname.bind.")
 _USER_AGENT: Final = "popwatch-probe"
 
@@ -48,7 +54,7 @@ class DnsJob:
     constant fields) is worked out here once, so a measurement only patches in an ID.
     """
 
-    target: Target
+    target: DnsTarget
     address: str  # IP address of the server
     transport: str  # udp | tcp | tls | https
     qname: str
@@ -57,7 +63,10 @@ class DnsJob:
     family: int = field(init=False)  # 4 or 6
     port: int = field(init=False)
     key: str = field(init=False)  # stable identity of the series (seeds its start offset)
-    deadline: float = field(init=False)  # outer bound: each phase has ``timeout`` of its own
+    # outer bound for the runner: each phase has ``timeout`` of its own. None for UDP: one
+    # datagram exchange (two with CHAOS), each under its own hard deadline, where an outer
+    # asyncio.timeout would only add cost on the probe's hottest path
+    deadline: float | None = field(init=False)
     template: bytes = field(init=False)  # the query with ID 0
     question: tuple[bytes, bytes] = field(init=False)  # (qname lowercased, qtype+qclass)
     base: dict[str, Any] = field(init=False)  # the record's constant fields
@@ -72,7 +81,7 @@ class DnsJob:
         key = f"{t.name}|{address}|{self.transport}|{self.qname}|{self.qtype}"
         setf(self, "key", key)
         phases = _PHASES[self.transport] + (2 if t.identify == "chaos" else 0)
-        setf(self, "deadline", t.timeout * phases + 1.0)
+        setf(self, "deadline", None if self.transport == "udp" else t.timeout * phases + 1.0)
         template = _template(
             self.qname,
             self.qtype,
@@ -298,10 +307,6 @@ def _url_host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _ms(ns: int | None) -> float | None:
-    return None if ns is None else round(ns / _NS_PER_MS, 6)
-
-
 def failure(
     job: DnsJob,
     exc: BaseException,
@@ -317,8 +322,8 @@ def failure(
         ts=ts,
         rcode=err.rcode,
         error=err.error,
-        connect_ms=_ms(connect_ns),
-        tls_ms=_ms(tls_ns),
+        connect_ms=ms(connect_ns),
+        tls_ms=ms(tls_ns),
         timestamping="kernel" if net.kernel_timestamping_available() else "user",
         **job.base,
     )
@@ -365,9 +370,9 @@ async def measure(job: DnsJob) -> DnsRecord:
     return DnsRecord(
         ts=ex.sent_ns,
         rcode=answer.rcode,
-        rtt_ms=_ms(ex.rtt_ns),
-        connect_ms=_ms(connect_ns),
-        tls_ms=_ms(tls_ns),
+        rtt_ms=ms(ex.rtt_ns),
+        connect_ms=ms(connect_ns),
+        tls_ms=ms(tls_ns),
         timestamping="kernel" if ex.kernel else "user",
         site=site,
         answers=answer.answers,
@@ -377,3 +382,182 @@ async def measure(job: DnsJob) -> DnsRecord:
         truncated=answer.truncated,
         **job.base,
     )
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+def jobs(target: DnsTarget, addresses: Addresses) -> list[DnsJob]:
+    """Every series of a target: address x transport x query."""
+    return [
+        DnsJob(target, addr, transport, q.qname, q.qtype)
+        for fam, addr in addresses
+        if fam in target.families
+        for transport in target.transports
+        for q in target.queries
+    ]
+
+
+def _host(target: DnsTarget) -> tuple[str, list[int]]:
+    return target.server, list(target.families)
+
+
+def _row(r: DnsRecord) -> list[str]:
+    return [
+        f"{r.server}:{r.port}" if r.family == 4 else f"[{r.server}]:{r.port}",
+        r.transport + (" TC" if r.truncated else ""),
+        r.rcode,
+        fmt_ms(r.rtt_ms),
+        fmt_ms(r.connect_ms),
+        fmt_ms(r.tls_ms),
+        r.site or "-",
+        "-" if r.size is None else str(r.size),
+        "-" if r.ttl is None else str(r.ttl),
+        "-" if r.serial is None else str(r.serial),
+        r.timestamping + (f"  {r.error}" if r.error else ""),
+    ]
+
+
+def rtt_summary(noun: str, rtts_or_none: list[float | None]) -> str:
+    """``N queries, A answered, L without answer; rtt_ms min .. median .. p95 .. max ..``."""
+    rtts = sorted(v for v in rtts_or_none if v is not None)
+    lost = len(rtts_or_none) - len(rtts)
+    line = f"{len(rtts_or_none)} {noun}, {len(rtts)} answered, {lost} without answer"
+    if rtts:
+        p95 = rtts[min(len(rtts) - 1, math.ceil(0.95 * len(rtts)) - 1)]
+        line += (
+            f"; rtt_ms min {rtts[0]:.3f} median {statistics.median(rtts):.3f} "
+            f"p95 {p95:.3f} max {rtts[-1]:.3f}"
+        )
+    return line
+
+
+def _summary(records: Sequence[DnsRecord]) -> str:
+    return rtt_summary("queries", [r.rtt_ms for r in records])
+
+
+def _add_arguments(once: argparse.ArgumentParser) -> None:
+    g = once.add_argument_group("DNS queries (--qname)")
+    g.add_argument(
+        "--qname",
+        help="name to query, e.g. example.com (omit with --https URL to fetch the page instead)",
+    )
+    g.add_argument(
+        "--qtype",
+        default="SOA",
+        type=str.upper,
+        choices=QTYPES,
+        metavar="QTYPE",
+        help=f"query type, one of {', '.join(QTYPES)} (default SOA; any case)",
+    )
+    proto = g.add_mutually_exclusive_group()
+    proto.add_argument("--tcp", action="store_true", help="DNS over TCP (default UDP)")
+    proto.add_argument("--tls", action="store_true", help="DNS over TLS (default port 853)")
+    proto.add_argument(
+        "--https",
+        metavar="URL",
+        help="with --qname: DNS over HTTPS to URL (RFC 8484 POST, HTTP/2 or HTTP/1.1); "
+        "without: fetch URL and time its phases",
+    )
+    ident = g.add_mutually_exclusive_group()
+    ident.add_argument(
+        "--nsid", action="store_true", help="ask for NSID on the timed query itself (site = NSID)"
+    )
+    ident.add_argument(
+        "--chaos",
+        action="store_true",
+        help="after each query ask CHAOS TXT id.server/hostname.bind on the same "
+        "flow (site = that answer)",
+    )
+    g.add_argument("--rd", action="store_true", help="set RD (ask a resolver to recurse)")
+    g.add_argument("--dnssec", action="store_true", help="set the DO bit")
+    g.add_argument("--no-edns", action="store_true", help="send no OPT record")
+    g.add_argument("--bufsize", type=int, default=1232, help="EDNS UDP buffer size (default 1232)")
+    g.add_argument("--tls-name", help="name to verify the TLS certificate against (and SNI)")
+
+
+def _once_target(args: argparse.Namespace) -> DnsTarget:
+    """The target ``once`` flags describe (one transport, one query)."""
+    transport = "udp"
+    doh_port, doh_path, tls_name = 443, "/dns-query", args.tls_name
+    if args.https:
+        url = urllib.parse.urlsplit(args.https)
+        if url.scheme != "https" or not url.hostname:
+            raise ValueError(f"--https {args.https!r}: expected https://HOST[:PORT]/PATH")
+        transport = "https"
+        doh_port = url.port or 443
+        doh_path = url.path or "/dns-query"
+        if url.query:
+            doh_path += "?" + url.query
+        tls_name = tls_name or url.hostname
+    elif args.tls:
+        transport = "tls"
+    elif args.tcp:
+        transport = "tcp"
+    default_port = {"udp": 53, "tcp": 53, "tls": 853, "https": doh_port}[transport]
+    if args.server:
+        host, port = parse_hostport(args.server, default_port)
+    elif args.https:
+        host, port = urllib.parse.urlsplit(args.https).hostname or "", doh_port
+    else:
+        raise ValueError("--server is required (or --https URL)")
+    spec: dict[str, Any] = {
+        "name": "once",
+        "topology": "resolver" if args.rd else "unicast",
+        "server": host,
+        "queries": [{"qname": args.qname, "qtype": args.qtype}],
+        "port": port if transport in ("udp", "tcp") else 53,
+        "tls_port": port if transport == "tls" else 853,
+        "doh_port": port if transport == "https" else doh_port,
+        "doh_path": doh_path,
+        "tls_name": tls_name,
+        "tls_ca": args.tls_ca,
+        "tls_verify": not args.insecure,
+        "transports": [transport],
+        "families": args.families,
+        "interval": args.run_interval,
+        "timeout": args.timeout,
+        "identify": "chaos" if args.chaos else "nsid" if args.nsid else "none",
+        "rd": args.rd,
+        "dnssec": args.dnssec,
+        "edns": not args.no_edns,
+        "edns_bufsize": args.bufsize,
+    }
+    try:
+        return msgspec.convert(spec, DnsTarget)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc).split(" - at ")[0]) from None
+
+
+CHECK: Final = Check[DnsTarget, DnsJob, DnsRecord](
+    kind="dns",
+    target_type=DnsTarget,
+    record_type=DnsRecord,
+    host=_host,
+    jobs=jobs,
+    measure=measure,
+    failure=failure,
+    outcome=lambda r: r.rcode,
+    answered=lambda r: r.rtt_ms is not None,
+    columns=(
+        ("server", 24),
+        ("proto", 6),
+        ("rcode", 9),
+        ("rtt_ms", 9),
+        ("conn_ms", 8),
+        ("tls_ms", 8),
+        ("site", 16),
+        ("size", 5),
+        ("ttl", 6),
+        ("serial", 11),
+        ("stamp", 6),
+    ),
+    row=_row,
+    summary=_summary,
+    once=Once(
+        add_arguments=_add_arguments,
+        wanted=lambda args: args.qname is not None,
+        target=_once_target,
+        hint="--qname NAME",
+    ),
+)

@@ -25,27 +25,31 @@ Across redirects each phase is summed over the hops, as blackbox_exporter does.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import re
 import socket
 import ssl
+import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohappyeyeballs
 import aiohttp
+import msgspec
 from aiohttp.abc import ResolveResult
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.resolver import AsyncResolver
 
 from probe import net
+from probe.checks import Addresses, Check, Once, fmt_ms, ms
 from probe.errors import HttpCheckError, classify_http
 from probe.targets import HttpTarget, parse_hostport
 from probe.wire import HttpRecord
 
-_NS_PER_MS: Final = 1_000_000
 _FAMILY: Final = {4: socket.AF_INET, 6: socket.AF_INET6, None: socket.AF_UNSPEC}
 
 
@@ -236,10 +240,6 @@ def _ssl_context(ca: str | None, verify: bool) -> ssl.SSLContext:
     return ctx
 
 
-def _ms(ns: int | None) -> float | None:
-    return None if ns is None else round(ns / _NS_PER_MS, 6)
-
-
 def _record(job: HttpJob, ts: int, ph: _Phases, **fields: Any) -> HttpRecord:
     t = job.target
     ip = ph.ip
@@ -248,10 +248,10 @@ def _record(job: HttpJob, ts: int, ph: _Phases, **fields: Any) -> HttpRecord:
         target=t.name,
         url=t.url,
         ip=ip,
-        dns_ms=_ms(ph.dns_ns),
-        connect_ms=_ms(ph.connect_ns),
-        tls_ms=_ms(ph.tls_ns),
-        ttfb_ms=_ms(ph.ttfb_ns),
+        dns_ms=ms(ph.dns_ns),
+        connect_ms=ms(ph.connect_ns),
+        tls_ms=ms(ph.tls_ns),
+        ttfb_ms=ms(ph.ttfb_ns),
         cert_days=ph.cert_days,
         topology=t.topology,
         provider=t.provider or None,
@@ -340,15 +340,144 @@ async def measure(job: HttpJob) -> HttpRecord:
         err = classify_http(exc, ph.phase)
         kwargs: dict[str, Any] = {}
         if err.kind in ("status", "body"):  # the fetch itself completed
-            kwargs = {"total_ms": _ms(total), "bytes": len(body or b""), "http_version": version}
+            kwargs = {"total_ms": ms(total), "bytes": len(body or b""), "http_version": version}
         return _record(job, ts, ph, status=status, redirects=redirects, error=err.error, **kwargs)
     return _record(
         job,
         ts,
         ph,
         status=status,
-        total_ms=_ms(total),
+        total_ms=ms(total),
         bytes=len(body or b""),
         redirects=redirects,
         http_version=version,
     )
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+def _row(r: HttpRecord) -> list[str]:
+    return [
+        r.ip or "-",
+        "-" if r.status is None else str(r.status),
+        fmt_ms(r.dns_ms),
+        fmt_ms(r.connect_ms),
+        fmt_ms(r.tls_ms),
+        fmt_ms(r.ttfb_ms),
+        fmt_ms(r.total_ms),
+        "-" if r.bytes is None else str(r.bytes),
+        "-" if r.redirects is None else str(r.redirects),
+        r.error or "",
+    ]
+
+
+def _summary(records: Sequence[HttpRecord]) -> str:
+    ok = [r for r in records if r.error is None]
+    line = f"{len(records)} fetches, {len(ok)} ok, {len(records) - len(ok)} failed"
+    done = [r for r in ok if r.ttfb_ms is not None]
+    if not done:
+        return line
+
+    def med(name: str) -> float:
+        return statistics.median(getattr(r, name) or 0.0 for r in done)
+
+    line += (
+        f"; median ms: dns {med('dns_ms'):.3f} connect {med('connect_ms'):.3f} "
+        f"tls {med('tls_ms'):.3f} ttfb {med('ttfb_ms'):.3f} total {med('total_ms'):.3f}"
+    )
+    if all(r.dns_ms is None for r in done):
+        return line + "; no DNS phase (the URL's host is an IP address)"
+    to_first_byte = med("dns_ms") + med("connect_ms") + med("tls_ms") + med("ttfb_ms")
+    if to_first_byte > 0:
+        line += f"; DNS is {100 * med('dns_ms') / to_first_byte:.1f}% of time to first byte"
+    return line
+
+
+def _add_arguments(once: argparse.ArgumentParser) -> None:
+    web = once.add_argument_group("page fetches (--https URL without --qname)")
+    web.add_argument(
+        "--resolver",
+        metavar="IP[:PORT]",
+        help="resolver or nameserver for the DNS phase (default: the system's)",
+    )
+    web.add_argument(
+        "--method",
+        default="GET",
+        type=str.upper,
+        choices=["GET", "HEAD"],
+        help="request method (default GET)",
+    )
+    web.add_argument(
+        "--expect",
+        type=int,
+        action="append",
+        metavar="STATUS",
+        help="a status that counts as success (repeat it; default any 2xx)",
+    )
+    web.add_argument("--body-regex", metavar="RE", help="the body must match this")
+    web.add_argument("--no-redirects", action="store_true", help="do not follow redirects")
+    web.add_argument(
+        "--max-redirects", type=int, default=10, help="redirects to follow at most (default 10)"
+    )
+
+
+def _once_target(args: argparse.Namespace) -> HttpTarget:
+    spec: dict[str, Any] = {
+        "kind": "http",
+        "name": "once",
+        "topology": "unicast",
+        "url": args.https,
+        "method": args.method,
+        "expect_status": args.expect or [],
+        "body_regex": args.body_regex,
+        "follow_redirects": not args.no_redirects,
+        "max_redirects": args.max_redirects,
+        "interval": args.run_interval,
+        "timeout": args.timeout,
+        "family": args.families[0] if len(args.families) == 1 else None,
+        "resolver": args.resolver,
+        "tls_ca": args.tls_ca,
+        "tls_verify": not args.insecure,
+    }
+    try:
+        return msgspec.convert(spec, HttpTarget)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc).split(" - at ")[0]) from None
+
+
+def _jobs(target: HttpTarget, addresses: Addresses) -> list[HttpJob]:
+    return [HttpJob(target)]  # the fetch resolves the URL's host itself (the dns phase)
+
+
+CHECK: Final = Check[HttpTarget, HttpJob, HttpRecord](
+    kind="http",
+    target_type=HttpTarget,
+    record_type=HttpRecord,
+    host=lambda t: None,
+    jobs=_jobs,
+    measure=measure,
+    failure=failure,
+    outcome=lambda r: r.error.split(":", 1)[0] if r.error else str(r.status),
+    answered=lambda r: r.error is None,
+    columns=(
+        ("ip", 16),
+        ("status", 6),
+        ("dns_ms", 9),
+        ("conn_ms", 9),
+        ("tls_ms", 9),
+        ("ttfb_ms", 9),
+        ("total_ms", 9),
+        ("bytes", 8),
+        ("redir", 5),
+        ("error", 0),
+    ),
+    row=_row,
+    summary=_summary,
+    once=Once(
+        add_arguments=_add_arguments,
+        wanted=lambda args: bool(args.https) and args.qname is None,
+        target=_once_target,
+        hint="--https URL (without --qname)",
+    ),
+)
