@@ -119,15 +119,18 @@ def wire_rtts(packets: list[DnsPacket], qname: str) -> list[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def tcpdump(port: int, path: Path, cpu: int | None = None) -> Iterator[None]:
-    """Capture UDP on ``port`` on loopback with nanosecond timestamps (on core ``cpu``)."""
+def tcpdump(
+    port: int, path: Path, cpu: int | None = None, bpf: str | None = None, dev: str = "lo"
+) -> Iterator[None]:
+    """Capture UDP on ``port`` (or what ``bpf`` selects) on loopback (or ``dev``) with
+    nanosecond timestamps (on core ``cpu``)."""
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     proc = subprocess.Popen(
         [
             *pin,
             "tcpdump",
             "-i",
-            "lo",
+            dev,
             "-nn",
             "-U",
             "--immediate-mode",
@@ -136,7 +139,7 @@ def tcpdump(port: int, path: Path, cpu: int | None = None) -> Iterator[None]:
             "--time-stamp-precision=nano",
             "-w",
             str(path),
-            f"udp port {port}",
+            bpf or f"udp port {port}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -28,6 +28,9 @@ from probe.wire import Measurement, encode
 
 log = logging.getLogger("popwatch.probe")
 
+#: on SIGTERM, how long the probe still tries to send its spool before it exits
+SHUTDOWN_SEND_S = 3.0
+
 ONCE_EXAMPLES = """\
 examples:
   popwatch-probe once --server 192.0.2.53 --qname example.com --nsid
@@ -56,9 +59,25 @@ examples:
   popwatch-probe run --config probe.yaml --output /var/lib/popwatch/out.jsonl
   POPWATCH_TARGETS=targets.yaml popwatch-probe run
 
+  # ship to a collector (targets come from it, after any local ones)
+  POPWATCH_COLLECTOR_URL=https://collector.example.net:8443 POPWATCH_TOKEN=pw1_... \\
+    POPWATCH_DATA_DIR=/var/lib/popwatch popwatch-probe run
+
+settings: every key of the config file is also a variable, POPWATCH_<KEY> (it wins):
+  POPWATCH_COLLECTOR_URL   the collector's base URL; records are shipped there
+  POPWATCH_TOKEN           this probe's token (popwatch-collector probes add ...)
+  POPWATCH_TOKEN_FILE      or a file holding it (a Docker secret, say)
+  POPWATCH_DATA_DIR        the spool lives in DATA_DIR/spool (default /var/lib/popwatch)
+  POPWATCH_TARGETS         a targets file (the key targets_file)
+  POPWATCH_PROBE_ID        this probe's id (the key id; default: the host name)
+  POPWATCH_LOG_LEVEL       debug, info, warning or error
+  POPWATCH_BATCH_RECORDS, POPWATCH_BATCH_S, POPWATCH_SPOOL_MAX_BYTES,
+  POPWATCH_HEARTBEAT_S, POPWATCH_CONFIG_S, POPWATCH_METRICS_LISTEN, ...
+
 Every key of the config and targets files is documented in probe/example.yaml
 (`popwatch-probe example` prints it). SIGTERM or Ctrl-C stops after in-flight
-measurements finish and the output is flushed.
+measurements finish and the output is flushed; a shipping probe keeps what it could
+not send in its spool for the next start.
 """
 
 
@@ -107,9 +126,7 @@ async def _once(args: argparse.Namespace) -> int:
     widths = [4, *(w for _, w in chk.columns)]
     if not args.json:
         _print_row(widths, ["#", *(name for name, _ in chk.columns)])
-    records = await _repeat(
-        jobs[0], args, lambda i, r: _print_row(widths, [str(i), *chk.row(r)])
-    )
+    records = await _repeat(jobs[0], args, lambda i, r: _print_row(widths, [str(i), *chk.row(r)]))
     if not args.json:
         print(chk.summary(records))
     return 0 if any(chk.answered(r) for r in records) else 1
@@ -140,6 +157,13 @@ async def _repeat(
 # --------------------------------------------------------------------------- run
 
 
+def _setup_error(key: str, what: str, exc: OSError, hint: str = "") -> ConfigError:
+    """One line for a setting that cannot be put to use: the key, what failed, and why."""
+    why = exc.strerror or str(exc)
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in what else ""
+    return ConfigError(f"{key}: {what}: {why}{where}" + (f"; {hint}" if hint else ""))
+
+
 async def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.targets:
@@ -164,7 +188,12 @@ async def _run(args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         mhost, mport = parse_hostport(cfg.metrics_listen, 9553)
-        start_http_server(mport, mhost)
+        try:
+            start_http_server(mport, mhost)
+        except OSError as exc:
+            raise _setup_error(
+                "metrics_listen", f"cannot listen on {cfg.metrics_listen}", exc
+            ) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -172,8 +201,12 @@ async def _run(args: argparse.Namespace) -> int:
     if cfg.collector_url and cfg.token:
         await _run_shipping(cfg, stop)
         return 0
+    try:
+        output = JsonLinesOutput(cfg.output)
+    except OSError as exc:
+        raise _setup_error("output", f"cannot write {cfg.output}", exc) from None
     async with contextlib.AsyncExitStack() as stack:
-        sink = await stack.enter_async_context(JsonLinesOutput(cfg.output))
+        sink = await stack.enter_async_context(output)
         prober = Prober(cfg, sink)
         await prober.run(stop)
     return 0
@@ -185,14 +218,20 @@ async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
 
     assert cfg.collector_url
     assert cfg.token
-    shipper = Shipper(
-        cfg.collector_url,
-        cfg.token,
-        Path(cfg.data_dir) / "spool",
-        batch_records=cfg.batch_records,
-        batch_seconds=cfg.batch_seconds,
-        spool_max_bytes=cfg.spool_max_bytes,
-    )
+    try:
+        shipper = Shipper(
+            cfg.collector_url,
+            cfg.token,
+            Path(cfg.data_dir) / "spool",
+            batch_records=cfg.batch_records,
+            batch_s=cfg.batch_s,
+            spool_max_bytes=cfg.spool_max_bytes,
+        )
+    except OSError as exc:
+        what = f"cannot use {Path(cfg.data_dir) / 'spool'} for the spool"
+        raise _setup_error(
+            "data_dir", what, exc, "set POPWATCH_DATA_DIR to a writable directory"
+        ) from None
     log.info(
         "shipping to %s; spool %s holds %d batches from before",
         cfg.collector_url,
@@ -205,14 +244,28 @@ async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
     prober = Prober(cfg, shipper)
     async with asyncio.TaskGroup() as tg:
         sender = tg.create_task(shipper.run(sender_stop))
-        tg.create_task(heartbeats(shipper, cfg.heartbeat_seconds, stop))
-        tg.create_task(pull_config(cfg.collector_url, cfg.token, prober, cfg.config_seconds, stop))
+        beats = tg.create_task(heartbeats(shipper, cfg.heartbeat_s, stop))
+        pulls = tg.create_task(
+            pull_config(cfg.collector_url, cfg.token, prober, cfg.config_s, stop)
+        )
         try:
             await prober.run(stop)
         finally:
             shipper.close()  # the last records go to disk before anything else
             sender_stop.set()
-        await sender
+            beats.cancel()
+            pulls.cancel()  # a pull may be waiting on a collector that does not answer
+        # the spool keeps what is not sent: a last try must not outlast a container
+        # runtime's grace period (Docker's is 10 s)
+        try:
+            async with asyncio.timeout(SHUTDOWN_SEND_S):
+                await sender
+        except TimeoutError:
+            log.info(
+                "stopping: %d batches not sent within %g s stay in the spool",
+                shipper.depth,
+                SHUTDOWN_SEND_S,
+            )
     log.info(
         "shipped: %d accepted, %d rejected, %d dropped; %d batches left in the spool",
         shipper.accepted,
@@ -282,7 +335,13 @@ def build_parser(with_checks: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--id", help="probe id (default: host name); seeds the start offsets")
     run.add_argument("--concurrency", type=int, help="measurements in flight at most")
 
-    sub.add_parser("example", help="print the example config with every key documented")
+    sub.add_parser(
+        "example",
+        help="print the example config with every key documented",
+        description="Print probe/example.yaml: every key of the probe's config file and of "
+        "a target, with its default and what it means. Start a config from it: "
+        "popwatch-probe example > probe.yaml",
+    )
     return p
 
 

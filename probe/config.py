@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,7 +42,7 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 512
     output: str = "-"  # JSON lines: a file path, or "-" for standard output
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    resolve_interval: Annotated[float, msgspec.Meta(ge=10, le=86400)] = 300.0
+    resolve_interval_s: Annotated[float, msgspec.Meta(ge=10, le=86400)] = 300.0
     resolver: str | None = None  # "IP[:PORT]" for host-name lookups; the system's if unset
     metrics_listen: str | None = None  # "host:port" for /metrics; off if unset
     targets_file: str | None = None  # a targets file; its list is added to ``targets``
@@ -50,10 +51,10 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     token_file: str | None = None  # or a file holding it (a Docker secret, say)
     data_dir: str = "/var/lib/popwatch"  # the spool lives in DATA_DIR/spool
     batch_records: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
-    batch_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0
+    batch_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0
     spool_max_bytes: Annotated[int, msgspec.Meta(ge=1_000_000)] = 200_000_000
-    heartbeat_seconds: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
-    config_seconds: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0  # target pulls
+    heartbeat_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+    config_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0  # target pulls
     targets: list[AnyTarget] = msgspec.field(default_factory=list)
 
 
@@ -70,15 +71,29 @@ def _check_shipping(cfg: ProbeConfig, source: str) -> None:
             f"{source}: token: required with collector_url (set POPWATCH_TOKEN or "
             "POPWATCH_TOKEN_FILE)"
         )
-    if cfg.collector_url and not cfg.collector_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{source}: collector_url: {cfg.collector_url!r} is not an http(s) URL")
+    if cfg.collector_url:
+        _check_collector_url(cfg.collector_url, source)
 
+
+def _check_collector_url(url: str, source: str) -> None:
+    """The collector's base URL: a scheme and a host, and no API path after them."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{source}: collector_url: {url!r} is not an http(s) URL with a host "
+            "(e.g. https://collector.example.net:8080)"
+        )
+    if parts.path.rstrip("/") or parts.query:
+        base = f"{parts.scheme}://{parts.netloc}"
+        raise ConfigError(
+            f"{source}: collector_url: {url!r} has a path; give the collector's base URL "
+            f"({base}): the probe adds /api/v1/measurements and /api/v1/config itself"
+        )
 
 
 def _default_id() -> str:
     host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:63]
     return host if host and host[0].isalnum() else "probe"
-
 
 
 def load_config(

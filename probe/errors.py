@@ -11,8 +11,12 @@ Library and OS exceptions become a closed set of outcomes here and nowhere else:
 from __future__ import annotations
 
 import errno
+import os
 import ssl
 from typing import Final
+
+import h2.exceptions
+import h11
 
 TIMEOUT: Final = "TIMEOUT"
 NETERR: Final = "NETERR"
@@ -27,9 +31,10 @@ ERROR_KINDS: Final = frozenset(
         "reset",  # the connection was reset after it was open
         "closed",  # the peer closed the connection before a whole answer came
         "tls",  # TLS handshake or certificate failure
-        "http",  # DoH answered with a status other than 200, or not HTTP
+        "http",  # DoH: a status other than 200, or framing that is not valid HTTP/1.1 or HTTP/2
         "malformed",  # an answer came but it is not a DNS message for our query
         "resolve",  # a server host name could not be resolved
+        "forbidden",  # the OS refused the socket itself (ICMP: net.ipv4.ping_group_range)
         "oserror",  # any other socket error, with its errno name
     }
 )
@@ -130,14 +135,47 @@ def classify(exc: BaseException, phase: str = "") -> CheckError:
         return exc
     if isinstance(exc, TimeoutError):
         return CheckError(TIMEOUT, "timeout", f"{phase or 'answer'} timed out")
+    # the kind already says "tls": naming the tls phase again would read "tls: tls: ..."
+    tls_where = "" if phase == "tls" else where
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return CheckError(NETERR, "tls", f"{where}certificate: {exc.verify_message}")
+        return CheckError(NETERR, "tls", f"{tls_where}certificate: {exc.verify_message}")
     if isinstance(exc, ssl.SSLError):
-        return CheckError(NETERR, "tls", f"{where}{exc.reason or exc}")
+        return CheckError(NETERR, "tls", f"{tls_where}{exc.reason or exc}")
     if isinstance(exc, EOFError):
         return CheckError(NETERR, "closed", f"{where}connection closed by peer")
+    if isinstance(exc, h11.ProtocolError | h2.exceptions.ProtocolError):
+        # DoH framing that h11 (HTTP/1.1) or h2 (HTTP/2) refused: a bad Content-Length,
+        # garbage for a status line, invalid frames or header blocks, a second request on
+        # a connection the server said it would close
+        return CheckError(NETERR, "http", f"{where}{type(exc).__name__}: {exc}")
     if isinstance(exc, OSError) and exc.errno is not None:
         kind = _ERRNO_KIND.get(exc.errno, "oserror")
         name = errno.errorcode.get(exc.errno, str(exc.errno))
         return CheckError(NETERR, kind, f"{where}{name} {exc.strerror or ''}".rstrip())
     return CheckError(NETERR, "oserror", f"{where}{type(exc).__name__}: {exc}")
+
+
+#: who may open ICMP echo ("ping") sockets, IPv4 and IPv6 alike: "LOW HIGH" group ids
+PING_GROUP_RANGE: Final = "/proc/sys/net/ipv4/ping_group_range"
+
+
+def classify_icmp_socket(exc: OSError, phase: str = "") -> CheckError:
+    """``socket(AF_INET[6], SOCK_DGRAM, IPPROTO_ICMP[V6])`` failed: say why, and for whom.
+
+    Linux gives a process ping sockets only when its group (or a supplementary one) lies
+    in ``net.ipv4.ping_group_range``, for IPv6 too; otherwise EACCES. "1 0", the kernel's
+    default, forbids them to everyone, root included. No raw-socket fallback is tried.
+    """
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return classify(exc, phase)
+    try:
+        with open(PING_GROUP_RANGE, encoding="ascii") as f:
+            allowed = " ".join(f.read().split())
+    except OSError:
+        allowed = "unreadable"
+    return CheckError(
+        NETERR,
+        "forbidden",
+        f"ICMP sockets not allowed for gid {os.getegid()}: "
+        f"net.ipv4.ping_group_range is '{allowed}'",
+    )

@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from probe import metrics, net
@@ -60,6 +61,25 @@ def expand(target: AnyTarget, addresses: Iterable[tuple[int, str]]) -> list[Job]
     """Every series of a target, given the addresses of its host."""
     jobs: list[Job] = check_for(target).jobs(target, list(addresses))
     return jobs
+
+
+@dataclass(frozen=True, eq=False)
+class Unresolved:
+    """The series of a target whose host has no address yet: each run writes the failure
+    records its check gives for that (``Check.unresolved``), so an unresolvable server
+    shows up as failures, as an unreachable one does, not as silence."""
+
+    target: AnyTarget
+    kind: str
+    error: str
+    key: str = field(init=False)
+    interval: float = field(init=False)
+    transport: str = "-"
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"unresolved|{_akey(self.target)}")
+        object.__setattr__(self, "interval", self.target.interval)
 
 
 def _akey(target: AnyTarget) -> str:
@@ -111,22 +131,29 @@ class Prober:
         sem = asyncio.Semaphore(32)
         measured = self._measured()
 
+        failed: dict[str, str] = {}
+
         async def one(key: str, host: str, families: list[int]) -> None:
             async with sem:
                 try:
                     self._addresses[key] = await resolve(host, families, self.cfg.resolver)
-                except ResolveError as exc:
-                    metrics.RESOLVE_FAILURES.inc()
-                    log.warning("target %s: %s; keeping the last addresses", key, exc)
                 except Exception as exc:
                     metrics.RESOLVE_FAILURES.inc()
-                    log.warning("target %s: resolving %s failed: %s", key, host, exc)
+                    why = str(exc) if isinstance(exc, ResolveError) else f"{host}: {exc}"
+                    failed[key] = why
+                    log.warning("target %s: %s; keeping the last addresses", key, why)
 
         async with asyncio.TaskGroup() as tg:
             for t, chk in measured:
                 if (host := chk.host(t)) is not None:  # None: resolved by the check itself
                     tg.create_task(one(_akey(t), host[0], list(host[1])))
-        jobs = [j for t, chk in measured for j in chk.jobs(t, self._addresses.get(_akey(t), []))]
+        jobs: list[Job] = []
+        for t, chk in measured:
+            key = _akey(t)
+            if key in failed and not self._addresses.get(key):
+                jobs.append(Unresolved(t, chk.kind, failed[key]))
+            else:
+                jobs.extend(chk.jobs(t, self._addresses.get(key, [])))
         loop = asyncio.get_running_loop()
         self.schedule.set_jobs(jobs, loop.time(), time.time())
         metrics.SERIES.set(len(self.schedule))
@@ -135,14 +162,19 @@ class Prober:
     async def _resolve_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), self.cfg.resolve_interval)
+                await asyncio.wait_for(stop.wait(), self.cfg.resolve_interval_s)
             except TimeoutError:
                 await self.resolve_all()
 
     async def _measure(self, job: Job) -> None:
         try:
-            record = await run_job(job)
-            self.sink.write(record)
+            if isinstance(job, Unresolved):
+                chk = check(job.kind)
+                for record in chk.unresolved(job.target, job.error, time.time_ns()):
+                    _counter(job.kind, job.transport, chk.outcome(record)).inc()
+                    self.sink.write(record)
+            else:
+                self.sink.write(await run_job(job))
             self.completed += 1
         finally:
             self._in_flight -= 1

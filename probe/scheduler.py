@@ -67,6 +67,10 @@ class Schedule(Generic[J]):
         self._by_key: dict[str, _Entry[J]] = {}
         self._seq = itertools.count()
 
+    def jobs(self) -> list[J]:
+        """The jobs scheduled now."""
+        return [entry.job for entry in self._by_key.values()]
+
     def __len__(self) -> int:
         return len(self._by_key)
 

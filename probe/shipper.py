@@ -18,7 +18,13 @@ Answers and what they do:
 * ``400`` / ``413``: the batch itself is refused; it is moved to ``spool/refused/``
   and logged, never retried forever;
 * ``401``: the token is wrong or revoked; keep everything and retry slowly;
-* a network error: exponential backoff with jitter, up to a minute.
+* a network error: exponential backoff with jitter, up to a minute;
+* anything else (a redirect, which is never followed; a ``200`` whose body is not an
+  ingest answer covering every record of the batch; a ``5xx``): the batch is kept and
+  retried with backoff, and after ``MAX_ATTEMPTS`` such answers it is set aside in
+  ``spool/refused/`` with a log line, so that no file blocks the queue forever.
+
+What the probe reads of an answer is bounded, and so is a ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -26,23 +32,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import json
 import logging
 import os
 import random
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 import msgspec
 
-from probe.wire import Batch, Measurement, encode
+from probe import USER_AGENT
+from probe.files import TMP_SUFFIX, write_durably
+from probe.wire import SCHEMA_VERSION, Batch, IngestAnswer, Measurement, encode
 
 log = logging.getLogger("popwatch.probe.shipper")
 
 _MAX_BACKOFF: Final = 60.0
+#: the most of a collector's answer the probe reads (20,000 rejections with reasons fit)
+MAX_ANSWER_BYTES: Final = 8 * 1024 * 1024
+#: the longest wait a Retry-After may ask for
+MAX_RETRY_AFTER_S: Final = 300.0
+#: answers that neither take a batch nor ask to wait, before it is set aside in refused/
+MAX_ATTEMPTS: Final = 10
+
+
+class TooLarge(Exception):
+    """An answer longer than the reader's bound."""
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of ``resp``, or ``TooLarge`` once it grows past ``limit`` bytes (the rest
+    is never read: the connection is dropped with the response)."""
+    buf = bytearray()
+    while chunk := await resp.content.read(limit + 1 - len(buf)):
+        buf += chunk
+        if len(buf) > limit:
+            raise TooLarge(f"answer is over {limit} bytes")
+    return bytes(buf)
+
+
+class _Count(msgspec.Struct):
+    measurements: list[msgspec.Raw]
+
+
+_COUNT: Final = msgspec.json.Decoder(_Count)
+_ANSWER: Final = msgspec.json.Decoder(IngestAnswer)
 
 
 class Shipper:
@@ -55,7 +91,7 @@ class Shipper:
         spool_dir: Path,
         *,
         batch_records: int = 1000,
-        batch_seconds: float = 2.0,
+        batch_s: float = 2.0,
         spool_max_bytes: int = 200_000_000,
         timeout: float = 30.0,
     ) -> None:
@@ -66,7 +102,7 @@ class Shipper:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.refused_dir.mkdir(exist_ok=True)
         self.batch_records = batch_records
-        self.batch_seconds = batch_seconds
+        self.batch_s = batch_s
         self.spool_max_bytes = spool_max_bytes
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._buffer: list[Measurement] = []
@@ -76,8 +112,9 @@ class Shipper:
         self.accepted = 0
         self.rejected = 0
         self.dropped = 0
+        self._attempts: dict[str, int] = {}  # failed answers per spool file
         self._journal_path = spool_dir / "journal.jsonl"
-        for partial in spool_dir.glob("*.tmp"):  # a batch a crash left half-written
+        for partial in spool_dir.glob(f"*{TMP_SUFFIX}"):  # a batch a crash left half-written
             partial.unlink()
         self._recover()
         self._journal = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -109,7 +146,7 @@ class Shipper:
 
     def flush(self) -> None:
         """Called by the runner when it idles: cut a batch once it is old enough."""
-        if self._buffer and time.monotonic() - self._oldest >= self.batch_seconds:
+        if self._buffer and time.monotonic() - self._oldest >= self.batch_s:
             self._cut()
 
     def close(self) -> None:
@@ -122,21 +159,14 @@ class Shipper:
     def _cut(self, truncate_journal: bool = True) -> None:
         records, self._buffer = self._buffer, []
         batch = Batch(
-            schema=1, batch=str(uuid.uuid4()), sent_at=time.time_ns(), measurements=records
+            schema=SCHEMA_VERSION,
+            batch=str(uuid.uuid4()),
+            sent_at=time.time_ns(),
+            measurements=records,
         )
         self._seq += 1
         path = self.dir / f"{self._seq:016d}-{batch.batch}.json.gz"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(gzip.compress(encode(batch), compresslevel=5))
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.rename(path)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself is durable
-        finally:
-            os.close(dir_fd)
+        write_durably(path, gzip.compress(encode(batch), compresslevel=5))
         if truncate_journal:
             # the batch file holds these records now. A kill between the rename and this
             # truncate spools them twice on restart; the collector stores identical points
@@ -174,6 +204,7 @@ class Shipper:
         the collector is unreachable (what is left stays on disk for the next start)."""
         headers = {
             "Authorization": f"Bearer {self._token}",
+            "User-Agent": USER_AGENT,
             "Content-Encoding": "gzip",
             "Content-Type": "application/json",
         }
@@ -220,37 +251,61 @@ class Shipper:
         with contextlib.suppress(FileNotFoundError):
             path.rename(self.refused_dir / path.name)
 
+    def _count(self, body: bytes) -> int | None:
+        """How many records a spooled batch holds (None: the file is not a batch)."""
+        try:
+            return len(_COUNT.decode(gzip.decompress(body)).measurements)
+        except (OSError, EOFError, msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    def _attempt_failed(self, path: Path, why: str) -> float:
+        """An answer that neither took the batch nor asked to wait: count it; after
+        MAX_ATTEMPTS the file is set aside so that it cannot block the queue forever."""
+        n = self._attempts.get(path.name, 0) + 1
+        self._attempts[path.name] = n
+        if n < MAX_ATTEMPTS:
+            log.warning(
+                "batch %s not delivered (attempt %d of %d): %s", path.name, n, MAX_ATTEMPTS, why
+            )
+            return 0.0
+        log.error(
+            "batch %s not delivered after %d attempts (%s); moved to %s",
+            path.name,
+            n,
+            why,
+            self.refused_dir,
+        )
+        self._refuse(path)
+        return 0.0
+
     async def _send(self, session: aiohttp.ClientSession, path: Path) -> float | None:
         """Post one batch. None: done with it. A number: wait (0 = use the backoff)."""
         body = self._load(path)
         if body is None:
             return None
+        count = self._count(body)
+        if count is None:
+            log.error("spool file %s is not a batch; moved to %s", path.name, self.refused_dir)
+            self._refuse(path)
+            return None
         try:
-            async with session.post(self.url, data=body) as resp:
+            # never follow a redirect: a batch goes to the collector or nowhere, and an
+            # answer from another host must not delete it
+            async with session.post(self.url, data=body, allow_redirects=False) as resp:
                 status = resp.status
-                text = await resp.text()
                 retry_after = resp.headers.get("Retry-After")
+                location = resp.headers.get("Location", "")
+                raw = await read_bounded(resp, MAX_ANSWER_BYTES)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("collector %s unreachable: %s", self.url, exc or type(exc).__name__)
             return 0.0
+        except TooLarge as exc:
+            return self._attempt_failed(path, f"{status}: {exc}")
+        text = raw.decode("utf-8", "replace")
         if status == 200:
-            answer: dict[str, Any] = json.loads(text)
-            self.accepted += int(answer.get("accepted", 0))
-            for item in answer.get("rejected", []):
-                self.rejected += 1
-                log.warning(
-                    "collector rejected record %s of %s: %s",
-                    item.get("index"),
-                    path.name,
-                    item.get("error"),
-                )
-            self._done(path)
-            return None
+            return self._accepted(path, count, raw)
         if status in (429, 503):
-            try:
-                wait = max(0.0, float(retry_after)) if retry_after else 0.0
-            except ValueError:
-                wait = 0.0
+            wait = self._retry_after(retry_after)
             log.info(
                 "collector busy (%d: %s); retrying %s",
                 status,
@@ -275,5 +330,46 @@ class Shipper:
                 len(self._files()),
             )
             return _MAX_BACKOFF
-        log.warning("collector answered %d: %s", status, text.strip()[:200])
-        return 0.0
+        if 300 <= status < 400:
+            why = f"{status} redirect to {location[:200]!r} not followed: set collector_url to "
+            return self._attempt_failed(path, why + "the collector's own base URL")
+        return self._attempt_failed(path, f"answer {status}: {text.strip()[:200]}")
+
+    def _accepted(self, path: Path, count: int, raw: bytes) -> float | None:
+        """A 200: delete the batch only if the answer is an ingest answer for all of it."""
+        try:
+            answer = _ANSWER.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return self._attempt_failed(
+                path, f"200 but not an ingest answer ({exc}): {raw[:100]!r}"
+            )
+        if not answer.duplicate and answer.accepted + len(answer.rejected) != count:
+            why = (
+                f"200 but the answer covers {answer.accepted} accepted + "
+                f"{len(answer.rejected)} rejected of {count} records"
+            )
+            return self._attempt_failed(path, why)
+        self.accepted += answer.accepted
+        for item in answer.rejected:
+            self.rejected += 1
+            log.warning("collector rejected record %d of %s: %s", item.index, path.name, item.error)
+        self._attempts.pop(path.name, None)
+        self._done(path)
+        return None
+
+    @staticmethod
+    def _retry_after(value: str | None) -> float:
+        """Seconds from a Retry-After header; 0 (the backoff) when absent or not a number,
+        and never more than MAX_RETRY_AFTER_S, whatever the collector asked."""
+        try:
+            wait = float(value) if value else 0.0
+        except ValueError:
+            return 0.0
+        if not wait >= 0:  # NaN or negative
+            return 0.0
+        if wait > MAX_RETRY_AFTER_S:
+            log.warning(
+                "collector asked to wait %s s; waiting %g s at most", value, MAX_RETRY_AFTER_S
+            )
+            return MAX_RETRY_AFTER_S
+        return wait

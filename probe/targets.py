@@ -25,6 +25,7 @@ QTYPES: Final = ("A", "AAAA", "NS", "SOA", "TXT", "CNAME", "MX", "CAA", "HTTPS",
 QType = Literal["A", "AAAA", "NS", "SOA", "TXT", "CNAME", "MX", "CAA", "HTTPS", "DNSKEY"]
 TransportName = Literal["udp", "tcp", "tls", "https"]
 Identify = Literal["nsid", "chaos", "none"]
+PingMethod = Literal["icmp", "tcp"]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")]
@@ -90,31 +91,79 @@ class DnsTarget(
     dnssec: bool = False  # set the DO bit
     edns: bool = True
     edns_bufsize: Annotated[int, msgspec.Meta(ge=512, le=65535)] = 1232
+    # also ping the same addresses (a `kind: ping` target of the same name, see
+    # derived_targets): icmp echo, or tcp handshake to `port`; None: no ping
+    ping: PingMethod | None = None
 
     def __post_init__(self) -> None:
         if not self.doh_path.startswith("/"):
             raise ValueError(f"doh_path {self.doh_path!r} must start with '/'")
-        if self.timeout >= self.interval:
-            raise ValueError(
-                f"timeout ({self.timeout:g}s) must be shorter than interval ({self.interval:g}s)"
-            )
-        if not is_ip(self.server) and not _HOSTNAME_RE.match(self.server):
-            raise ValueError(f"server {self.server!r} is neither an IP address nor a host name")
+        _check_server(self)
         if self.identify == "nsid" and not self.edns:
             raise ValueError("identify: nsid needs edns: true (NSID is an EDNS option)")
         for field in ("transports", "families"):
             seen = getattr(self, field)
             if len(set(seen)) != len(seen):
                 raise ValueError(f"{field} lists a value twice: {seen}")
-        if is_ip(self.server):
-            fam = ipaddress.ip_address(self.server).version
-            msgspec.structs.force_setattr(self, "families", [fam])
+        _pin_family(self)
         if self.rd is None:
             msgspec.structs.force_setattr(self, "rd", self.topology == "resolver")
 
     @property
     def recursion(self) -> bool:
         return bool(self.rd)
+
+
+def _check_server(t: DnsTarget | PingTarget) -> None:
+    """A run ends before the next one starts; the server is an address or a host name."""
+    if t.timeout >= t.interval:
+        raise ValueError(
+            f"timeout ({t.timeout:g}s) must be shorter than interval ({t.interval:g}s)"
+        )
+    if not is_ip(t.server) and not _HOSTNAME_RE.match(t.server):
+        raise ValueError(f"server {t.server!r} is neither an IP address nor a host name")
+
+
+def _pin_family(t: DnsTarget | PingTarget) -> None:
+    """An IP-address server has one family: its own, whatever ``families`` said."""
+    if is_ip(t.server):
+        fam = ipaddress.ip_address(t.server).version
+        msgspec.structs.force_setattr(t, "families", [fam])
+
+
+class PingTarget(
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    frozen=True,
+    kw_only=True,
+    tag="ping",
+    tag_field="kind",
+):
+    """An address to ping (``kind: ping``): the network's share of a DNS round trip.
+
+    ``method: icmp`` sends one ICMP echo request on an unprivileged ping socket (the
+    probe's group must be in ``net.ipv4.ping_group_range``); ``method: tcp`` times the
+    TCP handshake, SYN -> SYN-ACK, to ``port``. A DNS ``rtt_ms`` minus the ping ``rtt_ms``
+    to the same address is the time the server itself spent.
+    """
+
+    name: Name
+    topology: Literal["unicast", "anycast", "resolver"]
+    server: str  # an IP address, or a host name resolved (A and AAAA) on a schedule
+    method: PingMethod = "icmp"
+    port: Port = 53  # the TCP port for method tcp
+    provider: str = ""
+    families: Annotated[list[Literal[4, 6]], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [4, 6]
+    )
+    interval: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 60.0
+    timeout: Seconds = 2.0  # for the echo reply (icmp) or the handshake (tcp)
+
+    def __post_init__(self) -> None:
+        _check_server(self)
+        if len(set(self.families)) != len(self.families):
+            raise ValueError(f"families lists a value twice: {self.families}")
+        _pin_family(self)
 
 
 class HttpTarget(
@@ -165,7 +214,7 @@ class HttpTarget(
             parse_hostport(self.resolver, 53)
 
 
-AnyTarget = DnsTarget | HttpTarget
+AnyTarget = DnsTarget | HttpTarget | PingTarget
 Target = DnsTarget  # the name before other kinds existed
 
 
@@ -180,8 +229,6 @@ def default_kind(data: dict[str, Any]) -> None:
         for item in targets:
             if isinstance(item, dict):
                 item.setdefault("kind", "dns")
-
-
 
 
 def is_ip(text: str) -> bool:
@@ -259,8 +306,6 @@ def load_targets(path: str | os.PathLike[str]) -> list[AnyTarget]:
     return parsed.targets
 
 
-
-
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     """``"IP"``, ``"IP:PORT"``, ``"[v6]:PORT"``, ``"v6"`` or ``"host:port"`` to (host, port)."""
     text = text.strip()
@@ -286,5 +331,24 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
 
 
 def derived_targets(targets: list[AnyTarget]) -> list[AnyTarget]:
-    """Targets measured because another target asks for them (a DNS target's ``ping``)."""
-    return []
+    """Targets measured because another target asks for them: a DNS target's ``ping``.
+
+    The ping target has the DNS target's name, so the two kinds of points share the
+    ``target`` tag, and its server, topology, provider, families, interval and timeout;
+    over tcp it connects to the DNS ``port``.
+    """
+    return [
+        PingTarget(
+            name=t.name,
+            topology=t.topology,
+            server=t.server,
+            method=t.ping,
+            port=t.port,
+            provider=t.provider,
+            families=list(t.families),
+            interval=t.interval,
+            timeout=t.timeout,
+        )
+        for t in targets
+        if isinstance(t, DnsTarget) and t.ping is not None
+    ]

@@ -40,6 +40,7 @@ class DnsRecord(msgspec.Struct, tag="dns", tag_field="kind", omit_defaults=True,
     rtt_ms: NonNegMs | None = None  # query sent -> answer received (see DESIGN.md, Timing)
     connect_ms: NonNegMs | None = None  # TCP connect: connect() -> handshake complete
     tls_ms: NonNegMs | None = None  # TLS: ClientHello sent -> handshake complete
+    http_version: str | None = None  # DoH only: "1.1" or "2"
     site: str | None = None  # PoP identity from NSID or CHAOS TXT, as text
     answers: Annotated[int, msgspec.Meta(ge=0)] | None = None  # RRs in the answer section
     size: Annotated[int, msgspec.Meta(ge=0)] | None = None  # answer size in bytes (DNS message)
@@ -65,7 +66,9 @@ class HttpRecord(msgspec.Struct, tag="http", tag_field="kind", omit_defaults=Tru
     ip: str | None = None  # address of the (last) server connected to
     status: Annotated[int, msgspec.Meta(ge=100, le=599)] | None = None
     dns_ms: NonNegMs | None = None  # resolution start -> addresses returned
-    connect_ms: NonNegMs | None = None  # TCP connect() -> established
+    # SYN sent -> SYN-ACK received, the kernel's own sample (TCP_INFO tcpi_rtt); where it
+    # has none (a retransmitted SYN), connect() -> established timed in user space
+    connect_ms: NonNegMs | None = None
     tls_ms: NonNegMs | None = None  # TCP established -> TLS handshake complete
     ttfb_ms: NonNegMs | None = None  # last request byte written -> first response byte read
     total_ms: NonNegMs | None = None  # fetch start -> last body byte read
@@ -86,13 +89,18 @@ class PingRecord(msgspec.Struct, tag="ping", tag_field="kind", omit_defaults=Tru
     the same address is what the server itself spent. ``kind`` is ``"ping"``.
     """
 
-    ts: EpochNs  # epoch ns of the send (kernel TX stamp when timestamping is "kernel")
+    # epoch ns of the send: icmp, the echo request's kernel TX stamp (timestamping
+    # "kernel"); tcp, the clock just before connect()
+    ts: EpochNs
     target: Label
     server: Label  # the IP address pinged
     method: Literal["icmp", "tcp"]
     timestamping: Timestamping
     port: Port | None = None  # tcp only
-    rtt_ms: NonNegMs | None = None  # icmp: echo sent -> reply received; tcp: SYN -> SYN-ACK
+    # icmp: echo request sent -> reply received (kernel stamps at the device); tcp: SYN
+    # sent -> SYN-ACK received as TCP saw them (TCP_INFO, whole µs), or connect() ->
+    # established timed in user space (timestamping "user")
+    rtt_ms: NonNegMs | None = None
     error: str | None = None  # "<kind>: <detail>" when no reply came; then no rtt_ms
     topology: Topology | None = None
     provider: str | None = None
@@ -116,13 +124,42 @@ class ProbeRecord(msgspec.Struct, tag="probe", tag_field="kind", omit_defaults=T
 Measurement = DnsRecord | HttpRecord | PingRecord | ProbeRecord
 
 
-class Batch(msgspec.Struct, kw_only=True):
+class BatchHeader(msgspec.Struct, kw_only=True):
+    """The fields of a batch besides its records; :class:`Batch` and
+    :class:`BatchEnvelope` both inherit them, so the two cannot drift apart."""
+
+    schema: Literal[1]  # SCHEMA_VERSION
+    batch: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]  # idempotency id
+    sent_at: EpochNs  # epoch ns when the batch was cut
+
+
+class Batch(BatchHeader, kw_only=True):
     """What the probe POSTs: a batch of measurements with an idempotency id."""
 
-    schema: Literal[1]
-    batch: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    sent_at: EpochNs
     measurements: list[Measurement]
+
+
+class BatchEnvelope(BatchHeader, kw_only=True):
+    """A batch whose records are left undecoded (``msgspec.Raw``), so a receiver can
+    decode each one alone and give every bad record its own reason."""
+
+    measurements: list[msgspec.Raw]
+
+
+class Rejected(msgspec.Struct, forbid_unknown_fields=True):
+    """One record the collector did not take: its index in the batch, and why."""
+
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    error: str
+
+
+class IngestAnswer(msgspec.Struct):
+    """The collector's ``200`` answer to a batch: every record is accepted or rejected
+    (``accepted + len(rejected)`` is the batch's size), or the batch is a duplicate."""
+
+    accepted: Annotated[int, msgspec.Meta(ge=0)]
+    rejected: list[Rejected]
+    duplicate: bool
 
 
 _encoder: Final = msgspec.json.Encoder()

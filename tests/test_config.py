@@ -14,18 +14,26 @@ INVALID = sorted(DATA.glob("invalid-*.yaml"))
 
 
 def test_example_config_loads_with_every_key() -> None:
-    """probe/example.yaml loads, and it sets every key of the config and of both target kinds."""
+    """probe/example.yaml loads, and it sets every key of the config and of each target kind."""
     from probe.config import HttpTarget, ProbeConfig, Target
+    from probe.targets import PingTarget
 
     cfg = load_config(EXAMPLE, env={})
     assert cfg.id == "probe-fra-1"
-    assert [t.name for t in cfg.targets] == ["anycast-ns", "unicast-ns", "resolver-dot", "www"]
+    assert [t.name for t in cfg.targets] == [
+        "anycast-ns",
+        "unicast-ns",
+        "resolver-dot",
+        "www",
+        "anycast-ping",
+    ]
     assert isinstance(cfg.targets[3], HttpTarget)
     text = EXAMPLE.read_text()
     fields = (
         *ProbeConfig.__struct_fields__,
         *Target.__struct_fields__,
         *HttpTarget.__struct_fields__,
+        *PingTarget.__struct_fields__,
     )
     for field in fields:
         assert f"\n{field}:" in text or f" {field}:" in text, f"example.yaml lacks {field}"
@@ -34,7 +42,7 @@ def test_example_config_loads_with_every_key() -> None:
 def test_example_targets_defaults() -> None:
     """Defaults: RD off for authoritative targets, on for resolvers; IP servers pin the family."""
     cfg = load_config(EXAMPLE, env={})
-    anycast, unicast, resolver, _ = cfg.targets
+    anycast, unicast, resolver, *_ = cfg.targets
     assert anycast.recursion is False and resolver.recursion is True
     assert anycast.families == [4]  # an IPv4 literal
     assert unicast.families == [4, 6]  # a host name: both families, separate series

@@ -63,10 +63,11 @@ async def test_dot_doh_through_dnsdist(
 
 
 async def test_tls_bad_certificate_is_neterr(dnsdist: servers.Dnsdist, job_for: JobFor) -> None:
-    """A certificate that does not verify is NETERR 'tls: ...' with connect_ms kept."""
+    """A certificate that does not verify is NETERR 'tls: certificate: ...' (the kind said
+    once, not 'tls: tls: ...') with connect_ms kept."""
     r = await measure(job_for("127.0.0.1", "tls", tls_port=dnsdist.dot_port))  # system CAs
     assert r.rcode == "NETERR"
-    assert r.error and r.error.startswith("tls: ") and "certificate" in r.error
+    assert r.error and r.error.startswith("tls: certificate: "), r.error
     assert r.connect_ms is not None and r.tls_ms is None and r.rtt_ms is None
 
 
@@ -116,6 +117,22 @@ async def test_nsid_and_chaos_identity(
     assert chaos.site == srv.identity
     assert none.site is None
     assert nsid.rcode == chaos.rcode == none.rcode == "NOERROR"
+
+
+async def test_a_long_nsid_is_cut_to_the_bound_and_says_so(job_for: JobFor) -> None:
+    """A real Knot with a 1,000-character NSID: the record's site is cut to SITE_MAX
+    characters, its end marked, so the collector can store it (a 64 KB NSID used to be
+    shipped whole and dropped by InfluxDB)."""
+    from probe.checks.dns import SITE_CUT, SITE_MAX
+
+    long_nsid = "pop-" + "x" * 996
+    with servers.Knot(long_nsid, "id-long") as knot:
+        knot.start()
+        r = await measure(job_for("127.0.0.1", "udp", port=knot.port, identify="nsid"))
+    assert r.rcode == "NOERROR"
+    assert r.site is not None
+    assert len(r.site) == SITE_MAX
+    assert r.site == long_nsid[: SITE_MAX - 1] + SITE_CUT
 
 
 async def test_chaos_through_dnsdist_on_same_connection(

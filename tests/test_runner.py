@@ -14,7 +14,8 @@ import servers
 from probe import metrics
 from probe.config import ProbeConfig, Target
 from probe.output import MemorySink
-from probe.runner import Prober
+from probe.runner import Prober, Unresolved
+from probe.wire import DnsRecord
 
 
 def target(name: str, port: int, **kw: object) -> Target:
@@ -147,7 +148,8 @@ async def test_replaced_target_does_not_keep_the_old_servers_addresses(
     knot: servers.Knot,
 ) -> None:
     """A target whose server changes to a name that does not resolve drops its old series,
-    rather than measuring the old host under the new definition."""
+    rather than measuring the old host under the new definition: what is left is the one
+    series that records the failure to resolve."""
     old = target(
         "by-name", knot.port, server="ns1.example.test", families=[4], interval=60, timeout=1
     )
@@ -164,4 +166,50 @@ async def test_replaced_target_does_not_keep_the_old_servers_addresses(
         "by-name", knot.port, server="nope.example.test", families=[4], interval=60, timeout=1
     )
     await prober.replace_targets([moved])
-    assert len(prober.schedule) == 0
+    jobs = prober.schedule.jobs()
+    assert len(jobs) == 1
+    assert isinstance(jobs[0], Unresolved)
+    assert jobs[0].target == moved
+
+
+async def test_an_unresolvable_server_name_gives_failure_records(knot: servers.Knot) -> None:
+    """A server host name with no address (here: NXDOMAIN from a loopback Knot used as the
+    probe's resolver) is measured as failures on schedule, one per transport and query,
+    with ``rcode`` NETERR and a ``resolve:`` error, the way an unreachable server is: not
+    silence (was: no records at all)."""
+    cfg = ProbeConfig(
+        id="unresolved",
+        resolver=f"127.0.0.1:{knot.port}",
+        targets=[
+            msgspec.convert(
+                {
+                    "name": "ghost",
+                    "topology": "unicast",
+                    "server": "ghost.example.test",
+                    "transports": ["udp", "tcp"],
+                    "interval": 1,
+                    "timeout": 0.5,
+                    "queries": [{"qname": "example.test"}],
+                },
+                Target,
+            )
+        ],
+    )
+    sink = MemorySink()
+    prober = Prober(cfg, sink)
+    stop = asyncio.Event()
+    task = asyncio.create_task(prober.run(stop))
+    await asyncio.sleep(2.5)
+    stop.set()
+    await task
+    records = [r for r in sink.records if isinstance(r, DnsRecord)]
+    assert len(records) == len(sink.records) >= 4  # two series, two or three runs each
+    assert {(r.transport, r.server) for r in records} == {
+        ("udp", "ghost.example.test"),
+        ("tcp", "ghost.example.test"),
+    }
+    for r in records:
+        assert r.rcode == "NETERR"
+        assert r.rtt_ms is None
+        assert r.error is not None
+        assert r.error.startswith("resolve: ghost.example.test: no address"), r.error

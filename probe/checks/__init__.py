@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import math
+import statistics
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -26,6 +28,7 @@ from probe.wire import Measurement
 CHECKS: dict[str, str] = {
     "dns": "probe.checks.dns",
     "http": "probe.checks.http",
+    "ping": "probe.checks.ping",
 }
 
 
@@ -96,6 +99,10 @@ class Check(Generic[T, J, R]):
     row: Callable[[R], list[str]]
     summary: Callable[[Sequence[R]], str]
     once: Once[T] | None = None
+    #: the failure records of one run of a target whose host has no address (it did not
+    #: resolve): what the series would have written had the server been unreachable.
+    #: ``(target, error, ts)``; kinds that resolve nothing themselves have none.
+    unresolved: Callable[[T, str, int], list[R]] = lambda target, error, ts: []
 
 
 AnyCheck = Check[Any, Any, Any]
@@ -127,6 +134,20 @@ def fmt_ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def rtt_summary(noun: str, rtts_or_none: list[float | None]) -> str:
+    """``N queries, A answered, L without answer; rtt_ms min .. median .. p95 .. max ..``."""
+    rtts = sorted(v for v in rtts_or_none if v is not None)
+    lost = len(rtts_or_none) - len(rtts)
+    line = f"{len(rtts_or_none)} {noun}, {len(rtts)} answered, {lost} without answer"
+    if rtts:
+        p95 = rtts[min(len(rtts) - 1, math.ceil(0.95 * len(rtts)) - 1)]
+        line += (
+            f"; rtt_ms min {rtts[0]:.3f} median {statistics.median(rtts):.3f} "
+            f"p95 {p95:.3f} max {rtts[-1]:.3f}"
+        )
+    return line
+
+
 __all__ = [
     "CHECKS",
     "Addresses",
@@ -138,4 +159,5 @@ __all__ = [
     "check_for",
     "fmt_ms",
     "ms",
+    "rtt_summary",
 ]

@@ -11,11 +11,9 @@ import argparse
 import asyncio
 import functools
 import ipaddress
-import math
 import random
 import socket
 import ssl
-import statistics
 import struct
 import time
 import urllib.parse
@@ -33,13 +31,12 @@ import dns.rdataclass
 import dns.rdatatype
 import msgspec
 
-from probe import dnswire, errors, net
-from probe.checks import Addresses, Check, Once, fmt_ms, ms
+from probe import dnswire, doh, errors, net
+from probe.checks import Addresses, Check, Once, fmt_ms, ms, rtt_summary
 from probe.targets import QTYPES, DnsTarget, is_ip, parse_hostport
 from probe.wire import DnsRecord
 
 _CHAOS_NAMES: Final = ("id.server.", "hostname.bind.")
-_USER_AGENT: Final = "popwatch-probe"
 
 
 _PORT_KEY: Final = {"udp": "port", "tcp": "port", "tls": "tls_port", "https": "doh_port"}
@@ -178,73 +175,27 @@ def _is_answer(qid: bytes, qname: bytes, qtail: bytes, data: bytes) -> bool:
     return qdcount == 1 and data[12:end].lower() == qname and data[end : end + 4] == qtail
 
 
+#: the longest site identity a record carries: NSID and CHAOS TXT can be up to 64 KB,
+#: which no tag store should hold; a longer one is cut and ends in SITE_CUT
+SITE_MAX: Final = 255
+SITE_CUT: Final = "…"
+
+
 def _text(raw: bytes) -> str:
-    """Server identity bytes as text: UTF-8 when printable, else hex."""
+    """Server identity bytes as text: UTF-8 when printable, else hex; at most SITE_MAX
+    characters, a longer one cut and marked with a trailing SITE_CUT."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return raw.hex()
-    return text if text.isprintable() else raw.hex()
-
-
-@functools.lru_cache(maxsize=256)
-def tls_context(ca: str | None, verify: bool, alpn: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols([alpn])
-    return ctx
+        text = raw.hex()
+    else:
+        if not text.isprintable():
+            text = raw.hex()
+    return text if len(text) <= SITE_MAX else text[: SITE_MAX - 1] + SITE_CUT
 
 
 def _tcp_frame(buf: bytes) -> int | None:
     return 2 + (buf[0] << 8 | buf[1]) if len(buf) >= 2 else None
-
-
-def _http_frame(buf: bytes) -> int | None:
-    """Length of one HTTP/1.1 response with a Content-Length or chunked body."""
-    head_end = buf.find(b"\r\n\r\n")
-    if head_end < 0:
-        return None
-    body = head_end + 4
-    headers = buf[:head_end].lower()
-    for line in headers.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip() == b"content-length":
-            return body + int(value.strip())
-    if b"transfer-encoding: chunked" in headers:
-        end = buf.find(b"\r\n0\r\n\r\n", body - 2)
-        return None if end < 0 else end + 7
-    raise errors.CheckError(errors.NETERR, "http", "response has no Content-Length")
-
-
-def _http_body(resp: bytes) -> bytes:
-    head_end = resp.find(b"\r\n\r\n")
-    status_line, *lines = resp[:head_end].split(b"\r\n")
-    parts = status_line.split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        raise errors.CheckError(
-            errors.NETERR, "http", f"not an HTTP response: {status_line[:60]!r}"
-        )
-    status = int(parts[1])
-    body = resp[head_end + 4 :]
-    if any(
-        line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower()
-        for line in lines
-    ):
-        out = bytearray()
-        i = 0
-        while True:
-            j = body.index(b"\r\n", i)
-            size = int(body[i:j].split(b";")[0], 16)
-            if size == 0:
-                break
-            out += body[j + 2 : j + 2 + size]
-            i = j + 4 + size
-        body = bytes(out)
-    if status != 200:
-        raise errors.CheckError(errors.NETERR, "http", f"status {status}")
-    return body
 
 
 def _read(data: bytes) -> dnswire.Answer:
@@ -280,15 +231,11 @@ async def _exchange_on(
         return await flow.exchange(query, accept, deadline)
     if job.transport == "https":
         host = t.tls_name or (t.server if not is_ip(t.server) else _url_host(job.address))
-        request = (
-            f"POST {t.doh_path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {_USER_AGENT}\r\n"
-            "Content-Type: application/dns-message\r\nAccept: application/dns-message\r\n"
-            f"Content-Length: {len(query)}\r\n\r\n"
-        ).encode() + query
+        # HTTP/2 or HTTP/1.1 as the server chose by ALPN; the first query on a connection
+        # also sets up HTTP/2 (preface, SETTINGS), within this timeout but outside rtt_ms
         async with asyncio.timeout(t.timeout):
-            ex = await flow.exchange(request, _http_frame)
-        body = _http_body(ex.data)
-        data = body
+            ex = await doh.exchange(flow, query, host, t.doh_path)
+        data = ex.data
     else:
         async with asyncio.timeout(t.timeout):
             ex = await flow.exchange(struct.pack("!H", len(query)) + query, _tcp_frame)
@@ -352,8 +299,8 @@ async def measure(job: DnsJob) -> DnsRecord:
                 if job.transport in ("tls", "https"):
                     phase = "tls"
                     name = t.tls_name or (t.server if not is_ip(t.server) else job.address)
-                    alpn = "dot" if job.transport == "tls" else "http/1.1"
-                    ctx = tls_context(t.tls_ca, t.tls_verify, alpn)
+                    alpn = ("dot",) if job.transport == "tls" else doh.ALPN
+                    ctx = net.tls_context(t.tls_ca, t.tls_verify, alpn)
                     async with asyncio.timeout(t.timeout):
                         await flow.start_tls(ctx, name)
                     tls_ns = flow.tls_ns
@@ -373,6 +320,7 @@ async def measure(job: DnsJob) -> DnsRecord:
         rtt_ms=ms(ex.rtt_ns),
         connect_ms=ms(connect_ns),
         tls_ms=ms(tls_ns),
+        http_version=doh.http_version(flow) if isinstance(flow, net.StreamConn) and https else None,
         timestamping="kernel" if ex.kernel else "user",
         site=site,
         answers=answer.answers,
@@ -398,6 +346,28 @@ def jobs(target: DnsTarget, addresses: Addresses) -> list[DnsJob]:
     ]
 
 
+def _unresolved(target: DnsTarget, error: str, ts: int) -> list[DnsRecord]:
+    """A run of every transport and query of a target whose server name has no address."""
+    return [
+        DnsRecord(
+            ts=ts,
+            target=target.name,
+            server=target.server,
+            port=getattr(target, _PORT_KEY[transport]),
+            transport=transport,
+            qname=q.qname,
+            qtype=q.qtype,
+            rcode=errors.NETERR,
+            error=f"resolve: {error}",
+            timestamping="user",
+            topology=target.topology,
+            provider=target.provider or None,
+        )
+        for transport in target.transports
+        for q in target.queries
+    ]
+
+
 def _host(target: DnsTarget) -> tuple[str, list[int]]:
     return target.server, list(target.families)
 
@@ -416,20 +386,6 @@ def _row(r: DnsRecord) -> list[str]:
         "-" if r.serial is None else str(r.serial),
         r.timestamping + (f"  {r.error}" if r.error else ""),
     ]
-
-
-def rtt_summary(noun: str, rtts_or_none: list[float | None]) -> str:
-    """``N queries, A answered, L without answer; rtt_ms min .. median .. p95 .. max ..``."""
-    rtts = sorted(v for v in rtts_or_none if v is not None)
-    lost = len(rtts_or_none) - len(rtts)
-    line = f"{len(rtts_or_none)} {noun}, {len(rtts)} answered, {lost} without answer"
-    if rtts:
-        p95 = rtts[min(len(rtts) - 1, math.ceil(0.95 * len(rtts)) - 1)]
-        line += (
-            f"; rtt_ms min {rtts[0]:.3f} median {statistics.median(rtts):.3f} "
-            f"p95 {p95:.3f} max {rtts[-1]:.3f}"
-        )
-    return line
 
 
 def _summary(records: Sequence[DnsRecord]) -> str:
@@ -560,4 +516,5 @@ CHECK: Final = Check[DnsTarget, DnsJob, DnsRecord](
         target=_once_target,
         hint="--qname NAME",
     ),
+    unresolved=_unresolved,
 )

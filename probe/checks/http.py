@@ -44,7 +44,7 @@ from aiohttp.abc import ResolveResult
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.resolver import AsyncResolver
 
-from probe import net
+from probe import USER_AGENT, net
 from probe.checks import Addresses, Check, Once, fmt_ms, ms
 from probe.errors import HttpCheckError, classify_http
 from probe.targets import HttpTarget, parse_hostport
@@ -230,16 +230,6 @@ class _PhaseConnector(aiohttp.TCPConnector):
         return transport, proto
 
 
-@functools.lru_cache(maxsize=256)
-def _ssl_context(ca: str | None, verify: bool) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
-
-
 def _record(job: HttpJob, ts: int, ph: _Phases, **fields: Any) -> HttpRecord:
     t = job.target
     ip = ph.ip
@@ -295,14 +285,14 @@ async def measure(job: HttpJob) -> HttpRecord:
         use_dns_cache=False,
         force_close=True,  # a new connection for every request, redirects included
         family=_FAMILY[t.family],
-        ssl=_ssl_context(t.tls_ca, t.tls_verify),
+        ssl=net.tls_context(t.tls_ca, t.tls_verify, ("http/1.1",)),
     )
     try:
         async with aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_read=t.timeout),
             auto_decompress=False,
-            headers={"User-Agent": "popwatch-probe"},
+            headers={"User-Agent": USER_AGENT},
         ) as session:
             try:
                 async with session.request(
