@@ -10,13 +10,15 @@ import os
 import re
 import socket
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 from probe.targets import (
     QTYPES,
+    TARGET_KEYS,
     AnyTarget,
     ConfigError,
     DnsTarget,
@@ -28,6 +30,7 @@ from probe.targets import (
     check_unique,
     default_kind,
     is_ip,
+    keys_of,
     load_targets,
     one_line,
     parse_hostport,
@@ -58,35 +61,42 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     targets: list[AnyTarget] = msgspec.field(default_factory=list)
 
 
-def _check_shipping(cfg: ProbeConfig, source: str) -> None:
+#: the variables whose names are not simply POPWATCH_<KEY>
+ENV_NAMES: Final = {"id": "POPWATCH_PROBE_ID", "targets_file": "POPWATCH_TARGETS"}
+#: every key a probe config file may hold, its targets' included
+CONFIG_KEYS: Final = keys_of(ProbeConfig) | TARGET_KEYS
+
+
+def _check_shipping(cfg: ProbeConfig, where: Callable[[str], str]) -> None:
+    """Shipping settings that work together; ``where(key)`` names a key's origin."""
     if cfg.token_file and not cfg.token:
         try:
             cfg.token = Path(cfg.token_file).read_text().strip() or None
         except OSError as exc:
-            raise ConfigError(f"{source}: token_file: {exc.strerror}: {cfg.token_file}") from None
+            raise ConfigError(f"{where('token_file')}: {exc.strerror}: {cfg.token_file}") from None
         if cfg.token is None:
-            raise ConfigError(f"{source}: token_file: {cfg.token_file} is empty")
+            raise ConfigError(f"{where('token_file')}: {cfg.token_file} is empty")
     if cfg.collector_url and not cfg.token:
         raise ConfigError(
-            f"{source}: token: required with collector_url (set POPWATCH_TOKEN or "
+            f"{where('token')}: required with collector_url (set POPWATCH_TOKEN or "
             "POPWATCH_TOKEN_FILE)"
         )
     if cfg.collector_url:
-        _check_collector_url(cfg.collector_url, source)
+        _check_collector_url(cfg.collector_url, where("collector_url"))
 
 
-def _check_collector_url(url: str, source: str) -> None:
+def _check_collector_url(url: str, where: str) -> None:
     """The collector's base URL: a scheme and a host, and no API path after them."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
-            f"{source}: collector_url: {url!r} is not an http(s) URL with a host "
+            f"{where}: {url!r} is not an http(s) URL with a host "
             "(e.g. https://collector.example.net:8080)"
         )
     if parts.path.rstrip("/") or parts.query:
         base = f"{parts.scheme}://{parts.netloc}"
         raise ConfigError(
-            f"{source}: collector_url: {url!r} has a path; give the collector's base URL "
+            f"{where}: {url!r} has a path; give the collector's base URL "
             f"({base}): the probe adds /api/v1/measurements and /api/v1/config itself"
         )
 
@@ -109,22 +119,19 @@ def load_config(
     if path is not None:
         source = str(path)
         data = read_yaml(Path(path))
-    if "POPWATCH_TARGETS" in env:
-        data["targets_file"] = env["POPWATCH_TARGETS"]
-    if "POPWATCH_LOG_LEVEL" in env:
-        data["log_level"] = env["POPWATCH_LOG_LEVEL"].lower()
-    if "POPWATCH_PROBE_ID" in env:
-        data["id"] = env["POPWATCH_PROBE_ID"]
-    for key in ("collector_url", "token", "token_file", "data_dir"):
-        if f"POPWATCH_{key.upper()}" in env:
-            data[key] = env[f"POPWATCH_{key.upper()}"]
+    from_env: dict[str, str] = {}  # key -> the variable that set it
+    for key in ProbeConfig.__struct_fields__:
+        var = ENV_NAMES.get(key, f"POPWATCH_{key.upper()}")
+        if key != "targets" and var in env:
+            data[key] = env[var].lower() if key == "log_level" else env[var]
+            from_env[key] = var
     default_kind(data)
     try:
         cfg = msgspec.convert(data, ProbeConfig, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(one_line(source, exc)) from None
+        raise ConfigError(one_line(source, exc, CONFIG_KEYS, from_env)) from None
     check_unique(source, cfg.targets)
-    _check_shipping(cfg, source)
+    _check_shipping(cfg, lambda key: from_env.get(key) or f"{source}: {key}")
     if cfg.targets_file:
         tf = Path(cfg.targets_file)
         if path is not None and not tf.is_absolute():

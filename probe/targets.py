@@ -10,9 +10,11 @@ A bad file raises :class:`ConfigError` whose message is one line:
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -223,12 +225,16 @@ class TargetsFile(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def default_kind(data: dict[str, Any]) -> None:
-    """A target without ``kind`` is a DNS target."""
+    """A target without ``kind`` is a DNS target; a query type may be written in any case
+    (``soa``, as on the command line)."""
     targets = data.get("targets")
     if isinstance(targets, list):
         for item in targets:
             if isinstance(item, dict):
                 item.setdefault("kind", "dns")
+                for query in item.get("queries") or []:
+                    if isinstance(query, dict) and isinstance(query.get("qtype"), str):
+                        query["qtype"] = query["qtype"].upper()
 
 
 def is_ip(text: str) -> bool:
@@ -244,8 +250,27 @@ _MISSING_RE: Final = re.compile(r"^Object missing required field `(?P<f>[^`]+)`$
 _UNKNOWN_RE: Final = re.compile(r"^Object contains unknown field `(?P<f>[^`]+)`$")
 
 
-def one_line(file: str, err: msgspec.ValidationError) -> str:
-    """``FILE: key.path: fault`` from msgspec's ``fault - at `$.key.path` ``."""
+def keys_of(*types: type[msgspec.Struct]) -> frozenset[str]:
+    """Every key the structs ``types`` accept: what an unknown key is compared with."""
+    return frozenset(name for t in types for name in t.__struct_fields__)
+
+
+#: the keys of a target, any kind, and of its queries
+TARGET_KEYS: Final = keys_of(DnsTarget, HttpTarget, PingTarget, Query) | {"kind"}
+
+
+def one_line(
+    file: str,
+    err: msgspec.ValidationError,
+    known: Iterable[str] = TARGET_KEYS,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """``FILE: key.path: fault`` from msgspec's ``fault - at `$.key.path` ``.
+
+    An unknown key gets the nearest of ``known`` as a suggestion. Where the top-level key
+    came from an environment variable (``env``: key -> variable), the line names the
+    variable instead of the file and key: ``POPWATCH_CONCURRENCY: fault``.
+    """
     text = str(err)
     m = _AT_RE.match(text)
     msg, path = (m.group("msg"), m.group("path")) if m else (text, "")
@@ -256,9 +281,16 @@ def one_line(file: str, err: msgspec.ValidationError) -> str:
     elif mm := _UNKNOWN_RE.match(msg):
         path = f"{path}.{mm.group('f')}" if path else mm.group("f")
         msg = "unknown key"
+        # a key of another target kind (an http target's "server") is not a typo
+        near = difflib.get_close_matches(mm.group("f"), sorted(known), n=1, cutoff=0.6)
+        if near and near[0] != mm.group("f"):
+            msg += f" (did you mean {near[0]}?)"
     msg = msg.replace("`", "")
     if msg[:1].isupper() and not msg[:2].isupper():
         msg = msg[0].lower() + msg[1:]
+    top = re.split(r"[.\[]", path, maxsplit=1)[0]
+    if env and top in env:
+        return f"{env[top]}: {msg}".replace("\n", " ")
     return f"{file}: {path or '(top level)'}: {msg}".replace("\n", " ")
 
 
@@ -307,7 +339,11 @@ def load_targets(path: str | os.PathLike[str]) -> list[AnyTarget]:
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
-    """``"IP"``, ``"IP:PORT"``, ``"[v6]:PORT"``, ``"v6"`` or ``"host:port"`` to (host, port)."""
+    """``"IP"``, ``"IP:PORT"``, ``"[v6]:PORT"``, ``"v6"`` or ``"host:port"`` to (host, port).
+
+    A bare IPv6 address whose last group could be a port (``::1:5300``) is refused as
+    ambiguous: ``[::1]:5300`` means the port, ``[::1:5300]`` the address.
+    """
     text = text.strip()
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
@@ -318,6 +354,12 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
         port_text = rest[1:] if rest else ""
     elif text.count(":") > 1:  # a bare IPv6 address
         host, port_text = text, ""
+        head, _, last = text.rpartition(":")
+        if last.isdigit() and is_ip(head) and is_ip(text):
+            raise ValueError(
+                f"{text!r} is ambiguous: write [{head}]:{last} for port {last} of {head}, "
+                f"or [{text}] for the address {text}"
+            )
     else:
         host, _, port_text = text.partition(":")
     if not host:

@@ -108,11 +108,11 @@ def test_token_file(tmp_path: Path) -> None:
     token.write_text("\n")
     with pytest.raises(ConfigError) as info:
         load_config(None, env=env)
-    assert str(info.value) == f"(environment): token_file: {token} is empty"
+    assert str(info.value) == f"POPWATCH_TOKEN_FILE: {token} is empty"
     token.unlink()
     with pytest.raises(ConfigError) as info:
         load_config(None, env=env)
-    assert str(info.value) == f"(environment): token_file: No such file or directory: {token}"
+    assert str(info.value) == f"POPWATCH_TOKEN_FILE: No such file or directory: {token}"
 
 
 def test_bad_probe_config_key(tmp_path: Path) -> None:
@@ -144,3 +144,55 @@ def test_parse_hostport_rejects(text: str) -> None:
     """Malformed HOST[:PORT] is a ValueError that names the input."""
     with pytest.raises(ValueError, match="'"):
         parse_hostport(text, 53)
+
+
+def test_a_bad_variable_is_named_not_its_key() -> None:
+    """A setting from the environment that does not validate is reported by its variable,
+    the name the user wrote (was: the key, which appears nowhere in their setup)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"POPWATCH_CONCURRENCY": "lots"})
+    assert str(info.value) == "POPWATCH_CONCURRENCY: expected int, got str"
+
+
+def test_every_key_has_its_variable(tmp_path: Path) -> None:
+    """Every key of the probe config is also POPWATCH_<KEY> (POPWATCH_PROBE_ID for id,
+    POPWATCH_TARGETS for targets_file), and the variable wins over the file."""
+    conf = tmp_path / "probe.yaml"
+    conf.write_text("concurrency: 5\nbatch_s: 2\n")
+    cfg = load_config(
+        conf,
+        env={"POPWATCH_CONCURRENCY": "7", "POPWATCH_BATCH_S": "0.5", "POPWATCH_PROBE_ID": "p1"},
+    )
+    assert (cfg.concurrency, cfg.batch_s, cfg.id) == (7, 0.5, "p1")
+
+
+def test_an_unknown_key_gets_a_suggestion(tmp_path: Path) -> None:
+    """A misspelt config key is named with the nearest real one."""
+    conf = tmp_path / "probe.yaml"
+    conf.write_text("concurency: 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(conf, env={})
+    assert str(info.value) == f"{conf}: concurency: unknown key (did you mean concurrency?)"
+
+
+def test_qtype_in_any_case(tmp_path: Path) -> None:
+    """`qtype: soa` in a file is SOA, as `--qtype soa` is on the command line (was: refused
+    in files only)."""
+    f = tmp_path / "t.yaml"
+    f.write_text(
+        "targets:\n  - {name: a, topology: unicast, server: 127.0.0.1, "
+        "queries: [{qname: example.com, qtype: soa}, {qname: example.com, qtype: Aaaa}]}\n"
+    )
+    (t,) = load_targets(f)
+    assert isinstance(t, Target)
+    assert [q.qtype for q in t.queries] == ["SOA", "AAAA"]
+
+
+def test_an_ambiguous_ipv6_port_is_refused() -> None:
+    """`::1:5300` could be port 5300 of ::1 or the address ::1:5300: refused with both
+    spellings (was: quietly [::1:5300]:53)."""
+    with pytest.raises(ValueError, match=r"ambiguous: write \[::1\]:5300 .* or \[::1:5300\]"):
+        parse_hostport("::1:5300", 53)
+    assert parse_hostport("[::1]:5300", 53) == ("::1", 5300)
+    assert parse_hostport("[::1:5300]", 53) == ("::1:5300", 53)
+    assert parse_hostport("2001:db8::53", 53) == ("2001:db8::53", 53)  # not an address + port

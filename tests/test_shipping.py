@@ -7,10 +7,8 @@ Real processes: InfluxDB 1.6.7, Knot, one `popwatch-collector run`, three
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,11 +17,21 @@ from pathlib import Path
 import pytest
 import servers
 from influx import InfluxDB
+from procs import (
+    PROBE,
+    STARTED,
+    Collector,
+    probe_env,
+    register,
+    start_probes,
+    stop_probes,
+    stored,
+    targets_file,
+    wait_stored,
+)
 
 from probe.wire import DnsRecord
 
-COLLECTOR = str(Path(sys.executable).parent / "popwatch-collector")
-PROBE = str(Path(sys.executable).parent / "popwatch-probe")
 REGIONS = {"probe-fra": "eu-central", "probe-iad": "us-east", "probe-sin": "ap-southeast"}
 
 
@@ -33,132 +41,12 @@ def influx() -> Iterator[InfluxDB]:
         yield i.start()
 
 
-_STARTED: list[Collector] = []
-
-
 @pytest.fixture(autouse=True)
 def _stop_collectors() -> Iterator[None]:
     """Every collector a test started is stopped, even when the test fails midway."""
     yield
-    while _STARTED:
-        _STARTED.pop().stop()
-
-
-class Collector:
-    def __init__(self, influx: InfluxDB, data: Path, db: str) -> None:
-        self.port = servers.free_port()
-        self.env = {
-            **os.environ,
-            "POPWATCH_LISTEN": f"127.0.0.1:{self.port}",
-            "POPWATCH_DATA_DIR": str(data),
-            "POPWATCH_INFLUXDB_URL": influx.url,
-            "POPWATCH_INFLUXDB_API": "v1",
-            "POPWATCH_INFLUXDB_BUCKET": db,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([COLLECTOR, "run"], env=self.env, stderr=subprocess.DEVNULL)
-        _STARTED.append(self)
-        servers.wait_http(f"{self.url}/healthz")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-
-
-def stored(influx: InfluxDB, db: str) -> list[dict[str, object]]:
-    try:
-        return influx.query("SELECT rtt_ms, probe, region, target FROM dns", db=db)
-    except RuntimeError:
-        return []
-
-
-def targets_file(path: Path, port: int, n: int) -> Path:
-    """``n`` one-second dns targets on the Knot at ``port``."""
-    path.write_text(
-        "targets:\n"
-        + "".join(
-            f"  - {{name: t{i}, topology: anycast, server: 127.0.0.1, port: {port}, "
-            f"interval: 1, timeout: 0.5, queries: [{{qname: example.test}}]}}\n"
-            for i in range(n)
-        )
-    )
-    return path
-
-
-def wait_stored(
-    influx: InfluxDB, db: str, sent: int, timeout: float = 30
-) -> list[dict[str, object]]:
-    """What InfluxDB holds once it holds ``sent`` rows (or the timeout passed)."""
-    deadline = time.monotonic() + timeout
-    rows = stored(influx, db)
-    while len(rows) < sent and time.monotonic() < deadline:
-        time.sleep(0.2)
-        rows = stored(influx, db)
-    return rows
-
-
-def register(data: Path, regions: dict[str, str], *more: str) -> dict[str, str]:
-    """Each probe's token, from ``popwatch-collector probes add`` (``more``: its flags)."""
-    return {
-        p: subprocess.run(
-            [COLLECTOR, "probes", "add", p, "--region", r, *more, "--data-dir", str(data)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        for p, r in regions.items()
-    }
-
-
-def probe_env(
-    collector: Collector, token: str, data_dir: Path, targets: Path | None = None
-) -> dict[str, str]:
-    """The environment of a probe shipping to ``collector``."""
-    env = {
-        **os.environ,
-        "POPWATCH_COLLECTOR_URL": collector.url,
-        "POPWATCH_TOKEN": token,
-        "POPWATCH_DATA_DIR": str(data_dir),
-    }
-    if targets is not None:
-        env["POPWATCH_TARGETS"] = str(targets)
-    return env
-
-
-def start_probes(
-    tmp_path: Path, collector: Collector, tokens: dict[str, str], targets: Path
-) -> list[subprocess.Popen[bytes]]:
-    """One ``popwatch-probe run`` per token, batching every 0.5 s, data in tmp_path/ID."""
-    probes = []
-    for probe, token in tokens.items():
-        conf = tmp_path / f"{probe}.yaml"
-        conf.write_text(f"id: {probe}\nbatch_seconds: 0.5\n")
-        env = probe_env(collector, token, tmp_path / probe, targets)
-        probes.append(
-            subprocess.Popen(
-                [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.DEVNULL
-            )
-        )
-    return probes
-
-
-def stop_probes(probes: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
-    """SIGTERM to every probe at once, then their exit codes."""
-    for proc in probes:
-        proc.send_signal(signal.SIGTERM)
-    return [proc.wait(timeout) for proc in probes]
+    while STARTED:
+        STARTED.pop().stop()
 
 
 def test_every_measurement_arrives_once_across_a_collector_crash(
@@ -240,7 +128,7 @@ def test_probe_killed_and_restarted_loses_nothing(influx: InfluxDB, tmp_path: Pa
             targets = targets_file(tmp_path / "targets.yaml", knot.port, 10)
             conf = tmp_path / "probe.yaml"
             # long batches: a kill always finds records gathered but not yet batched
-            conf.write_text("id: probe-kill\nbatch_seconds: 30\nbatch_records: 100000\n")
+            conf.write_text("id: probe-kill\nbatch_s: 30\nbatch_records: 100000\n")
             env = probe_env(collector, token, tmp_path / "probe", targets)
             before = knot.queries()
             first = subprocess.Popen(
@@ -291,9 +179,7 @@ def test_targets_from_the_collector_and_heartbeats(influx: InfluxDB, tmp_path: P
         collector.env["POPWATCH_TARGETS"] = str(served)
         collector.start()
         conf = tmp_path / "probe.yaml"
-        conf.write_text(
-            "id: probe-r\nbatch_seconds: 0.3\nheartbeat_seconds: 1\nconfig_seconds: 1\n"
-        )
+        conf.write_text("id: probe-r\nbatch_s: 0.3\nheartbeat_s: 1\nconfig_s: 1\n")
         env = probe_env(collector, token, tmp_path / "probe")
         probe = subprocess.Popen(
             [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.PIPE, text=True
