@@ -25,6 +25,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+# The daemons (knotd, nsd, influxd...) live in sbin, which a plain user's PATH lacks:
+# the README's quick start runs this as one.
+for _sbin in ("/usr/sbin", "/sbin"):
+    if _sbin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + _sbin
+
 SERIAL = 2026112501
 ZONE = "example.test."
 # a long TXT record: more than 512 bytes of answer, so it truncates without EDNS

@@ -268,15 +268,21 @@ def main() -> None:
         return
     if os.geteuid() != 0:
         sys.exit("lab/web.py needs root (network namespaces and TUN devices)")
-    with WebLab(args.connect, args.tls) as lab:
+    from servers import Knot, wait_for_stop
+
+    with WebLab(args.connect, args.tls) as lab, Knot("lab-web", "id-lab-web") as knot:
         lab.start()
+        # the page's host name, served by a real Knot: the fetch's DNS phase is timed too
+        knot.start(extra_records=f"web 60 IN A {lab.address}\n")
+        url = lab.url(host="web.example.test")
         print(
-            f"web lab: {lab.url()} (CA {lab.cert}); connect delay on port {CONNECT_PORT}, "
-            f"TLS delay on port {TLS_PORT}; Ctrl-C to stop",
+            f"web lab: {url} (CA {lab.cert}), its name served by Knot on "
+            f"127.0.0.1:{knot.port}; connect delay on port {CONNECT_PORT}, TLS delay on port "
+            f"{TLS_PORT}; Ctrl-C to stop. Try:\n"
+            f"  popwatch-probe once --https {url} --resolver 127.0.0.1:{knot.port} "
+            f"--tls-ca {lab.cert} -4 --count 5 --interval 0.2",
             flush=True,
         )
-        from servers import wait_for_stop
-
         wait_for_stop()
 
 
