@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import servers
 from influx import InfluxDB
@@ -367,3 +368,57 @@ def test_spool_is_bounded_and_drops_the_oldest(tmp_path: Path) -> None:
     finally:
         shipper.close()
     assert not (tmp_path / "spool" / "journal.jsonl").exists()
+
+
+async def test_a_batch_that_keeps_failing_is_set_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collector that answers 500 to one batch every time: after MAX_ATTEMPTS such
+    answers the batch moves to spool/refused/ with a log line, and the batch behind it is
+    delivered (was: retried forever, with everything behind it piling up).
+
+    The "collector" is a stand-in (a real one never answers 500 to one batch only), and
+    the backoff is taken to zero so that ten attempts take no minutes."""
+    from aiohttp import web
+
+    from probe import shipper as shipper_mod
+
+    monkeypatch.setattr(shipper_mod.random, "uniform", lambda a, b: 0.0)
+    seen: list[str] = []
+
+    async def ingest(request: web.Request) -> web.Response:
+        body = await request.read()
+        batch = msgspec.json.decode(body)  # aiohttp has inflated the gzip body
+        seen.append(batch["batch"])
+        if batch["measurements"][0]["target"] == "poison":
+            return web.Response(status=500, text="internal error")
+        n = len(batch["measurements"])
+        return web.json_response({"accepted": n, "rejected": [], "duplicate": False})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/measurements", ingest)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = servers.free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    shipper = shipper_mod.Shipper(
+        f"http://127.0.0.1:{port}", "token", tmp_path / "spool", batch_records=1
+    )
+    try:
+        shipper.write(record(ts=10**18, target="poison", rtt_ms=1.0))
+        shipper.write(record(ts=10**18 + 1, target="fine", rtt_ms=1.0))
+        stop = asyncio.Event()
+        sender = asyncio.create_task(shipper.run(stop))
+        for _ in range(100):
+            if shipper.depth == 0:
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await sender
+    finally:
+        shipper.close()
+        await runner.cleanup()
+    assert shipper.depth == 0
+    assert len(list((tmp_path / "spool" / "refused").glob("*.json.gz"))) == 1
+    assert len(seen) == shipper_mod.MAX_ATTEMPTS + 1  # ten tries of one, one of the other
+    assert shipper.accepted == 1
