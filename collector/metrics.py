@@ -20,6 +20,10 @@ INGEST_SECONDS = Histogram(
 POINTS_REFUSED = Counter(
     "popwatch_collector_influx_partial_writes", "Writes where InfluxDB refused some points."
 )
+POINTS_SET_ASIDE = Counter(
+    "popwatch_collector_points_set_aside",
+    "Lines InfluxDB refused, set aside in the spool's refused/ with the reason.",
+)
 LAST_SEEN = Gauge(
     "popwatch_collector_probe_last_seen_timestamp_seconds",
     "When each probe last sent an accepted batch.",
@@ -34,4 +38,13 @@ SPOOL_FULL = Counter(
 )
 RATE_LIMITED = Counter(
     "popwatch_collector_rate_limited", "Batches answered 429: a probe over its rate."
+)
+CONNECTIONS = Gauge("popwatch_collector_connections", "Open connections to the public API.")
+CONNECTIONS_REFUSED = Counter(
+    "popwatch_collector_connections_refused",
+    "Connections refused or closed by the gate (collector.gate), by reason.",
+    ["reason"],
+)
+BAD_REQUESTS = Counter(
+    "popwatch_collector_bad_requests", "Requests aiohttp could not parse (answered 400)."
 )

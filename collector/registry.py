@@ -20,9 +20,11 @@ from typing import Final
 
 from collector.points import Identity
 
-_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
-_COUNTRY_RE: Final = re.compile(r"^[A-Z]{2}$")
-_TOKEN_RE: Final = re.compile(r"^pw1_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+# matched with fullmatch: ``$`` would also match before a trailing newline
+_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")  # as probe ids: tag-safe
+_COUNTRY_RE: Final = re.compile(r"[A-Z]{2}")
+_TOKEN_RE: Final = re.compile(r"pw1_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+ASN_MAX: Final = 2**32 - 1  # AS numbers are 32 bits (RFC 6793)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS probes (
@@ -43,6 +45,37 @@ class RegistryError(ValueError):
     """A registry request that cannot be done; the message says why."""
 
 
+def check_identity(
+    probe_id: str,
+    region: str,
+    country: str = "",
+    city: str = "",
+    lat: float | None = None,
+    lon: float | None = None,
+    asn: int | None = None,
+) -> None:
+    """A probe's identity, as its points will carry it; ``RegistryError`` says what is
+    wrong. The id and the region are tags, so they follow the probe id pattern."""
+    if not _ID_RE.fullmatch(probe_id):
+        raise RegistryError(
+            f"probe id {probe_id!r}: use 1-63 of A-Z a-z 0-9 _ . : - (a letter or digit first)"
+        )
+    if not _ID_RE.fullmatch(region):
+        raise RegistryError(
+            f"region {region!r}: use 1-63 of A-Z a-z 0-9 _ . : - (a letter or digit first)"
+        )
+    if country and not _COUNTRY_RE.fullmatch(country):
+        raise RegistryError(f"country {country!r}: use a two-letter ISO 3166 code like DE")
+    if any(c == "\\" or not c.isprintable() for c in city):
+        raise RegistryError(f"city {city!r}: no line breaks, control characters or backslashes")
+    if lat is not None and not -90 <= lat <= 90:
+        raise RegistryError(f"lat {lat}: must be within -90..90")
+    if lon is not None and not -180 <= lon <= 180:
+        raise RegistryError(f"lon {lon}: must be within -180..180")
+    if asn is not None and not 0 <= asn <= ASN_MAX:
+        raise RegistryError(f"asn {asn}: must be within 0..{ASN_MAX}")
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeRow:
     identity: Identity
@@ -51,12 +84,24 @@ class ProbeRow:
 
 
 class Registry:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """The registry at ``path``; with ``create=False`` a missing one is a ``RegistryError``
+    (listing a mistyped data directory must not make an empty registry there)."""
+
+    def __init__(self, path: Path, create: bool = True) -> None:
+        if not create and not path.exists():
+            raise RegistryError(
+                f"no registry at {path}: `popwatch-collector probes add` creates it; "
+                "is the data directory (--data-dir, POPWATCH_DATA_DIR) the right one?"
+            )
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot open the registry {path}: {exc}") from None
 
     def close(self) -> None:
         self._db.close()
@@ -72,18 +117,7 @@ class Registry:
         asn: int | None = None,
     ) -> str:
         """Register a probe and return its token (shown once, stored only hashed)."""
-        if not _ID_RE.match(probe_id):
-            raise RegistryError(f"probe id {probe_id!r}: use 1-63 of [A-Za-z0-9_.:-]")
-        if not _ID_RE.match(region):
-            raise RegistryError(f"region {region!r}: use 1-63 of [A-Za-z0-9_.:-]")
-        if country and not _COUNTRY_RE.match(country):
-            raise RegistryError(f"country {country!r}: use an ISO 3166 code like DE")
-        if "\n" in city or "\\" in city:
-            raise RegistryError("city: no line breaks or backslashes")
-        if lat is not None and not -90 <= lat <= 90:
-            raise RegistryError(f"lat {lat}: must be within -90..90")
-        if lon is not None and not -180 <= lon <= 180:
-            raise RegistryError(f"lon {lon}: must be within -180..180")
+        check_identity(probe_id, region, country, city, lat, lon, asn)
         row = self._db.execute("SELECT revoked_at FROM probes WHERE id = ?", (probe_id,)).fetchone()
         if row is not None and row[0] is None:
             raise RegistryError(f"probe {probe_id} exists; revoke it first to issue a new token")
@@ -100,7 +134,7 @@ class Registry:
 
     def authenticate(self, token: str) -> Identity | None:
         """The identity of a valid, unrevoked token; None otherwise."""
-        m = _TOKEN_RE.match(token)
+        m = _TOKEN_RE.fullmatch(token)
         if not m:
             return None
         row = self._db.execute(

@@ -11,7 +11,8 @@ InfluxDB 1.8's compatibility endpoint does and nothing more:
 - ``Authorization: Token user:password`` becomes 1.x's ``u``/``p``;
 - the line-protocol body (gzip or not) goes to ``/write`` unchanged, and 1.x's answer
   comes back as is;
-- ``/ping`` and ``/health`` are passed through.
+- ``/ping`` and ``/health`` are passed through, saying ``X-Influxdb-Version: 1.8.10``
+  (``SHIM_VERSION``) as a 1.8 would, so the collector's ``auto`` API choice sees a 1.8.
 
 One difference: when the InfluxDB behind it is down, the shim answers ``503``, where a
 real 1.8 would refuse the connection. The collector takes both as "unavailable".
@@ -31,6 +32,8 @@ from aiohttp import web
 PRECISION = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
 BODIES = web.AppKey("bodies", list[bytes])  # what each stored write carried, in order
 DELAY = web.AppKey("delay", list[float])  # [seconds]: hold each write this long first
+SHIM_VERSION = "1.8.10"  # what /ping says, as the InfluxDB 1.8 this stands in for
+VERSION_HEADERS = {"X-Influxdb-Version": SHIM_VERSION, "X-Influxdb-Build": "OSS"}
 
 
 def make_app(influx_url: str) -> web.Application:
@@ -83,7 +86,7 @@ def make_app(influx_url: str) -> web.Application:
     async def passthrough(request: web.Request) -> web.Response:
         try:
             async with app[session_key].get(f"{influx_url}/ping") as resp:
-                return web.Response(status=resp.status)
+                return web.Response(status=resp.status, headers=VERSION_HEADERS)
         except aiohttp.ClientError:
             return web.Response(status=503)
 

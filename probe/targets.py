@@ -250,6 +250,18 @@ _MISSING_RE: Final = re.compile(r"^Object missing required field `(?P<f>[^`]+)`$
 _UNKNOWN_RE: Final = re.compile(r"^Object contains unknown field `(?P<f>[^`]+)`$")
 
 
+def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice nearest ``word`` (a misspelt key), or None when none is near."""
+    near = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=cutoff)
+    return near[0] if near else None
+
+
+def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean X?)`` for the choice nearest ``word``, or ``""`` when none is near."""
+    near = closest(word, choices, cutoff)
+    return f" (did you mean {near}?)" if near else ""
+
+
 def keys_of(*types: type[msgspec.Struct]) -> frozenset[str]:
     """Every key the structs ``types`` accept: what an unknown key is compared with."""
     return frozenset(name for t in types for name in t.__struct_fields__)
@@ -280,11 +292,8 @@ def one_line(
         msg = "required key is missing"
     elif mm := _UNKNOWN_RE.match(msg):
         path = f"{path}.{mm.group('f')}" if path else mm.group("f")
-        msg = "unknown key"
         # a key of another target kind (an http target's "server") is not a typo
-        near = difflib.get_close_matches(mm.group("f"), sorted(known), n=1, cutoff=0.6)
-        if near and near[0] != mm.group("f"):
-            msg += f" (did you mean {near[0]}?)"
+        msg = "unknown key" + did_you_mean(mm.group("f"), set(known) - {mm.group("f")})
     msg = msg.replace("`", "")
     if msg[:1].isupper() and not msg[:2].isupper():
         msg = msg[0].lower() + msg[1:]

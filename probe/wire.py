@@ -37,7 +37,7 @@ class DnsRecord(msgspec.Struct, tag="dns", tag_field="kind", omit_defaults=True,
     qtype: Label
     rcode: Label  # DNS rcode name, or TIMEOUT / NETERR when no answer came
     timestamping: Timestamping
-    rtt_ms: NonNegMs | None = None  # query sent -> answer received (see DESIGN.md, Timing)
+    rtt_ms: NonNegMs | None = None  # query sent -> answer received (see docs/design.md, Timing)
     connect_ms: NonNegMs | None = None  # TCP connect: connect() -> handshake complete
     tls_ms: NonNegMs | None = None  # TLS: ClientHello sent -> handshake complete
     http_version: str | None = None  # DoH only: "1.1" or "2"

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from influx import InfluxDB
 from servers import free_port
 
-from collector.app import CollectorState, create_app
+from collector.app import CollectorState, create_admin_app, create_app
 from collector.registry import Registry
 from collector.sink import InfluxV1Sink
 
@@ -178,15 +178,36 @@ async def test_invalid_records_rejected_one_by_one(
             "schema 2 is not supported",
         ),
         (
+            json.dumps({"schema": "1", "batch": "x", "sent_at": 1, "measurements": []}).encode(),
+            'schema "1" is not supported (this collector knows 1)',
+        ),
+        (b'{"schema": 2, "batch": "x", "sent_at": 1, "measurements": [nonsense', "not a batch"),
+        (
             json.dumps({"schema": 1, "batch": "", "sent_at": 1, "measurements": []}).encode(),
-            "batch id",
+            "batch id must be a string of 1-64 characters",
+        ),
+        (
+            json.dumps(
+                {"schema": 1, "batch": "x" * 65, "sent_at": 1, "measurements": [dns_record()]}
+            ).encode(),
+            "batch id must be a string of 1-64 characters",
+        ),
+        (
+            json.dumps({"schema": 1, "batch": "x", "sent_at": 0, "measurements": []}).encode(),
+            "not a batch: Expected `int` >= 1 - at `$.sent_at`",
+        ),
+        (
+            json.dumps({"schema": 1, "batch": "x", "sent_at": 1, "measurements": {}}).encode(),
+            "not a batch: Expected `array`, got `object` - at `$.measurements`",
         ),
     ],
 )
 async def test_not_a_batch_is_400(
     api: TestClient[Any, Any], registry: Registry, body: bytes, reason: str
 ) -> None:
-    """A body that is not a batch is 400 with a reason."""
+    """A body that is not a wire.Batch is 400 with a reason: not JSON, not an object, an
+    unknown schema (named), a batch id that is not 1-64 characters, a sent_at that is not
+    a positive epoch, records that are not a list."""
     token = registry.add("p", region="eu")
     r = await api.post("/api/v1/measurements", data=body, headers=auth(token))
     assert r.status == 400 and reason in (await r.json())["error"]
@@ -275,7 +296,12 @@ async def test_influxdb_down_is_503_and_nothing_is_acknowledged(
         r = await client.post("/api/v1/measurements", json=b, headers=auth(token))
         assert r.status == 503 and r.headers["Retry-After"] == "5"
         assert "cannot store now" in (await r.json())["error"]
-        assert (await client.get("/readyz")).status == 503
+        admin = TestClient(TestServer(create_admin_app(state), host="127.0.0.1"))
+        await admin.start_server()
+        try:  # /readyz is on the admin listener
+            assert (await admin.get("/readyz")).status == 503
+        finally:
+            await admin.close()
         assert (await client.get("/healthz")).status == 200
     finally:
         await client.close()
@@ -409,7 +435,7 @@ def test_collector_cli_errors_are_one_line(tmp_path: Path) -> None:
     )
     bad = run("probes", "add", "p2", "--region", "eu", "--country", "Germany", "--data-dir", data)
     assert bad.stderr.strip() == (
-        "popwatch-collector probes add: country 'Germany': use an ISO 3166 code like DE"
+        "popwatch-collector probes add: country 'Germany': use a two-letter ISO 3166 code like DE"
     )
     assert run("probes", "revoke", "p1", "--data-dir", data).returncode == 0
     listed = run("probes", "list", "--data-dir", data).stdout
@@ -418,8 +444,8 @@ def test_collector_cli_errors_are_one_line(tmp_path: Path) -> None:
     conf.write_text("influxdb_api: v3\n")
     out = run("run", "--config", str(conf))
     assert out.returncode == 2
-    assert (
-        out.stderr.strip() == f"popwatch-collector: {conf}: influxdb_api: invalid enum value 'v3'"
+    assert out.stderr.strip() == (
+        f"popwatch-collector: {conf}: influxdb_api: 'v3' is not one of auto, v1, v2"
     )
 
 

@@ -21,7 +21,7 @@ from influx import InfluxDB
 from prometheus_client import REGISTRY
 from test_collector import auth, batch, dns_record
 
-from collector.app import CollectorState, create_app
+from collector.app import CollectorState, create_admin_app, create_app
 from collector.registry import Registry
 from collector.sink import GroupCommit, InfluxV2Sink
 from collector.spool import Spool, SpoolingSink
@@ -134,13 +134,20 @@ async def test_influxdb_down_spools_then_full_is_503_then_replays_in_order(
         segments = sorted((tmp_path / "spool").glob("*.lp"))
         assert len(segments) == len(stack.spool) == len(accepted) // 5
         assert metric("popwatch_collector_spool_bytes") == stack.spool.bytes > 0
-        ready = await stack.client.get("/readyz")  # ready while the spool has room
-        assert ready.status == 200
-        assert await ready.json() == {
-            "influxdb": "unreachable",
-            "spool_bytes": stack.spool.bytes,
-            "spool_max_bytes": 8_000,
-        }
+        admin = TestClient(TestServer(create_admin_app(stack.state), host="127.0.0.1"))
+        await admin.start_server()
+        try:  # /readyz is on the admin listener: not ready, and it says why
+            ready = await admin.get("/readyz")
+            answer = await ready.json()
+        finally:
+            await admin.close()
+        assert ready.status == 503
+        ping, writes, room = answer["problems"]
+        assert ping == "InfluxDB does not answer /ping"
+        assert writes.startswith("InfluxDB writes failing: InfluxDB write: HTTP 503")
+        assert room == f"spool nearly full: {stack.spool.bytes} of 8000 bytes"
+        assert (answer["ready"], answer["influxdb"]) == (False, "unreachable")
+        assert (answer["spool_bytes"], answer["spool_max_bytes"]) == (stack.spool.bytes, 8_000)
 
         influx.start()
         await wait_for(lambda: len(stack.spool) == 0)

@@ -38,7 +38,7 @@ def test_recorded_samples_decode(path: Path) -> None:
 
 
 def test_v1_sample_contents() -> None:
-    """The v1 sample keeps what DESIGN.md promises: failures carry no rtt_ms."""
+    """The v1 sample keeps what docs/design.md promises: failures carry no rtt_ms."""
     batch = decode_batch((WIRE / "v1-batch.json").read_bytes())
     assert SCHEMA_VERSION == 1
     by_rcode = {r.rcode: r for r in batch.measurements}

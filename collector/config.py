@@ -1,0 +1,237 @@
+"""The collector's configuration: typed, validated when loaded.
+
+Every key is also a ``POPWATCH_<KEY>`` variable (the variable wins); every key, its
+default and its meaning are in ``collector/example.yaml`` (``popwatch-collector
+example`` prints it). Keys with units say them: ``_s`` seconds, ``_ms`` milliseconds,
+``_bytes`` bytes.
+
+A bad setting raises :class:`probe.targets.ConfigError` whose message is one line naming
+where the value came from and what is wrong: ``FILE: KEY: fault`` for a key of the file,
+``POPWATCH_KEY: fault`` for a variable. An unknown key is an error, with the nearest
+known key as a hint. A ``POPWATCH_*`` variable that is not a collector setting is an
+error only when it is a near miss of one (``POPWATCH_INFLUXDB_ULR``); others are left
+alone, since the probe's variables (``POPWATCH_TOKEN``, ...) may share the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+import urllib.parse
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from collector.alerts.config import VARIABLES as ALERT_VARIABLES
+from collector.alerts.config import AlertsConfig, load_alerts
+from probe.targets import ConfigError, closest, did_you_mean, parse_hostport, read_yaml
+
+
+class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The collector's settings. Every key has a default; see ``collector/example.yaml``."""
+
+    listen: str = "0.0.0.0:8080"  # host:port of the API
+    admin_listen: str = "127.0.0.1:8081"  # host:port of /metrics, /readyz, the status page
+    data_dir: str = "/var/lib/popwatch"  # the registry, the batch-id table and the spool
+    targets: str | None = None  # the targets file served on /api/v1/config
+    influxdb_url: str = "http://127.0.0.1:8086"
+    # auto: the version /ping reports picks v1 (InfluxDB < 1.8) or v2 (1.8+, 2.x, 3.x)
+    influxdb_api: Literal["auto", "v1", "v2"] = "auto"
+    influxdb_token: str | None = None
+    influxdb_org: str | None = None
+    influxdb_bucket: str = "popwatch"  # the database with the v1 API
+    # one write: request start (connecting included) -> InfluxDB's answer
+    influxdb_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # a write InfluxDB has not confirmed by then is made durable in the spool instead
+    spool_after_ms: Annotated[float, msgspec.Meta(gt=0)] = 25.0
+    spool_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_000_000_000
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000  # as sent
+    max_decoded_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 20_000_000  # once inflated
+    records_per_second: Annotated[float, msgspec.Meta(gt=0)] = 2_000.0  # per probe
+    burst_records: Annotated[float, msgspec.Meta(gt=0)] = 200_000.0  # per probe
+    # the alert engine: its own keys and variables (collector/alerts/config.py)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+
+    def __post_init__(self) -> None:
+        # each fault starts with its key: load_config names the key's source from it
+        try:
+            parse_hostport(self.listen, 8080)
+        except ValueError as exc:
+            raise ValueError(f"listen: {exc} (expected host:port, e.g. 0.0.0.0:8080)") from None
+        try:
+            parse_hostport(self.admin_listen, 8081)
+        except ValueError as exc:
+            raise ValueError(
+                f"admin_listen: {exc} (expected host:port, e.g. 127.0.0.1:8081)"
+            ) from None
+        if why := url_fault(self.influxdb_url):
+            raise ValueError(f"influxdb_url: {why}")
+        if self.tls_cert and not self.tls_key:
+            raise ValueError("tls_key: required with tls_cert (the certificate's private key)")
+        if self.tls_key and not self.tls_cert:
+            raise ValueError("tls_cert: required with tls_key (the certificate chain)")
+
+
+#: a short meaning per key, for ``run --help`` (collector/example.yaml says more)
+MEANING: Final = {
+    "listen": "host:port of the public API: probe ingest, targets, /healthz",
+    "admin_listen": "host:port of /metrics, /readyz and the status page (keep it private)",
+    "data_dir": "the probe registry, the batch ids already written, and the spool",
+    "targets": "a targets file, served to probes on /api/v1/config (unset: 404)",
+    "influxdb_url": "InfluxDB's base URL, http:// or https://",
+    "influxdb_api": "auto (ask /ping), v2 (/api/v2/write: 1.8+, 2.x, 3.x), v1 (/write: <= 1.7)",
+    "influxdb_token": "API token (2.x, 3.x), or user:password on 1.8",
+    "influxdb_org": "the organisation (2.x, 3.x)",
+    "influxdb_bucket": "the bucket; the database with v1, database/retention on 1.8",
+    "influxdb_timeout_s": "seconds for one write, connecting included",
+    "spool_after_ms": "a write unconfirmed after this long goes to the spool",
+    "spool_max_bytes": "the spool's bound: past it probes get 503 and keep their data",
+    "tls_cert": "serve HTTPS with this certificate chain (PEM), with tls_key",
+    "tls_key": "the private key of tls_cert (PEM)",
+    "log_level": "debug, info, warning or error",
+    "max_body_bytes": "413 for a body over this, as sent",
+    "max_decoded_bytes": "413 for a body over this, once inflated",
+    "records_per_second": "per probe: the refill rate of its token bucket (429 past it)",
+    "burst_records": "per probe: what its token bucket holds",
+    "alerts": "the alert engine (a section of its own: see `popwatch-collector example`)",
+}
+
+#: the probe's variables (DESIGN.md): never taken for a misspelt collector setting
+PROBE_VARIABLES: Final = frozenset(
+    {
+        "POPWATCH_PROBE_ID",
+        "POPWATCH_COLLECTOR_URL",
+        "POPWATCH_TOKEN",
+        "POPWATCH_TOKEN_FILE",
+        "POPWATCH_COLLECTOR_CA",
+        "POPWATCH_INSECURE",
+    }
+)
+
+
+def variable(key: str) -> str:
+    """The environment variable of a key: ``influxdb_url`` is ``POPWATCH_INFLUXDB_URL``."""
+    return f"POPWATCH_{key.upper()}"
+
+
+def url_fault(url: str) -> str | None:
+    """Why ``url`` is not an http(s) URL with a host (with a corrected one as a hint), or
+    None when it is one."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"{url!r} is not a URL: {exc}"
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None
+    why = f"{url!r} is not an http(s) URL with a host"
+    if "://" not in url:
+        fixed = f"http://{url}"
+        if not url_fault(fixed):
+            return f"{why}; did you mean {fixed}?"
+    return why
+
+
+_FIELDS: Final = CollectorConfig.__struct_fields__
+_HINTS: Final = typing.get_type_hints(CollectorConfig, include_extras=True)
+
+
+def _choices(key: str) -> tuple[str, ...]:
+    """The values a Literal key takes (empty for other keys)."""
+    hint = _HINTS.get(key)
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+
+
+def _unknown(data: dict[str, Any], file: str, env: dict[str, str]) -> None:
+    """An unknown key in the file, or a near miss of a variable, is one line with a hint."""
+    for key in data:
+        if key not in _FIELDS:
+            raise ConfigError(f"{file}: {key}: unknown key{did_you_mean(str(key), _FIELDS)}")
+    for var in sorted(env):
+        if not var.startswith("POPWATCH_") or var in PROBE_VARIABLES:
+            continue
+        if var in ALERT_VARIABLES.values():
+            continue
+        key = var.removeprefix("POPWATCH_").lower()
+        if key in _FIELDS:
+            continue
+        # compared without the shared prefix, which would make every pair look alike
+        near = closest(key, _FIELDS, cutoff=0.8)
+        if near:
+            raise ConfigError(f"{var}: unknown variable (did you mean {variable(near)}?)")
+
+
+def _fault(exc: msgspec.ValidationError) -> tuple[str | None, str]:
+    """(key, fault) from msgspec's message: ``fault - at `$.key` ``, or ``key: fault``
+    from ``__post_init__``."""
+    text = str(exc)
+    msg, sep, where = text.rpartition(" - at `$.")
+    if sep:
+        return where.rstrip("`").split(".")[0].split("[")[0], msg
+    key, sep, rest = text.partition(": ")
+    if sep and key in _FIELDS:
+        return key, rest
+    return None, text
+
+
+def _explain(key: str | None, msg: str, value: Any) -> str:
+    """msgspec's fault in this project's words."""
+    if key is not None and msg.startswith("Invalid enum value"):
+        return f"{value!r} is not one of {', '.join(_choices(key))}"
+    msg = msg.replace("`", "")
+    if msg.startswith("Expected "):  # the value as given: from a variable it is text
+        msg = f"{msg.partition(', got ')[0]}, got {value!r}"
+    return msg[0].lower() + msg[1:] if msg[:1].isupper() and not msg[:2].isupper() else msg
+
+
+def load_config(
+    path: str | os.PathLike[str] | None, env: dict[str, str] | None = None
+) -> CollectorConfig:
+    """Load the collector config file (or defaults) and apply ``POPWATCH_<KEY>`` variables.
+
+    A variable and a file key are the same setting; the variable wins. An empty variable
+    unsets a key whose default is unset (``POPWATCH_TARGETS=``).
+    """
+    env = dict(os.environ) if env is None else env
+    data: dict[str, Any] = {}
+    file = "(config)"
+    if path is not None:
+        file = str(path)
+        data = read_yaml(Path(path))
+    _unknown(data, file, env)
+    from_env: set[str] = set()
+    defaults = CollectorConfig.__struct_defaults__
+    for key, default in zip(_FIELDS, defaults, strict=True):
+        var = variable(key)
+        if var in env:
+            data[key] = env[var] if env[var] or default is not None else None
+            from_env.add(key)
+    for key in _FIELDS:
+        if _choices(key) and isinstance(data.get(key), str):
+            data[key] = data[key].strip().lower()  # INFO, V1: the case does not matter
+    try:
+        alerts = load_alerts(data.pop("alerts", None), file, env)  # its keys, its variables
+        cfg = msgspec.convert(data, CollectorConfig, strict=False)
+        cfg.alerts = alerts
+        return cfg
+    except msgspec.ValidationError as exc:
+        bad, msg = _fault(exc)
+        why = _explain(bad, msg, data.get(bad) if bad else None).replace("\n", " ")
+        if bad is not None and (bad in from_env or path is None):
+            raise ConfigError(f"{variable(bad)}: {why}") from None
+        raise ConfigError(f"{file}: {bad or '(top level)'}: {why}") from None
+
+
+__all__ = [
+    "MEANING",
+    "CollectorConfig",
+    "ConfigError",
+    "did_you_mean",
+    "load_config",
+    "url_fault",
+    "variable",
+]

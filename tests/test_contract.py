@@ -1,0 +1,116 @@
+"""The contract between probe and collector holds in the code, not only in the docs.
+
+The collector may import from ``probe`` only the contract modules: ``probe.wire`` (the
+records and the batch), ``probe.targets`` (the targets schema it serves) and
+``probe.files`` (the durable write both spools use). The probe never imports the
+collector.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+
+from probe import wire
+
+ROOT = Path(__file__).parent.parent
+CONTRACT = frozenset({"probe.wire", "probe.targets", "probe.files"})
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def is_module(name: str) -> bool:
+    """Whether ``name`` is a module of this repository (not a name inside one)."""
+    path = ROOT / name.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def imported(path: Path) -> set[str]:
+    """Every absolute module name ``path`` imports: ``from a import b`` is ``a.b`` when
+    ``b`` is a module of this repository, else ``a``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                names.add(full if is_module(full) else node.module)
+    return names
+
+
+def probe_imports(path: Path) -> set[str]:
+    return {n for n in imported(path) if n.split(".")[0] == "probe"}
+
+
+def test_collector_imports_only_the_contract_from_probe() -> None:
+    """No module under collector/ imports a probe module outside the contract."""
+    found = modules("collector")
+    assert len(found) >= 10  # the walk found the package
+    bad = {
+        str(path.relative_to(ROOT)): sorted(probe_imports(path) - CONTRACT)
+        for path in found
+        if probe_imports(path) - CONTRACT
+    }
+    assert not bad, f"collector modules import probe modules outside {sorted(CONTRACT)}: {bad}"
+
+
+def test_the_contract_modules_stand_alone() -> None:
+    """The contract modules import no other probe module, so the collector gets nothing
+    else through them."""
+    for name in sorted(CONTRACT):
+        path = ROOT / (name.replace(".", "/") + ".py")
+        assert probe_imports(path) <= {name}, (name, probe_imports(path))
+
+
+def test_probe_never_imports_the_collector() -> None:
+    """No module under probe/ imports collector."""
+    bad = {
+        str(path.relative_to(ROOT)): sorted(
+            n for n in imported(path) if n.split(".")[0] == "collector"
+        )
+        for path in modules("probe")
+    }
+    assert not {k: v for k, v in bad.items() if v}
+
+
+def test_importing_the_whole_collector_loads_only_the_contract() -> None:
+    """At run time too: importing every collector module (in a fresh interpreter) loads
+    no probe module but the contract and the package itself."""
+    code = (
+        "import importlib, pkgutil, sys, collector\n"
+        "for m in pkgutil.walk_packages(collector.__path__, 'collector.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(' '.join(sorted(n for n in sys.modules if n.split('.')[0] == 'probe')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert set(out.stdout.split()) <= CONTRACT | {"probe"}, out.stdout
+
+
+def test_the_envelope_has_the_batch_constraints() -> None:
+    """``BatchEnvelope`` (records undecoded) and ``Batch`` refuse the same envelopes:
+    wrong schema, empty or long batch id, a sent_at of 0."""
+    good = {"schema": 1, "batch": "b" * 64, "sent_at": 1, "measurements": []}
+    bad = [
+        {**good, "schema": 2},
+        {**good, "batch": ""},
+        {**good, "batch": "b" * 65},
+        {**good, "sent_at": 0},
+    ]
+    for cls in (wire.Batch, wire.BatchEnvelope):
+        assert msgspec.convert(good, cls).batch == "b" * 64
+        for body in bad:
+            try:
+                msgspec.convert(body, cls)
+            except msgspec.ValidationError:
+                continue
+            raise AssertionError(f"{cls.__name__} took {body}")
+    assert wire.SCHEMA_VERSION == 1
