@@ -1,0 +1,317 @@
+"""Anycast events: a probe's site changing on a target (``catchment``), and a site
+starting to serve a newer SOA serial (``serial``), written to the ``event`` measurement.
+
+Both follow the samples in time order, from where the previous evaluation stopped. On
+start, each probe's last answer before the first window (and the no-answers after it)
+and each site's last serial are read from the hour before it, so an event that spans
+a restart is measured as if there had been none. An event's point is keyed by its tags
+and the time of the first answer from the new site (or serial): seen twice, it is
+written twice to the same point.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from dataclasses import dataclass
+
+from collector.alerts.influxql import InfluxQL, between, quote, select
+from collector.alerts.window import NO_ANSWER, NS, Snapshot
+from collector.lineproto import FieldValue, line
+
+#: how far back the start looks for the last answer and the last serial
+LOOKBACK_S = 3600
+#: samples newer than this are left for the next evaluation: some may still be on their way
+SETTLE_S = 5
+HOUR_NS = 3600 * NS
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One point of the ``event`` measurement."""
+
+    kind: str  # "catchment" or "serial"
+    ts: int  # the first answer from the new site, or with the new serial
+    probe: str
+    region: str
+    target: str
+    from_site: str = ""  # serial: the site that served it first
+    to_site: str = ""  # serial: the site that serves it now
+    outage_ms: float | None = None  # last answer of the old site -> first of the new
+    lost: int | None = None  # no answers in between
+    flaps_1h: int | None = None  # this probe's site changes on this target, last hour
+    serial: int | None = None
+    lag_s: float | None = None  # newest serial first seen anywhere -> first seen here
+    message: str = ""
+
+    def to_line(self) -> str:
+        tags = {
+            "kind": self.kind,
+            "probe": self.probe,
+            "region": self.region,
+            "target": self.target,
+            "from_site": self.from_site,
+            "to_site": self.to_site,
+        }
+        fields: dict[str, FieldValue | None] = {
+            "outage_ms": self.outage_ms,
+            "lost": self.lost,
+            "flaps_1h": self.flaps_1h,
+            "serial": self.serial,
+            "lag_s": self.lag_s,
+            "message": self.message,
+        }
+        return line("event", tags, {k: v for k, v in fields.items() if v is not None}, self.ts)
+
+
+def newer(a: int, b: int) -> bool:
+    """``a`` is a newer SOA serial than ``b`` (RFC 1982 serial number arithmetic)."""
+    d = (a - b) % (1 << 32)
+    return 0 < d < (1 << 31)
+
+
+@dataclass(slots=True)
+class _Anchor:
+    site: str  # the site of the last answer
+    ts: int  # its time
+    lost: int  # no answers since
+    done: int  # samples up to here are counted
+
+
+class Catchments:
+    """Each probe's anycast site per target, and the site changes."""
+
+    def __init__(self) -> None:
+        self.anchors: dict[tuple[str, str], _Anchor] = {}
+        self.moves: dict[tuple[str, str], list[int]] = defaultdict(list)  # event times
+        self.started = False
+
+    async def start(self, influx: InfluxQL, until: int) -> None:
+        """The last answer of each (probe, anycast target) in the hour up to ``until``,
+        the no-answers after it, and the site changes of that hour."""
+        span = between(until - LOOKBACK_S * NS, until)
+        no_answer = " OR ".join(f"rcode = {quote(r)}" for r in sorted(NO_ANSWER))
+        last, lost, moves = await influx.query(
+            ";".join(
+                [
+                    select(
+                        "last(ok)",
+                        "dns",
+                        f"topology = 'anycast' AND site != '' AND {span}",
+                        "probe, target, site",
+                    ),
+                    select(
+                        "ok",
+                        "dns",
+                        f"topology = 'anycast' AND ({no_answer}) AND {span}",
+                        "probe, target",
+                    ),
+                    select("lost", "event", f"kind = 'catchment' AND {span}", "probe, target"),
+                ]
+            )
+        )
+        for s in last:
+            key = (s.tags.get("probe", ""), s.tags.get("target", ""))
+            ts = int(s.values[0][0])
+            have = self.anchors.get(key)
+            if have is None or ts > have.ts:
+                self.anchors[key] = _Anchor(s.tags.get("site", ""), ts, 0, until)
+        for s in lost:
+            key = (s.tags.get("probe", ""), s.tags.get("target", ""))
+            if (a := self.anchors.get(key)) is not None:
+                a.lost = sum(1 for row in s.values if row[0] > a.ts)
+        for s in moves:
+            key = (s.tags.get("probe", ""), s.tags.get("target", ""))
+            self.moves[key] = sorted(int(row[0]) for row in s.values)
+        self.started = True
+
+    def update(self, snap: Snapshot, until: int) -> list[Event]:
+        """Follow every anycast series' samples up to ``until``; the site changes."""
+        events: list[Event] = []
+        for key, s in snap.series.items():
+            if s.kind != "dns" or s.topology != "anycast":
+                continue
+            a = self.anchors.get(key)
+            for x in s.samples:
+                if x.ts > until:
+                    break
+                if a is not None and x.ts <= a.done:
+                    continue
+                if x.site and x.rcode not in NO_ANSWER:
+                    if a is None:
+                        a = self.anchors[key] = _Anchor(x.site, x.ts, 0, x.ts)
+                    elif x.site != a.site:
+                        events.append(self._moved(s.probe, s.region, s.target, a, x.site, x.ts))
+                        a.site, a.ts, a.lost = x.site, x.ts, 0
+                    else:
+                        a.ts, a.lost = x.ts, 0
+                elif x.rcode in NO_ANSWER and a is not None:
+                    a.lost += 1
+                if a is not None:
+                    a.done = x.ts
+        return events
+
+    def _moved(self, probe: str, region: str, target: str, a: _Anchor, to: str, ts: int) -> Event:
+        moves = self.moves[(probe, target)]
+        if ts not in moves:
+            bisect.insort(moves, ts)
+        del moves[: bisect.bisect_right(moves, ts - HOUR_NS)]
+        flaps = bisect.bisect_right(moves, ts)
+        outage_ms = (ts - a.ts) / 1e6
+        return Event(
+            kind="catchment",
+            ts=ts,
+            probe=probe,
+            region=region,
+            target=target,
+            from_site=a.site,
+            to_site=to,
+            outage_ms=outage_ms,
+            lost=a.lost,
+            flaps_1h=flaps,
+            message=(
+                f"{probe} ({region}) moved from {a.site} to {to} on {target}: "
+                f"{outage_ms:.0f} ms from the last answer of {a.site} to the first of {to}, "
+                f"{a.lost} queries lost; {flaps} site change{'s' if flaps != 1 else ''} "
+                "in the last hour"
+            ),
+        )
+
+    def current(self, probe: str, target: str) -> str | None:
+        a = self.anchors.get((probe, target))
+        return a.site if a is not None else None
+
+    def flaps(self, probe: str, target: str, at: int) -> int:
+        moves = self.moves.get((probe, target), [])
+        return len(moves) - bisect.bisect_right(moves, at - HOUR_NS)
+
+
+@dataclass(slots=True)
+class _Serial:
+    serial: int
+    done: int
+
+
+class Serials:
+    """Each anycast site's SOA serial per target, when and where each serial was first
+    seen, and the ``serial`` events: a site (``to_site``) serving a newer serial, with
+    its lag behind the site that served it first (``from_site``)."""
+
+    def __init__(self) -> None:
+        self.marks: dict[tuple[str, str], _Serial] = {}  # (target, site)
+        # (target, serial) -> when and where it was first seen
+        self.first_seen: dict[tuple[str, int], tuple[int, str]] = {}
+        self.started = False
+
+    async def start(self, influx: InfluxQL, until: int) -> None:
+        span = between(until - LOOKBACK_S * NS, until)
+        result = await influx.one(
+            select(
+                "last(serial)",
+                "dns",
+                f"topology = 'anycast' AND site != '' AND {span}",
+                "target, site",
+            )
+        )
+        for s in result:
+            serial = s.values[0][1]
+            if serial is not None:
+                self.marks[(s.tags.get("target", ""), s.tags.get("site", ""))] = _Serial(
+                    int(serial), until
+                )
+        self.started = True
+
+    def newest(self, snap: Snapshot) -> dict[str, tuple[int, dict[str, tuple[int, int]]]]:
+        """Per anycast target with serials in the window: the newest serial of any site,
+        and each site's latest (serial, time)."""
+        latest: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
+        for s in snap.series.values():
+            if s.kind != "dns" or s.topology != "anycast":
+                continue
+            sites = latest[s.target]
+            for x in s.samples:
+                if x.serial is not None and x.site:
+                    have = sites.get(x.site)
+                    if have is None or x.ts > have[1]:
+                        sites[x.site] = (int(x.serial), x.ts)
+        out = {}
+        for target, sites in latest.items():
+            if not sites:
+                continue
+            top = next(iter(sites.values()))[0]
+            for serial, _ in sites.values():
+                if newer(serial, top):
+                    top = serial
+            out[target] = (top, sites)
+        return out
+
+    async def seen_since(
+        self, influx: InfluxQL, target: str, serial: int, at: int
+    ) -> tuple[int, str]:
+        """When ``serial`` was first seen on ``target`` (the last day), and at which site."""
+        key = (target, serial)
+        if key not in self.first_seen:
+            result = await influx.one(
+                select(
+                    "first(serial)",
+                    "dns",
+                    f"target = {quote(target)} AND topology = 'anycast' AND serial = {serial} "
+                    f"AND {between(at - 86400 * NS, at)}",
+                    "site",
+                )
+            )
+            seen = sorted((int(s.values[0][0]), s.tags.get("site", "")) for s in result if s.values)
+            if not seen:
+                return at, ""
+            self.first_seen[key] = seen[0]
+        return self.first_seen[key]
+
+    async def update(self, influx: InfluxQL, snap: Snapshot, until: int) -> list[Event]:
+        """Follow every anycast site's serials up to ``until``; each change to a newer
+        serial is an event with its lag."""
+        changes: list[tuple[str, str, str, str, int, int]] = []
+        rows: list[tuple[int, str, str, str, str, int]] = []
+        for s in snap.series.values():
+            if s.kind == "dns" and s.topology == "anycast":
+                rows.extend(
+                    (x.ts, s.target, x.site, s.probe, s.region, int(x.serial))
+                    for x in s.samples
+                    if x.serial is not None and x.site and x.ts <= until
+                )
+        rows.sort()
+        for ts, target, site, probe, region, serial in rows:
+            mark = self.marks.get((target, site))
+            if mark is None:
+                self.marks[(target, site)] = _Serial(serial, ts)
+                continue
+            if ts <= mark.done:
+                continue
+            if newer(serial, mark.serial):
+                changes.append((target, site, probe, region, serial, ts))
+                mark.serial = serial
+            mark.done = ts
+        events = []
+        for target, site, probe, region, serial, ts in changes:
+            first, origin = await self.seen_since(influx, target, serial, ts)
+            lag_s = max(0.0, (ts - first) / NS)
+            events.append(
+                Event(
+                    kind="serial",
+                    ts=ts,
+                    probe=probe,
+                    region=region,
+                    target=target,
+                    from_site=origin,
+                    to_site=site,
+                    serial=serial,
+                    lag_s=lag_s,
+                    message=(
+                        f"{site} serves serial {serial} of {target}, {lag_s:.0f} s after "
+                        f"{origin or 'another site'} first did"
+                    ),
+                )
+            )
+        return events
+
+
+__all__ = ["LOOKBACK_S", "SETTLE_S", "Catchments", "Event", "Serials", "newer"]

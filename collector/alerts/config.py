@@ -1,0 +1,387 @@
+"""The ``alerts:`` section of the collector's config: typed, validated when loaded.
+
+Every key has a default (``collector/example.yaml`` lists them all). Rules are set once
+for every target (``alerts.rules``, ``alerts.quorum``, ``alerts.for``,
+``alerts.keep_firing_for``), and a ``group`` of targets (matched by name, topology or
+provider) may override any of them for its targets.
+
+A bad section raises :class:`probe.targets.ConfigError` with one line naming the key
+path and the fault, ``FILE: alerts.rules.latency.factor: expected float > 1.0``, or the
+variable it came from, ``POPWATCH_ALERTMANAGER_URL: ...``. Top-level keys of the
+section are also variables: ``POPWATCH_ALERTS_<KEY>`` (``POPWATCH_ALERTS_ENABLED=1``),
+except ``alertmanager_url``, which is ``POPWATCH_ALERTMANAGER_URL``.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import re
+import urllib.parse
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from probe.targets import ConfigError, keys_of
+
+Count = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class _Rule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    enabled: bool = True
+
+
+class LatencyRule(_Rule, frozen=True):
+    """``dns.rtt_ms`` and ``http.ttfb_ms`` against each series' own baseline."""
+
+    window_s: Annotated[float, msgspec.Meta(ge=10, le=86400)] = 300.0
+    # degraded: median over the window >= factor x baseline and >= baseline + min_delta_ms
+    factor: Annotated[float, msgspec.Meta(gt=1, le=1000)] = 2.0
+    min_delta_ms: Annotated[float, msgspec.Meta(ge=0)] = 20.0
+    # or the last onset_samples answers each past that threshold (a fast onset)
+    onset_samples: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
+    # while firing, the line is baseline + (threshold - baseline) x (1 - hysteresis)
+    hysteresis: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+
+
+class ErrorsRule(_Rule, frozen=True):
+    """Failures over the window: DNS rcodes in ``dns_rcodes``, HTTP ``ok`` false."""
+
+    window_s: Annotated[float, msgspec.Meta(ge=10, le=86400)] = 300.0
+    max_error_ratio: Ratio = 0.05  # degraded above this share of failures
+    min_failures: Annotated[int, msgspec.Meta(ge=1)] = 2  # and at least this many
+    onset_samples: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2  # or this many in a row
+    hysteresis: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    dns_rcodes: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["TIMEOUT", "NETERR", "SERVFAIL"]
+    )
+
+    def __post_init__(self) -> None:
+        for code in self.dns_rcodes:
+            if not re.fullmatch(r"[A-Z][A-Z0-9]*", code):
+                raise ValueError(f"dns_rcodes: {code!r} is not an rcode name (TIMEOUT, SERVFAIL)")
+
+
+class ProbeHealthRule(_Rule, frozen=True):
+    """A probe degraded on most of its unrelated targets is sick itself."""
+
+    min_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.6  # of its targets
+    min_spread: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2  # providers or topologies
+
+
+class SilenceRule(_Rule, frozen=True):
+    """No heartbeat (the ``probe`` measurement) for ``missed`` x ``heartbeat_s``."""
+
+    heartbeat_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0  # the probes' own
+    missed: Annotated[float, msgspec.Meta(ge=1, le=1000)] = 3.0
+
+
+class CatchmentRule(_Rule, frozen=True):
+    """A region's probes answered by another anycast site than their usual one."""
+
+
+class PropagationRule(_Rule, frozen=True):
+    """An anycast site serving an older SOA serial than the newest seen at any site."""
+
+    max_serial_lag_s: Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)] = 300.0
+
+
+class Rules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Every rule's settings."""
+
+    latency: LatencyRule = msgspec.field(default_factory=LatencyRule)
+    errors: ErrorsRule = msgspec.field(default_factory=ErrorsRule)
+    probe_health: ProbeHealthRule = msgspec.field(default_factory=ProbeHealthRule)
+    silence: SilenceRule = msgspec.field(default_factory=SilenceRule)
+    catchment: CatchmentRule = msgspec.field(default_factory=CatchmentRule)
+    propagation: PropagationRule = msgspec.field(default_factory=PropagationRule)
+
+
+#: the rules a group of targets may set (the others are about probes, not targets)
+TARGET_RULES: Final = ("latency", "errors", "catchment", "propagation")
+
+
+class TargetRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A group's rules: the global ones, with the group's keys over them."""
+
+    latency: LatencyRule = msgspec.field(default_factory=LatencyRule)
+    errors: ErrorsRule = msgspec.field(default_factory=ErrorsRule)
+    catchment: CatchmentRule = msgspec.field(default_factory=CatchmentRule)
+    propagation: PropagationRule = msgspec.field(default_factory=PropagationRule)
+
+
+class Group(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Targets that share settings: those matching every matcher given (``targets``:
+    name globs, ``topologies``, ``providers``). The first matching group wins."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    targets: list[str] = msgspec.field(default_factory=list)  # fnmatch globs of names
+    topologies: list[Literal["unicast", "anycast", "resolver"]] = msgspec.field(
+        default_factory=list
+    )
+    providers: list[str] = msgspec.field(default_factory=list)
+    quorum: Count | None = None
+    for_: Count | None = msgspec.field(default=None, name="for")
+    keep_firing_for: Count | None = None
+    rules: TargetRules = msgspec.field(default_factory=TargetRules)
+
+    def __post_init__(self) -> None:
+        if not (self.targets or self.topologies or self.providers):
+            raise ValueError("targets: a group needs targets, topologies or providers to match")
+
+    def matches(self, target: str, topology: str, provider: str) -> bool:
+        return (
+            (not self.targets or any(fnmatch.fnmatchcase(target, g) for g in self.targets))
+            and (not self.topologies or topology in self.topologies)
+            and (not self.providers or provider in self.providers)
+        )
+
+
+class Webhook(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A webhook that gets every state change: ``json`` (Alertmanager's webhook body) or
+    ``slack`` (an incoming-webhook ``text``; Mattermost and Rocket.Chat take it too)."""
+
+    url: str
+    format: Literal["json", "slack"] = "json"
+
+    def __post_init__(self) -> None:
+        if why := url_fault(self.url):
+            raise ValueError(f"url: {why}")
+
+
+class TargetSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What applies to one target: its group's settings over the global ones."""
+
+    group: str | None
+    quorum: int
+    for_: int
+    keep_firing_for: int
+    rules: TargetRules
+
+
+class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """The alert engine's settings; see ``collector/example.yaml``."""
+
+    enabled: bool = False  # evaluate in this collector (run exactly one evaluator)
+    evaluate_every_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 30.0
+    alertmanager_url: str | None = None  # base URL; alerts go to /api/v2/alerts
+    resend_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0  # to Alertmanager
+    webhooks: list[Webhook] = msgspec.field(default_factory=list)
+    dashboard_url: str | None = None  # a Grafana dashboard; alerts link to it
+    quorum: Count = 2  # healthy probes of a region that must agree
+    for_: Count = msgspec.field(default=2, name="for")  # bad evaluations to fire
+    keep_firing_for: Count = 2  # good evaluations to resolve
+    probe_warnings: bool = False  # a probe degraded alone on a target: a warning
+    rules: Rules = msgspec.field(default_factory=Rules)
+    groups: list[Group] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for key in ("alertmanager_url", "dashboard_url"):
+            url = getattr(self, key)
+            if url is not None and (why := url_fault(url)):
+                raise ValueError(f"{key}: {why}")
+        names = [g.name for g in self.groups]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"groups: group name {name!r} is used twice")
+
+    @property
+    def window_s(self) -> float:
+        """The longest window any target's rules look at."""
+        rules: list[Rules | TargetRules] = [self.rules, *(g.rules for g in self.groups)]
+        return max(max(r.latency.window_s, r.errors.window_s) for r in rules)
+
+
+def settings_for(cfg: AlertsConfig, target: str, topology: str, provider: str) -> TargetSettings:
+    """What applies to one target: the first group that matches it, else the globals."""
+    for g in cfg.groups:
+        if g.matches(target, topology, provider):
+            return TargetSettings(
+                group=g.name,
+                quorum=g.quorum or cfg.quorum,
+                for_=g.for_ or cfg.for_,
+                keep_firing_for=g.keep_firing_for or cfg.keep_firing_for,
+                rules=g.rules,
+            )
+    r = cfg.rules
+    return TargetSettings(
+        group=None,
+        quorum=cfg.quorum,
+        for_=cfg.for_,
+        keep_firing_for=cfg.keep_firing_for,
+        rules=TargetRules(
+            latency=r.latency, errors=r.errors, catchment=r.catchment, propagation=r.propagation
+        ),
+    )
+
+
+def url_fault(url: str) -> str | None:
+    """Why ``url`` is not an http(s) URL with a host, or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"{url!r} is not a URL: {exc}"
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None
+    return f"{url!r} is not an http(s) URL with a host"
+
+
+#: every key of the section, at any depth: what an unknown key is compared with
+ALERT_KEYS: Final = keys_of(
+    AlertsConfig,
+    Rules,
+    LatencyRule,
+    ErrorsRule,
+    ProbeHealthRule,
+    SilenceRule,
+    PropagationRule,
+    Group,
+    Webhook,
+) | {"for"}
+
+#: the section's top-level keys that are variables, and their variable
+VARIABLES: Final = {
+    key: "POPWATCH_ALERTMANAGER_URL"
+    if key == "alertmanager_url"
+    else f"POPWATCH_ALERTS_{key.upper()}"
+    for key in (
+        "enabled",
+        "evaluate_every_s",
+        "alertmanager_url",
+        "resend_s",
+        "dashboard_url",
+        "quorum",
+        "for",
+        "keep_firing_for",
+        "probe_warnings",
+    )
+}
+
+_BOOLS: Final = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLS.update({"0": False, "false": False, "no": False, "off": False, "": False})
+
+_CHOICES: Final = {"format": "json, slack", "topologies": "unicast, anycast, resolver"}
+
+_AT_RE: Final = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$", re.S)
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    """``over``'s keys over ``base``'s, mappings merged key by key."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _deep_merge(base.get(k), v) if k in base else v
+        return out
+    return over
+
+
+def _explain(
+    err: msgspec.ValidationError,
+    file: str,
+    env_keys: Mapping[str, str],
+    values: Mapping[str, Any],
+) -> str:
+    """One line, ``FILE: alerts.key.path: fault`` (or ``VARIABLE: fault``)."""
+    text = str(err)
+    m = _AT_RE.match(text)
+    msg, path = (m.group("msg"), m.group("path")) if m else (text, "")
+    path = path.lstrip(".")
+    if mm := re.match(r"^Object missing required field `(?P<f>[^`]+)`$", msg):
+        path, msg = f"{path}.{mm.group('f')}", "required key is missing"
+    elif mm := re.match(r"^Object contains unknown field `(?P<f>[^`]+)`$", msg):
+        import difflib
+
+        key = mm.group("f")
+        path, msg = f"{path}.{key}", "unknown key"
+        if re.search(r"groups\[\d+\]\.rules$", path.rpartition(".")[0]) and key in ALERT_KEYS:
+            msg += f" here: a group sets only {', '.join(TARGET_RULES)}"
+        elif near := difflib.get_close_matches(key, sorted(ALERT_KEYS), n=1, cutoff=0.6):
+            msg += f" (did you mean {near[0]}?)"
+    elif mm := re.match(r"^(?P<key>[a-z_]+): (?P<rest>.*)$", msg, re.S):
+        # __post_init__ names the key it faults: move it onto the path
+        path, msg = f"{path}.{mm.group('key')}", mm.group("rest")
+    msg = msg.replace("`", "").replace("\n", " ")
+    last = re.sub(r"\[\d+\]$", "", path.rpartition(".")[2])
+    if msg.startswith("Invalid enum value") and last in _CHOICES:
+        msg = f"{msg.partition('value ')[2]} is not one of {_CHOICES[last]}"
+    parts = path.split(".")
+    from_env = len(parts) == 2 and parts[0] == "alerts" and parts[1] in env_keys
+    if from_env and msg.startswith("Expected "):  # from a variable the value is text: show it
+        msg = f"{msg.partition(', got ')[0]}, got {values.get(parts[1])!r}"
+    if msg[:1].isupper() and not msg[:2].isupper():
+        msg = msg[0].lower() + msg[1:]
+    if from_env:
+        return f"{env_keys[parts[1]]}: {msg}"
+    return f"{file}: {path}: {msg}"
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True):
+    alerts: AlertsConfig
+
+
+def load_alerts(
+    data: Any, file: str = "(config)", env: Mapping[str, str] | None = None
+) -> AlertsConfig:
+    """The ``alerts:`` section (``data``, as read from the file; None for absent) with
+    its ``POPWATCH_ALERTS_*`` variables over it. Raises ``ConfigError`` (one line)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: alerts: expected a mapping of keys, got {data!r}")
+    data = copy.deepcopy(data)
+    from_env: dict[str, str] = {}
+    for key, var in VARIABLES.items():
+        if env is not None and var in env:
+            value = env[var]
+            word = value.strip().lower()
+            if value == "" and key in ("alertmanager_url", "dashboard_url"):
+                data[key] = None
+            elif key in ("enabled", "probe_warnings") and word in _BOOLS:
+                data[key] = _BOOLS[word]
+            else:
+                data[key] = value
+            from_env[key] = var
+    try:
+        # the global part alone first, so its faults are named at their own path
+        alone = {k: v for k, v in data.items() if k != "groups"}
+        msgspec.convert({"alerts": alone}, _Section, strict=False)
+        groups = data.get("groups")
+        if isinstance(groups, list):
+            rules = data.get("rules") if isinstance(data.get("rules"), dict) else {}
+            merged = []
+            for g in groups:
+                if isinstance(g, dict):
+                    g = dict(g)
+                    own = g.get("rules") if isinstance(g.get("rules"), dict) else {}
+                    base = {k: v for k, v in rules.items() if k in TARGET_RULES}
+                    if g.get("rules") is None or isinstance(g.get("rules"), dict):
+                        g["rules"] = _deep_merge(base, own)
+                merged.append(g)
+            data = {**data, "groups": merged}
+        return msgspec.convert({"alerts": data}, _Section, strict=False).alerts
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc, file, from_env, data)) from None
+
+
+__all__ = [
+    "ALERT_KEYS",
+    "VARIABLES",
+    "AlertsConfig",
+    "CatchmentRule",
+    "ErrorsRule",
+    "Group",
+    "LatencyRule",
+    "ProbeHealthRule",
+    "PropagationRule",
+    "Rules",
+    "SilenceRule",
+    "TargetRules",
+    "TargetSettings",
+    "Webhook",
+    "load_alerts",
+    "settings_for",
+]

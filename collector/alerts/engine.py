@@ -1,0 +1,290 @@
+"""The alert engine: every ``evaluate_every_s``, one evaluation over what InfluxDB holds.
+
+An evaluation (``step``) rolls up the buckets that have closed, reads the window's raw
+samples and the heartbeats, follows the anycast sites and serials (``event`` points),
+judges the rules, applies hysteresis, writes the state changes (``alert`` points) and
+hands them to the notifiers. It keeps nothing a restart would lose: the firing alerts
+come back from ``alert``, the baselines from ``rollup_5m``, the last sites and serials
+from the raw points of the hour before.
+
+Points go through ``writer`` (the collector's sink: InfluxDB, or the collector's spool
+while InfluxDB is away). Points it could not take are kept and written with the next
+evaluation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from collector.alerts import metrics
+from collector.alerts.anycast import LOOKBACK_S, SETTLE_S, Catchments, Event, Serials
+from collector.alerts.config import AlertsConfig, TargetSettings, settings_for
+from collector.alerts.influxql import InfluxQL, QueryError
+from collector.alerts.notify import Alertmanager, Notice, Notifier, Webhook
+from collector.alerts.rollup import BASELINE_S, BUCKET_S, Rollups, bucket_of
+from collector.alerts.rules import Condition, Firing, Inputs, annotate, assess
+from collector.alerts.state import Change, States, Tracked, to_line
+from collector.alerts.window import NS, fetch
+
+log = logging.getLogger("popwatch.collector.alerts")
+
+#: points kept for a later write at most (an evaluation writes a few, a bucket's rollup
+#: one per series)
+MAX_UNWRITTEN = 500_000
+WRITE_LINES = 2_000  # points per write
+BASELINE_BUCKETS = BASELINE_S // BUCKET_S
+
+
+class Writer(Protocol):
+    """Where points go: a body of line-protocol lines (the collector's ``Sink``)."""
+
+    async def write(self, body: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one evaluation saw and did."""
+
+    at: int  # epoch ns evaluated
+    conditions: list[Condition]
+    changes: list[Change]
+    events: list[Event]
+    seconds: float  # the whole evaluation, wall time
+    influx_seconds: float  # of which waiting for InfluxDB's answers
+
+
+def notifiers_for(cfg: AlertsConfig) -> list[Notifier]:
+    """Alertmanager (if ``alertmanager_url``) and each webhook."""
+    out: list[Notifier] = []
+    if cfg.alertmanager_url:
+        out.append(Alertmanager(cfg.alertmanager_url, 4 * max(cfg.resend_s, cfg.evaluate_every_s)))
+    out.extend(Webhook(w.url, w.format) for w in cfg.webhooks)
+    return out
+
+
+class Engine:
+    """Evaluates ``cfg``'s rules over ``influx``.
+
+    ``dry``: nothing is written and nothing sent (``alerts check``). ``registered``:
+    the probes that may report (revoked ones are never silent).
+    """
+
+    def __init__(
+        self,
+        cfg: AlertsConfig,
+        influx: InfluxQL,
+        writer: Writer | None = None,
+        notifiers: Sequence[Notifier] = (),
+        registered: Callable[[], set[str]] | None = None,
+        dry: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.influx = influx
+        self.writer = None if dry else writer
+        self.notifiers = list(notifiers)
+        self.registered = registered
+        self.dry = dry
+        self.states = States(default_keep=cfg.keep_firing_for)
+        self.rollups = Rollups(influx, write=not dry)
+        self.catchments = Catchments()
+        self.serials = Serials()
+        self.started = False
+        self._settings: dict[tuple[str, str, str], TargetSettings] = {}
+        self._unwritten: list[str] = []
+        self._last_at: int | None = None
+        self._last_resend = 0.0
+        self._window_ns = int(cfg.window_s * NS)
+
+    async def __aenter__(self) -> Engine:
+        for n in self.notifiers:
+            await n.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for n in self.notifiers:
+            await n.close()
+
+    def settings(self, target: str, topology: str, provider: str) -> TargetSettings:
+        key = (target, topology, provider)
+        st = self._settings.get(key)
+        if st is None:
+            st = self._settings[key] = settings_for(self.cfg, target, topology, provider)
+        return st
+
+    def _baseline_span(self, at: int) -> tuple[int, int]:
+        """Bucket indexes [lo, hi) of the baseline: the day before the window."""
+        hi = bucket_of(at - self._window_ns)
+        return hi - BASELINE_BUCKETS, hi
+
+    async def start(self, at: int) -> None:
+        """Recover the firing alerts, the baselines, the last sites and serials."""
+        t0 = time.perf_counter()
+        recovered = await self.states.recover(self.influx, at)
+        lo, _ = self._baseline_span(at)
+        await self.rollups.load(lo, bucket_of(at) + 1)
+        await self.catchments.start(self.influx, at - self._window_ns)
+        await self.serials.start(self.influx, at - self._window_ns)
+        self.started = True
+        log.info(
+            "alert engine started in %.1f s: %d alerts firing, %d baseline series, "
+            "%d anycast series followed",
+            time.perf_counter() - t0,
+            recovered,
+            len(self.rollups.rings),
+            len(self.catchments.anchors),
+        )
+
+    async def step(self, at: int) -> StepResult:
+        """One evaluation at ``at`` (epoch ns)."""
+        t0 = time.perf_counter()
+        self.influx.take_seconds()
+        if not self.started:
+            await self.start(at)
+        lo, hi = self._baseline_span(at)
+        await self.rollups.advance(at, lo, self._write)
+        start = at - self._window_ns
+        if self._last_at is not None:  # from where the previous evaluation stopped
+            start = min(start, max(self._last_at - SETTLE_S * NS, at - LOOKBACK_S * NS))
+        snap = await fetch(self.influx, at, start)
+        until = at - SETTLE_S * NS
+        events = self.catchments.update(snap, until)
+        events += await self.serials.update(self.influx, snap, until)
+        serials = self.serials.newest(snap)
+        newest_since = {}
+        for target, (newest, sites) in serials.items():
+            if any(serial != newest for serial, _ in sites.values()):
+                seen = await self.serials.seen_since(self.influx, target, newest, at)
+                newest_since[target] = seen[0]
+        registered = self.registered() if self.registered is not None else None
+        inputs = Inputs(
+            cfg=self.cfg,
+            snap=snap,
+            settings=self.settings,
+            baseline=lambda kind, probe, target, site: self.rollups.baseline(
+                (kind, probe, target, site), lo, hi
+            ),
+            usual_site=lambda probe, target: self.rollups.usual_site(probe, target, lo, hi),
+            firing=Firing(a.labels for a in self.states.firing()),
+            serials=serials,
+            newest_since=newest_since,
+            registered=registered,
+            flaps=lambda probe, target: self.catchments.flaps(probe, target, at),
+        )
+        conditions = assess(inputs)
+        changes = [] if self.dry else self.states.apply(conditions, at)
+        self._last_at = at
+        if events:
+            metrics.CATCHMENT_EVENTS.inc(sum(1 for e in events if e.kind == "catchment"))
+        lines = [e.to_line() for e in events] + [to_line(c) for c in changes]
+        await self._write(lines)
+        if changes:
+            self._notify(changes)
+        for rule in ("latency", "errors", "probe", "silence", "catchment", "propagation"):
+            metrics.FIRING.labels(rule).set(sum(1 for a in self.states.firing() if a.rule == rule))
+        seconds = time.perf_counter() - t0
+        metrics.EVALUATION_SECONDS.observe(seconds)
+        return StepResult(at, conditions, changes, events, seconds, self.influx.take_seconds())
+
+    async def _write(self, lines: list[str]) -> None:
+        if self.writer is None:
+            return
+        self._unwritten.extend(lines)
+        try:
+            while self._unwritten:  # in bodies well under 1 MB (aiohttp warns past it)
+                chunk = self._unwritten[:WRITE_LINES]
+                await self.writer.write(("\n".join(chunk) + "\n").encode())
+                del self._unwritten[: len(chunk)]
+        except Exception as exc:  # the sink's own errors: keep the points for the next try
+            if len(self._unwritten) > MAX_UNWRITTEN:
+                drop = len(self._unwritten) - MAX_UNWRITTEN
+                del self._unwritten[:drop]
+                log.error(
+                    "alert engine: %d unwritten points dropped (over %d)", drop, MAX_UNWRITTEN
+                )
+            log.warning(
+                "alert engine: %d points not written yet (%s); retrying with the next evaluation",
+                len(self._unwritten),
+                exc,
+            )
+
+    def notice(self, a: Tracked, state: str, wall: float) -> Notice:
+        """What the notifiers get about alert ``a``."""
+        labels = dict(a.labels)
+        annotations = annotate(a.condition) if a.condition is not None else {}
+        link = self.link(labels, a.since, None if state == "firing" else wall)
+        if link:
+            annotations["dashboard"] = link
+        return Notice(
+            status=state,
+            labels=labels,
+            annotations=annotations,
+            starts_at=a.since / NS,
+            resolved_at=wall if state == "resolved" else None,
+            generator_url=link,
+        )
+
+    def link(self, labels: dict[str, str], since: int, resolved: float | None) -> str:
+        """The dashboard, at the alert's region, target and time range."""
+        if not self.cfg.dashboard_url:
+            return ""
+        params = {
+            f"var-{k}": labels[k] for k in ("region", "target", "probe", "site") if k in labels
+        }
+        params["from"] = str(since // 1_000_000 - 3600 * 1000)
+        params["to"] = "now" if resolved is None else str(int(resolved * 1000) + 900 * 1000)
+        url = self.cfg.dashboard_url
+        return url + ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
+
+    def _notify(self, changes: list[Change]) -> None:
+        wall = time.time()
+        notices = [self.notice(c.alert, c.state, wall) for c in changes]
+        for n in self.notifiers:
+            n.submit(notices, change=True)
+
+    def resend(self, force: bool = False) -> None:
+        """Every ``resend_s``: the firing alerts again, to Alertmanager."""
+        wall = time.time()
+        if not force and wall - self._last_resend < self.cfg.resend_s:
+            return
+        self._last_resend = wall
+        notices = [self.notice(a, "firing", wall) for a in self.states.firing()]
+        for n in self.notifiers:
+            n.submit(notices, change=False)
+
+    async def run(self, stop: asyncio.Event, clock: Callable[[], float] = time.time) -> None:
+        """Evaluate every ``evaluate_every_s`` until ``stop`` is set."""
+        every = self.cfg.evaluate_every_s
+        while not stop.is_set():
+            t0 = clock()
+            try:
+                result = await self.step(int(t0 * NS))
+                log.debug(
+                    "evaluation: %d conditions, %d changes, %.2f s (InfluxDB %.2f s)",
+                    len(result.conditions),
+                    len(result.changes),
+                    result.seconds,
+                    result.influx_seconds,
+                )
+            except QueryError as exc:
+                metrics.EVALUATION_FAILURES.inc()
+                log.warning("alert evaluation skipped: %s", exc)
+            except Exception:
+                metrics.EVALUATION_FAILURES.inc()
+                log.exception("alert evaluation failed")
+            self.resend()  # firing alerts stay alive while InfluxDB is away
+            delay = max(0.0, every - (clock() - t0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+
+__all__ = ["Engine", "StepResult", "Writer", "notifiers_for"]

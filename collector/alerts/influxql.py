@@ -1,0 +1,172 @@
+"""InfluxQL over the v1 ``/query`` API: InfluxDB 1.x, and 2.x and 3.x through their v1
+compatibility API (a DBRP mapping on 2.x).
+
+Only plain ``SELECT`` statements are sent (no subqueries, no ``INTO``), so the same text
+runs on all three. ``epoch=ns``: every time comes back as integer nanoseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from collector.alerts import metrics
+
+
+class QueryError(Exception):
+    """InfluxDB did not answer a query, or answered with an error."""
+
+
+class _Series(msgspec.Struct):
+    name: str = ""
+    tags: dict[str, str] | None = None
+    columns: list[str] = []
+    values: list[list[Any]] = []
+
+
+class _Result(msgspec.Struct):
+    statement_id: int = 0
+    series: list[_Series] = []
+    error: str | None = None
+    partial: bool = False
+
+
+class _Response(msgspec.Struct):
+    results: list[_Result] = []
+    error: str | None = None
+
+
+_decoder = msgspec.json.Decoder(_Response)
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One series of a result: its measurement, its tags, and its rows."""
+
+    name: str
+    tags: dict[str, str]
+    columns: list[str]
+    values: list[list[Any]]
+
+
+def select(what: str, measurement: str, where: str, group_by: str = "", tail: str = "") -> str:
+    """One ``SELECT`` statement. Times in ``where`` are integers (epoch ns) and strings
+    go through ``quote``, so no value read from InfluxDB can change a statement."""
+    group = f" GROUP BY {group_by}" if group_by else ""
+    return f"SELECT {what} FROM {measurement} WHERE {where}{group}{tail}"  # noqa: S608
+
+
+def between(lo: int, hi: int) -> str:
+    """``time`` in (lo, hi], epoch ns."""
+    return f"time > {lo} AND time <= {hi}"
+
+
+def quote(value: str) -> str:
+    """A string literal (a tag value in ``WHERE``)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def ident(name: str) -> str:
+    """A quoted identifier (a measurement or key)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class InfluxQL:
+    """Queries one database (``bucket``: ``db`` or ``db/retention``).
+
+    ``token`` is ``user:password`` (sent as basic auth: InfluxDB 1.x, 3.x) or an API
+    token (sent as ``Authorization: Token``: 2.x, 3.x).
+    """
+
+    def __init__(
+        self, url: str, bucket: str, token: str | None = None, timeout_s: float = 30.0
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.db, _, self.rp = bucket.partition("/")
+        self._headers: dict[str, str] = {}
+        self._auth: aiohttp.BasicAuth | None = None
+        if token and ":" in token:
+            user, _, password = token.partition(":")
+            self._auth = aiohttp.BasicAuth(user, password)
+        elif token:
+            self._headers["Authorization"] = f"Token {token}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        #: seconds with at least one query waiting for InfluxDB, since ``take_seconds``
+        self.seconds = 0.0
+        self._inflight = 0
+        self._busy_since = 0.0
+
+    async def __aenter__(self) -> InfluxQL:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def take_seconds(self) -> float:
+        """The wall time spent waiting for InfluxDB since the last call (concurrent
+        queries counted once)."""
+        s, self.seconds = self.seconds, 0.0
+        return s
+
+    async def query(self, q: str) -> list[list[Series]]:
+        """Run ``q`` (one or more statements, ``;``-separated): each statement's series."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, auth=self._auth, timeout=self._timeout
+            )
+        form = {"q": q, "db": self.db, "epoch": "ns"}
+        if self.rp:
+            form["rp"] = self.rp
+        t0 = time.perf_counter()
+        if not self._inflight:
+            self._busy_since = t0
+        self._inflight += 1
+        try:
+            async with self._session.post(f"{self.url}/query", data=form) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise QueryError(f"InfluxDB query: {exc or type(exc).__name__}") from None
+        finally:
+            t1 = time.perf_counter()
+            metrics.QUERY_SECONDS.observe(t1 - t0)
+            self._inflight -= 1
+            if not self._inflight:  # wall time with at least one query on its way
+                self.seconds += t1 - self._busy_since
+        try:
+            answer = _decoder.decode(body)
+        except msgspec.DecodeError:
+            text = body[:200].decode(errors="replace").strip()
+            raise QueryError(f"InfluxDB query: HTTP {status}: {text}") from None
+        if answer.error:
+            raise QueryError(f"InfluxDB query: HTTP {status}: {answer.error}")
+        out: list[list[Series]] = []
+        for r in answer.results:
+            if r.error:
+                raise QueryError(f"InfluxDB query: {r.error} (in: {q[:300]})")
+            if r.partial:
+                raise QueryError(
+                    "InfluxDB query: the answer was cut short (raise max-row-limit): " + q[:300]
+                )
+            out.append([Series(s.name, s.tags or {}, s.columns, s.values) for s in r.series])
+        if status != 200:
+            raise QueryError(f"InfluxDB query: HTTP {status}")
+        return out
+
+    async def one(self, q: str) -> list[Series]:
+        """The series of one statement."""
+        results = await self.query(q)
+        return results[0] if results else []
+
+
+__all__ = ["InfluxQL", "QueryError", "Series", "between", "ident", "quote", "select"]

@@ -1,0 +1,293 @@
+"""Notifiers: Prometheus Alertmanager, a JSON webhook, a Slack-compatible webhook.
+
+Each has its own queue and task, so a slow or failing receiver never holds up an
+evaluation. A failed delivery is logged and retried with exponential backoff (1 s
+doubling to 60 s, with jitter); nothing is dropped silently:
+
+* Alertmanager gets the latest state of every alert (a newer state of the same alert
+  replaces one not yet delivered), each firing one with ``endsAt`` = now +
+  ``ends_after_s``, computed when it is sent, and each resolved one with ``endsAt`` =
+  the time it resolved.
+* Webhooks get every state change, in order. Past ``MAX_QUEUE`` undelivered messages
+  the oldest is dropped, with an error logged and counted.
+
+``close`` gives queued deliveries a few seconds, then logs what it leaves undelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import aiohttp
+
+from collector.alerts import metrics
+
+log = logging.getLogger("popwatch.collector.alerts")
+
+MAX_QUEUE = 10_000
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One alert's state for the notifiers."""
+
+    status: str  # "firing" or "resolved"
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: float  # epoch s: when it fired (the evaluation time)
+    resolved_at: float | None = None  # epoch s (wall clock): when it resolved
+    generator_url: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        text = json.dumps(sorted(self.labels.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def rfc3339(epoch_s: float) -> str:
+    return (
+        datetime.fromtimestamp(epoch_s, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+class Notifier(Protocol):
+    name: str
+
+    def submit(self, notices: list[Notice], change: bool) -> None:
+        """Queue notices; ``change``: they are state changes (else a re-send)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self, grace_s: float = 5.0) -> None: ...
+
+
+@dataclass
+class _Backoff:
+    attempt: int = 0
+
+    def next(self) -> float:
+        delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2**self.attempt)
+        self.attempt += 1
+        return float(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not a secret
+
+
+class _Worker:
+    """A queue drained by one task, with retries."""
+
+    name = "notifier"
+
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        self.url = url
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while nothing is queued
+        self._task: asyncio.Task[None] | None = None
+        self._backoff = _Backoff()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    def _kick(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    def _pending(self) -> bool:
+        raise NotImplementedError
+
+    async def _deliver_one(self) -> None:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        while True:
+            self._idle.set()
+            await self._wake.wait()
+            self._wake.clear()
+            self._idle.clear()
+            while self._pending():
+                try:
+                    await self._deliver_one()
+                except _Failed as exc:
+                    delay = self._backoff.next()
+                    metrics.NOTIFICATIONS.labels(self.name, "failed").inc()
+                    log.warning(
+                        "%s %s: %s; retry %d in %.1f s",
+                        self.name,
+                        self.url,
+                        exc,
+                        self._backoff.attempt,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                else:
+                    metrics.NOTIFICATIONS.labels(self.name, "sent").inc()
+                    self._backoff.attempt = 0
+
+    async def _post(self, body: object) -> None:
+        assert self._session is not None
+        try:
+            async with self._session.post(self.url, json=body) as resp:
+                text = await resp.text()
+                if resp.status >= 300:
+                    raise _Failed(f"HTTP {resp.status}: {text.strip()[:200]}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Failed(str(exc) or type(exc).__name__) from None
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        if self._pending() and self._backoff.attempt == 0:  # on its way: give it a moment
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._pending():
+            log.error("%s %s: stopping with undelivered notifications", self.name, self.url)
+        if self._session is not None:
+            await self._session.close()
+
+
+class _Failed(Exception):
+    pass
+
+
+class Alertmanager(_Worker):
+    """``POST {url}/api/v2/alerts``: the latest state of each alert."""
+
+    name = "alertmanager"
+
+    def __init__(self, base_url: str, ends_after_s: float) -> None:
+        super().__init__(base_url.rstrip("/") + "/api/v2/alerts")
+        self.ends_after_s = ends_after_s
+        self._latest: dict[str, Notice] = {}
+
+    def submit(self, notices: list[Notice], change: bool) -> None:
+        for n in notices:
+            self._latest[n.fingerprint] = n
+        if notices:
+            self._kick()
+
+    def _pending(self) -> bool:
+        return bool(self._latest)
+
+    async def _deliver_one(self) -> None:
+        batch = dict(self._latest)
+        now = time.time()
+        body = []
+        for n in batch.values():
+            alert: dict[str, object] = {
+                "labels": n.labels,
+                "annotations": n.annotations,
+                "startsAt": rfc3339(n.starts_at),
+                # firing: Alertmanager resolves it by itself if no re-send comes by then
+                "endsAt": rfc3339(
+                    n.resolved_at if n.resolved_at is not None else now + self.ends_after_s
+                ),
+            }
+            if n.generator_url:
+                alert["generatorURL"] = n.generator_url
+            body.append(alert)
+        await self._post(body)
+        for fp, n in batch.items():
+            if self._latest.get(fp) is n:  # not replaced while this was on its way
+                del self._latest[fp]
+
+
+class Webhook(_Worker):
+    """Every state change, in order: ``json`` (Alertmanager's webhook body, version 4)
+    or ``slack`` (``{"text": ...}``)."""
+
+    def __init__(self, url: str, fmt: str) -> None:
+        super().__init__(url)
+        self.fmt = fmt
+        self.name = f"webhook-{fmt}"
+        self._queue: collections.deque[object] = collections.deque()
+
+    def submit(self, notices: list[Notice], change: bool) -> None:
+        if not change or not notices:
+            return
+        for status in ("firing", "resolved"):
+            group = [n for n in notices if n.status == status]
+            if group:
+                self._queue.append(json_body(group) if self.fmt == "json" else slack_body(group))
+        while len(self._queue) > MAX_QUEUE:
+            self._queue.popleft()
+            metrics.NOTIFICATIONS.labels(self.name, "dropped").inc()
+            log.error(
+                "%s %s: over %d undelivered messages; dropped the oldest",
+                self.name,
+                self.url,
+                MAX_QUEUE,
+            )
+        self._kick()
+
+    def _pending(self) -> bool:
+        return bool(self._queue)
+
+    async def _deliver_one(self) -> None:
+        head = self._queue[0]
+        await self._post(head)
+        if self._queue and self._queue[0] is head:  # not dropped while on its way
+            self._queue.popleft()
+
+
+def json_body(notices: list[Notice]) -> dict[str, object]:
+    """Alertmanager's webhook body (version 4), so its consumers read ours."""
+    common = dict(set.intersection(*(set(n.labels.items()) for n in notices)))
+    return {
+        "version": "4",
+        "groupKey": "popwatch",
+        "truncatedAlerts": 0,
+        "status": notices[0].status,
+        "receiver": "popwatch",
+        "groupLabels": {},
+        "commonLabels": common,
+        "commonAnnotations": {},
+        "externalURL": "",
+        "alerts": [
+            {
+                "status": n.status,
+                "labels": n.labels,
+                "annotations": n.annotations,
+                "startsAt": rfc3339(n.starts_at),
+                "endsAt": rfc3339(n.resolved_at) if n.resolved_at else "0001-01-01T00:00:00Z",
+                "generatorURL": n.generator_url,
+                "fingerprint": n.fingerprint,
+            }
+            for n in notices
+        ],
+    }
+
+
+def slack_body(notices: list[Notice]) -> dict[str, object]:
+    """A Slack incoming-webhook message: one line per alert."""
+    lines = []
+    for n in notices:
+        mark = ":rotating_light: FIRING" if n.status == "firing" else ":white_check_mark: RESOLVED"
+        where = " ".join(
+            f"{k}={v}" for k, v in n.labels.items() if k not in ("alertname", "severity")
+        )
+        name, severity = n.labels.get("alertname"), n.labels.get("severity")
+        text = f"{mark} *{name}* ({severity}) {where}: {n.annotations.get('summary', '')}"
+        if n.generator_url:
+            text += f" <{n.generator_url}|dashboard>"
+        lines.append(text)
+    return {"text": "\n".join(lines)}
+
+
+__all__ = ["Alertmanager", "Notice", "Notifier", "Webhook", "json_body", "rfc3339", "slack_body"]
