@@ -1,0 +1,134 @@
+"""``popwatch-collector dashboards push``: the dashboards, their folder and the InfluxDB
+data source, put into a running Grafana over its HTTP API (with grafana-client).
+
+Idempotent: the data source and the folder keep fixed uids (``popwatch-influxdb``,
+``popwatch``), an existing one is updated rather than duplicated, and each dashboard is
+saved by its uid with ``overwrite``. A second push leaves Grafana as the first did.
+Every failure is a :class:`PushError` saying which step failed and what Grafana
+answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from grafana_client.api import GrafanaApi
+from grafana_client.client import GrafanaException
+
+from collector.dashboards.build import FOLDER, INFLUX_UID, build_all
+
+MESSAGE: Final = "popwatch-collector dashboards push"
+
+
+class PushError(Exception):
+    """A step of the push failed; ``str()`` names it and what Grafana answered."""
+
+
+@dataclass(frozen=True)
+class InfluxSource:
+    """Where Grafana reaches InfluxDB: its URL as Grafana sees it, the database (the
+    bucket through its DBRP mapping on 2.x), and a token for 2.x/3.x (sent as
+    ``Authorization: Token ...``)."""
+
+    url: str
+    database: str
+    token: str | None = None
+
+
+def datasource_model(source: InfluxSource) -> dict[str, Any]:
+    """The InfluxDB data source in InfluxQL mode, as the provisioning files define it."""
+    model: dict[str, Any] = {
+        "uid": INFLUX_UID,
+        "name": "popwatch InfluxDB",
+        "type": "influxdb",
+        "access": "proxy",
+        "url": source.url,
+        "isDefault": False,  # an existing Grafana keeps its own default
+        "jsonData": {"dbName": source.database, "httpMode": "GET", "timeInterval": "10s"},
+    }
+    if source.token:
+        model["jsonData"]["httpHeaderName1"] = "Authorization"
+        model["secureJsonData"] = {"httpHeaderValue1": f"Token {source.token}"}
+    return model
+
+
+def _answer(exc: GrafanaException) -> str:
+    response = exc.response
+    if isinstance(response, dict) and response.get("message"):
+        said = str(response["message"])
+    elif response:
+        said = str(response)
+    else:
+        said = str(exc.message or exc)
+    return f"HTTP {exc.status_code}: {said}" if exc.status_code else said
+
+
+def _step(what: str, call: Callable[[], Any], missing_ok: bool = False) -> Any:
+    """Run one API call; a ``PushError`` naming ``what`` when it fails (None for a 404
+    when ``missing_ok``)."""
+    try:
+        return call()
+    except GrafanaException as exc:
+        if missing_ok and exc.status_code == 404:
+            return None
+        raise PushError(f"{what}: Grafana answered {_answer(exc)}") from None
+    except OSError as exc:  # niquests' connection errors
+        raise PushError(f"{what}: {exc}") from None
+
+
+def connect(url: str, token: str | None, timeout: float = 10.0) -> GrafanaApi:
+    """A client for the Grafana at ``url``: a service account token (``Bearer``), or the
+    user and password in the URL (``http://admin:admin@grafana:3000``)."""
+    api: GrafanaApi = GrafanaApi.from_url(url, credential=token, timeout=timeout)
+    return api
+
+
+def push(api: GrafanaApi, source: InfluxSource | None) -> list[str]:
+    """Create or update the data source (unless ``source`` is None), the folder, and every
+    dashboard; one line per thing done."""
+    done = []
+    client: Any = api  # grafana-client's element methods are not annotated
+    if source is not None:
+        model = datasource_model(source)
+        have = _step(
+            f"reading data source {INFLUX_UID}",
+            lambda: client.datasource.get_datasource_by_uid(INFLUX_UID),
+            missing_ok=True,
+        )
+        if have is None:
+            _step(
+                f"creating data source {INFLUX_UID}",
+                lambda: client.datasource.create_datasource(model),
+            )
+            done.append(f"data source {INFLUX_UID} created ({source.url}, {source.database})")
+        else:
+            _step(
+                f"updating data source {INFLUX_UID}",
+                lambda: client.datasource.update_datasource_by_uid(INFLUX_UID, model),
+            )
+            done.append(f"data source {INFLUX_UID} updated ({source.url}, {source.database})")
+    folder = _step(
+        f"reading folder {FOLDER}", lambda: client.folder.get_folder(FOLDER), missing_ok=True
+    )
+    if folder is None:
+        _step(f"creating folder {FOLDER}", lambda: client.folder.create_folder(FOLDER, uid=FOLDER))
+        done.append(f"folder {FOLDER} created")
+    for name, board in build_all().items():
+        body = {
+            "dashboard": {**board, "id": None},
+            "folderUid": FOLDER,
+            "overwrite": True,
+            "message": MESSAGE,
+        }
+        answer = _step(
+            f"saving dashboard {board['uid']} ({name})",
+            lambda body=body: client.dashboard.update_dashboard(body),  # type: ignore[misc]
+        )
+        url = answer.get("url", "") if isinstance(answer, dict) else ""
+        done.append(f"dashboard {board['uid']} saved in folder {FOLDER} {url}".rstrip())
+    return done
+
+
+__all__ = ["InfluxSource", "PushError", "connect", "datasource_model", "push"]

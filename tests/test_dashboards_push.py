@@ -1,0 +1,259 @@
+"""``popwatch-collector dashboards push`` against a stand-in Grafana that records the calls.
+
+No Grafana server can run here: Grafana is not packaged for Debian, and nothing from
+outside the package registries can be fetched. ``FakeGrafana`` is the stand-in: an HTTP
+server on loopback that answers the few Grafana HTTP API endpoints the push uses (data
+sources by uid, folders, ``POST /api/dashboards/db``) the way Grafana 11 documents them
+(404 for a missing one, 409 for a duplicate uid, 412 for a dashboard saved over without
+``overwrite``, 401 for a bad token), keeps what it was given, and records every call.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import servers
+
+from collector.dashboards.build import build_all
+from collector.dashboards.push import InfluxSource, PushError, connect, datasource_model, push
+
+ROOT = Path(__file__).parent.parent
+TOKEN = "glsa_test_token"  # noqa: S105 - the stand-in's own
+COLLECTOR = str(Path(sys.executable).parent / "popwatch-collector")
+SOURCE = InfluxSource("http://influxdb:8086", "popwatch", "influx-token")
+
+
+class FakeGrafana(ThreadingHTTPServer):
+    """The stand-in Grafana (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.calls: list[tuple[str, str, Any]] = []
+        self.datasources: dict[str, dict[str, Any]] = {}
+        self.folders: dict[str, dict[str, Any]] = {}
+        self.dashboards: dict[str, dict[str, Any]] = {}
+        self.fail: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(
+            json.dumps(
+                {
+                    "datasources": self.datasources,
+                    "folders": self.folders,
+                    "dashboards": self.dashboards,
+                }
+            )
+        )
+
+    def answer(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if (method, path) in self.fail:
+            return self.fail[(method, path)]
+        if method == "GET" and path.startswith("/api/datasources/uid/"):
+            uid = path.rsplit("/", 1)[1]
+            if uid not in self.datasources:
+                return 404, {"message": "Data source not found"}
+            return 200, self.datasources[uid]
+        if method == "POST" and path == "/api/datasources":
+            if body["uid"] in self.datasources:
+                return 409, {"message": "data source with the same uid already exists"}
+            self.datasources[body["uid"]] = {**body, "id": len(self.datasources) + 1}
+            return 200, {"message": "Datasource added", "datasource": body}
+        if method == "PUT" and path.startswith("/api/datasources/uid/"):
+            uid = path.rsplit("/", 1)[1]
+            if uid not in self.datasources:
+                return 404, {"message": "Data source not found"}
+            self.datasources[uid] = {**body, "id": self.datasources[uid]["id"]}
+            return 200, {"message": "Datasource updated", "datasource": body}
+        if method == "GET" and path.startswith("/api/folders/"):
+            uid = path.rsplit("/", 1)[1]
+            if uid not in self.folders:
+                return 404, {"message": "folder not found"}
+            return 200, self.folders[uid]
+        if method == "POST" and path == "/api/folders":
+            if body["uid"] in self.folders:
+                return 409, {"message": "a folder with the same uid already exists"}
+            self.folders[body["uid"]] = body
+            return 200, body
+        if method == "POST" and path == "/api/dashboards/db":
+            board, folder = body["dashboard"], body.get("folderUid")
+            if folder not in self.folders:
+                return 400, {"message": "folder not found"}
+            if board["uid"] in self.dashboards and not body.get("overwrite"):
+                return 412, {"status": "name-exists", "message": "A dashboard with the same uid"}
+            self.dashboards[board["uid"]] = {"folderUid": folder, "dashboard": board}
+            uid = board["uid"]
+            return 200, {"status": "success", "uid": uid, "url": f"/d/{uid}/x", "version": 1}
+        return 404, {"message": "Not found"}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: FakeGrafana
+
+    def _any(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.server.calls.append((self.command, self.path, body))
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            status, answer = 401, {"message": "invalid API key"}
+        else:
+            status, answer = self.server.answer(self.command, self.path, body)
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = _any
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def grafana() -> Iterator[FakeGrafana]:
+    g = FakeGrafana()
+    thread = threading.Thread(target=g.serve_forever, daemon=True)
+    thread.start()
+    yield g
+    g.shutdown()
+    g.server_close()
+    thread.join()
+
+
+def committed() -> dict[str, dict[str, Any]]:
+    return {
+        p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "dashboards/json").glob("*.json"))
+    }
+
+
+DASHBOARD_CALLS = [("POST", "/api/dashboards/db")] * len(build_all())
+
+
+def test_first_push_creates_the_data_source_folder_and_dashboards(grafana: FakeGrafana) -> None:
+    """The exact calls of a first push, and what they carry: the InfluxQL data source with
+    the token in a header, the folder, and each committed dashboard, overwritten."""
+    lines = push(connect(grafana.url, TOKEN), SOURCE)
+    assert [(m, p) for m, p, _ in grafana.calls] == [
+        ("GET", "/api/datasources/uid/popwatch-influxdb"),
+        ("POST", "/api/datasources"),
+        ("GET", "/api/folders/popwatch"),
+        ("POST", "/api/folders"),
+        *DASHBOARD_CALLS,
+    ]
+    ds = grafana.calls[1][2]
+    assert ds == datasource_model(SOURCE)
+    assert ds["uid"] == "popwatch-influxdb" and ds["type"] == "influxdb"
+    assert ds["jsonData"]["dbName"] == "popwatch"
+    assert ds["jsonData"]["httpHeaderName1"] == "Authorization"
+    assert ds["secureJsonData"] == {"httpHeaderValue1": "Token influx-token"}
+    assert grafana.calls[3][2] == {"title": "popwatch", "uid": "popwatch"}
+    sent = [body for _, path, body in grafana.calls if path == "/api/dashboards/db"]
+    assert all(b["folderUid"] == "popwatch" and b["overwrite"] is True for b in sent)
+    assert {b["dashboard"]["uid"]: {**b["dashboard"], "id": None} for b in sent} == {
+        board["uid"]: {**board, "id": None} for board in committed().values()
+    }
+    assert lines[0].startswith("data source popwatch-influxdb created")
+
+
+def test_a_second_push_is_idempotent(grafana: FakeGrafana) -> None:
+    """Pushing again updates the data source in place, finds the folder, and overwrites
+    the dashboards by uid: Grafana holds exactly what the first push left."""
+    push(connect(grafana.url, TOKEN), SOURCE)
+    after_first = grafana.state()
+    grafana.calls.clear()
+    push(connect(grafana.url, TOKEN), SOURCE)
+    assert [(m, p) for m, p, _ in grafana.calls] == [
+        ("GET", "/api/datasources/uid/popwatch-influxdb"),
+        ("PUT", "/api/datasources/uid/popwatch-influxdb"),
+        ("GET", "/api/folders/popwatch"),
+        *DASHBOARD_CALLS,
+    ]
+    assert grafana.state() == after_first
+    assert len(grafana.datasources) == 1 and len(grafana.folders) == 1
+    assert len(grafana.dashboards) == len(build_all())
+
+
+def test_no_datasource_leaves_data_sources_alone(grafana: FakeGrafana) -> None:
+    """Without a source (``--no-datasource``) no data source endpoint is called."""
+    push(connect(grafana.url, TOKEN), None)
+    assert not [c for c in grafana.calls if "datasources" in c[1]]
+    assert grafana.datasources == {} and len(grafana.dashboards) == len(build_all())
+
+
+def test_errors_say_what_grafana_answered(grafana: FakeGrafana) -> None:
+    """A refused token, a failing save and an unreachable Grafana each name the step and
+    Grafana's answer."""
+    with pytest.raises(
+        PushError,
+        match=r"^reading data source popwatch-influxdb: Grafana "
+        r"answered HTTP 401: invalid API key$",
+    ):
+        push(connect(grafana.url, "wrong"), SOURCE)
+    grafana.fail[("POST", "/api/dashboards/db")] = (500, {"message": "database is locked"})
+    with pytest.raises(
+        PushError,
+        match=r"^saving dashboard popwatch-overview \(overview\): "
+        r"Grafana answered HTTP 500: database is locked$",
+    ):
+        push(connect(grafana.url, TOKEN), None)
+    with pytest.raises(PushError, match=r"^reading folder popwatch: "):
+        push(connect(f"http://127.0.0.1:{servers.free_port()}", TOKEN, timeout=2), None)
+
+
+def test_the_cli_pushes_with_the_collectors_influxdb_settings(
+    grafana: FakeGrafana, tmp_path: Path
+) -> None:
+    """``dashboards push`` takes the data source's URL, database and token from the
+    collector's settings, prints what it did, and exits 0; a refused token exits 1 with
+    Grafana's answer."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "POPWATCH_INFLUXDB_URL": "http://influx.example:8086",
+        "POPWATCH_INFLUXDB_BUCKET": "metrics/autogen",
+        "POPWATCH_INFLUXDB_TOKEN": "secret",
+    }
+    argv = [COLLECTOR, "dashboards", "push", "--grafana-url", grafana.url]
+    out = subprocess.run([*argv, "--token", TOKEN], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "data source popwatch-influxdb created (http://influx.example:8086, metrics)" in (
+        out.stdout
+    )
+    assert grafana.datasources["popwatch-influxdb"]["secureJsonData"] == {
+        "httpHeaderValue1": "Token secret"
+    }
+    bad = subprocess.run([*argv, "--token", "nope"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == (
+        f"popwatch-collector dashboards push: {grafana.url}: reading data source "
+        "popwatch-influxdb: Grafana answered HTTP 401: invalid API key"
+    )
+
+
+def test_the_cli_builds_and_checks_the_json(tmp_path: Path) -> None:
+    """``dashboards build`` writes what ``--check`` then finds current, and the committed
+    files are current."""
+    out = tmp_path / "json"
+    subprocess.run(
+        [COLLECTOR, "dashboards", "build", "--out", str(out)], check=True, capture_output=True
+    )
+    argv = [COLLECTOR, "dashboards", "build", "--check", "--out"]
+    assert subprocess.run([*argv, str(out)], capture_output=True).returncode == 0
+    assert (
+        subprocess.run([*argv, str(ROOT / "dashboards/json")], capture_output=True).returncode == 0
+    )
+    (out / "fleet.json").write_text("{}")
+    bad = subprocess.run([*argv, str(out)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "fleet.json: differs" in bad.stderr
