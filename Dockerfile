@@ -24,8 +24,8 @@ RUN /opt/popwatch/bin/pip install --no-cache-dir --no-deps /src
 FROM ${BASE}
 COPY --from=build /opt/popwatch /opt/popwatch
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/popwatch popwatch \
-    && mkdir -p /var/lib/popwatch /run/popwatch/tokens \
-    && chown -R popwatch:popwatch /var/lib/popwatch /run/popwatch
+    && mkdir -p /var/lib/popwatch /var/lib/popwatch-ca /run/popwatch/tokens /run/popwatch/certs \
+    && chown -R popwatch:popwatch /var/lib/popwatch /var/lib/popwatch-ca /run/popwatch
 ENV PATH=/opt/popwatch/bin:$PATH \
     POPWATCH_DATA_DIR=/var/lib/popwatch \
     PYTHONDONTWRITEBYTECODE=1
@@ -33,7 +33,8 @@ ENV PATH=/opt/popwatch/bin:$PATH \
 # Kernel software timestamps (SO_TIMESTAMPING) need no capability, nor do ICMP ping
 # sockets where net.ipv4.ping_group_range admits the group: the probe runs unprivileged.
 # The spool (both parts) and the probe registry (collector) live in the volume.
-USER popwatch
+# Numeric, so that Kubernetes' runAsNonRoot can check it.
+USER 10001:10001
 WORKDIR /var/lib/popwatch
 VOLUME ["/var/lib/popwatch"]
 # /healthz of the collector (POPWATCH_LISTEN) or of the probe (POPWATCH_METRICS_LISTEN);

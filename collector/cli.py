@@ -7,109 +7,157 @@ import asyncio
 import gc
 import logging
 import os
+import signal
+import sqlite3
 import ssl
 import sys
+import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
+from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, Literal
 
-import msgspec
+import aiohttp
 from aiohttp import web
 
-from collector import __version__
-from collector.app import CollectorState, Limits, create_app
-from collector.registry import Registry, RegistryError
-from collector.sink import GroupCommit, InfluxV1Sink, InfluxV2Sink, Sink
+from collector import __version__, certs
+from collector.alerts import cli as alerts_cli
+from collector.app import CollectorState, Limits, create_admin_app, create_app
+from collector.config import MEANING, CollectorConfig, ConfigError, load_config, variable
+from collector.dashboards import cli as dashboards_cli
+from collector.detect import Api, Deferred, Mismatch, Target, Unreachable, choose
+from collector.gate import GatedSite
+from collector.query import InfluxQL
+from collector.registry import Registry, RegistryError, check_identity
+from collector.sink import GroupCommit, InfluxV1Sink, InfluxV2Sink, Sink, redact
 from collector.spool import Spool, SpoolingSink
-from probe.config import ConfigError, one_line, parse_hostport, read_yaml
+from collector.web import add_routes as add_status_page
+from probe.targets import load_targets, parse_hostport
 
 log = logging.getLogger("popwatch.collector")
 
-EXAMPLES = """\
+DEFAULT_DATA_DIR = CollectorConfig().data_dir
+
+
+def _settings() -> str:
+    """Every setting for ``run --help``: key, variable, default and meaning."""
+    lines = []
+    for key, default in zip(
+        CollectorConfig.__struct_fields__, CollectorConfig.__struct_defaults__, strict=True
+    ):
+        shown = (
+            "unset"
+            if default is None
+            else format(default, "g")
+            if isinstance(default, float)
+            else default
+        )
+        if key == "alerts":  # a section: its keys are in `popwatch-collector example`
+            lines.append(f"  alerts  (POPWATCH_ALERTS_<KEY>)\n      {MEANING[key]}")
+            continue
+        lines.append(f"  {key}  ({variable(key)}, default {shown})\n      {MEANING[key]}")
+    return "\n".join(lines) + "\n"
+
+
+RUN_EXAMPLES = """\
 examples:
-  popwatch-collector probes add probe-fra-1 --region eu-central --country DE --city Frankfurt
-  popwatch-collector probes list
-  popwatch-collector probes revoke probe-fra-1
+  popwatch-collector example > collector.yaml      # every key, documented; edit it
+  popwatch-collector run --config collector.yaml
 
-  # Debian's InfluxDB 1.6.7: the v1 API (the database is created if missing)
-  POPWATCH_INFLUXDB_URL=http://127.0.0.1:8086 POPWATCH_INFLUXDB_API=v1 popwatch-collector run
+  # Debian's InfluxDB 1.6.7 on this host: the API is found by asking /ping (v1 here;
+  # the database is created if missing)
+  POPWATCH_DATA_DIR=./data POPWATCH_TARGETS=targets.yaml popwatch-collector run
 
-  # InfluxDB 2.x or 3.x (the default v2 API; on 1.8 the org may be left out)
+  # InfluxDB 2.x or 3.x (the v2 API; on 1.8 the org may be left out)
   POPWATCH_INFLUXDB_URL=http://influxdb:8086 POPWATCH_INFLUXDB_TOKEN=... \\
     POPWATCH_INFLUXDB_ORG=ops POPWATCH_INFLUXDB_BUCKET=popwatch popwatch-collector run
 
-Every setting is a key of the config file and a POPWATCH_* variable (the variable wins):
-listen, data_dir, targets, influxdb_url, influxdb_api (v2, the default, for InfluxDB
-1.8+/2.x/3.x; v1 for InfluxDB <= 1.7), influxdb_token, influxdb_org, influxdb_bucket
-(the database with v1), influxdb_timeout, spool_after_ms (a write InfluxDB has not
-confirmed by then goes to the spool), spool_max_bytes (past it, probes get 503 and keep
-their data), tls_cert, tls_key, log_level, max_body_bytes, max_decoded_bytes,
-records_per_second and burst_records (per probe). See the README's configuration
-reference.
+Every setting is a key of the config file and a POPWATCH_<KEY> variable, the key in
+capitals (the variable wins). Keys with units say them: _s seconds, _ms milliseconds,
+_bytes bytes. `popwatch-collector example` prints every key with a longer explanation.
+
+At start the collector checks its settings and stops with one line (exit status 2) when
+one cannot work: the data directory, the targets file, the TLS files, the listen port,
+and the InfluxDB API (influxdb_api auto asks InfluxDB's /ping for its version: v1 before
+1.8, v2 from 1.8 on). If InfluxDB does not answer at start, the collector serves anyway:
+points wait in the spool, and the API is chosen when InfluxDB first answers.
+
+settings:
+""" + _settings()
+
+PROBES_EXAMPLES = """\
+examples:
+  popwatch-collector probes add probe-fra-1 --region eu-central --country DE \\
+    --city Frankfurt --lat 50.11 --lon 8.68 --asn 64500 --data-dir ./data
+  popwatch-collector probes list --data-dir ./data
+  popwatch-collector probes revoke probe-fra-1 --data-dir ./data
+
+The registry is DATA_DIR/registry.sqlite (--data-dir, else POPWATCH_DATA_DIR, else
+/var/lib/popwatch): give `run` the same data directory. Only `add` creates it.
+"""
+
+ADD_EXAMPLES = """\
+examples:
+  popwatch-collector probes add probe-fra-1 --region eu-central --data-dir ./data
+  popwatch-collector probes add probe-nyc-1 --region us-east --country US --city "New York" \\
+    --lat 40.71 --lon -74.01 --asn 64501 --data-dir ./data
+
+The token goes to standard output, once; only its hash is kept. Give it to the probe as
+POPWATCH_TOKEN (or in a file named by POPWATCH_TOKEN_FILE). To issue a new token, revoke
+the probe and add it again.
+"""
+
+TOP_EXAMPLES = """\
+examples:
+  popwatch-collector probes add probe-fra-1 --region eu-central --data-dir ./data
+  popwatch-collector run --config collector.yaml
+  popwatch-collector example
+
+`popwatch-collector COMMAND --help` explains each command.
 """
 
 
-class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    listen: str = "0.0.0.0:8080"
-    data_dir: str = "/var/lib/popwatch"
-    targets: str | None = None  # the targets file served on /api/v1/config
-    influxdb_url: str = "http://127.0.0.1:8086"
-    influxdb_api: Literal["v1", "v2"] = "v2"
-    influxdb_token: str | None = None
-    influxdb_org: str | None = None
-    influxdb_bucket: str = "popwatch"
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000
-    max_decoded_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 20_000_000
-    records_per_second: Annotated[float, msgspec.Meta(gt=0)] = 2_000.0  # per probe
-    burst_records: Annotated[float, msgspec.Meta(gt=0)] = 200_000.0  # per probe
-    influxdb_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # one write, seconds
-    # a write InfluxDB has not confirmed by then is made durable in the spool instead
-    spool_after_ms: Annotated[float, msgspec.Meta(gt=0)] = 25.0
-    spool_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_000_000_000
-
-    def __post_init__(self) -> None:
-        parse_hostport(self.listen, 8080)
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("tls_cert and tls_key go together")
-
-
-def load_config(path: str | None, env: dict[str, str] | None = None) -> CollectorConfig:
-    env = dict(os.environ) if env is None else env
-    data: dict[str, Any] = {}
-    source = "(environment)"
-    if path:
-        source = path
-        data = read_yaml(Path(path))
-    for key in CollectorConfig.__struct_fields__:
-        var = f"POPWATCH_{key.upper()}"
-        if var in env:
-            data[key] = env[var]
-    try:
-        return msgspec.convert(data, CollectorConfig, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(one_line(source, exc)) from None
-
-
 def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir or os.environ.get("POPWATCH_DATA_DIR") or "/var/lib/popwatch")
+    return Path(args.data_dir or os.environ.get("POPWATCH_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def _usable_dir(path: Path, hint: str) -> None:
+    """Create ``path`` if it is missing and prove a file can be made in it; a
+    ``ConfigError`` naming the path otherwise."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        why = exc.strerror or str(exc)
+        raise ConfigError(f"data_dir: cannot use {path}: {why}{where}; {hint}") from None
 
 
 def _probes(args: argparse.Namespace) -> int:
-    registry = Registry(_data_dir(args) / "registry.sqlite")
+    data_dir = _data_dir(args)
+    path = data_dir / "registry.sqlite"
+    try:
+        if args.probes_cmd == "add":
+            country = args.country or ""
+            check_identity(
+                args.id, args.region, country, args.city or "", args.lat, args.lon, args.asn
+            )
+            _usable_dir(
+                data_dir, "pass --data-dir or set POPWATCH_DATA_DIR to a writable directory"
+            )
+            registry = Registry(path)
+        else:
+            registry = Registry(path, create=False)
+    except (RegistryError, ConfigError) as exc:
+        print(f"popwatch-collector probes {args.probes_cmd}: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.probes_cmd == "add":
             token = registry.add(
-                args.id,
-                args.region,
-                args.country or "",
-                args.city or "",
-                args.lat,
-                args.lon,
-                args.asn,
+                args.id, args.region, country, args.city or "", args.lat, args.lon, args.asn
             )
             print(token)
             print(
@@ -128,131 +176,282 @@ def _probes(args: argparse.Namespace) -> int:
                 created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.created_at))
                 i = r.identity
                 print(f"{i.probe:24} {i.region:16} {i.country:7} {i.city:16} {state:8} {created}Z")
+            if not rows:
+                print(f"no probes in {path}", file=sys.stderr)
     except RegistryError as exc:
         print(f"popwatch-collector probes {args.probes_cmd}: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.Error as exc:
+        print(f"popwatch-collector probes {args.probes_cmd}: {path}: {exc}", file=sys.stderr)
+        return 1
     finally:
         registry.close()
     return 0
 
 
-def build_sink(cfg: CollectorConfig, data_dir: Path) -> tuple[Sink, Spool]:
-    """InfluxDB (v1 or v2 API) behind the spool, behind group commit."""
-    store: Sink
-    if cfg.influxdb_api == "v2" and not cfg.influxdb_org:
+def influx_sink(cfg: CollectorConfig, api: Api) -> Sink:
+    """The InfluxDB sink for ``api``."""
+    url = cfg.influxdb_url.rstrip("/")
+    if api == "v1":
+        return InfluxV1Sink(url, cfg.influxdb_bucket, cfg.influxdb_token, cfg.influxdb_timeout_s)
+    if not cfg.influxdb_org:
         log.info(
             "influxdb_org is unset: fine for InfluxDB 1.8, but 2.x and 3.x need it "
             "(POPWATCH_INFLUXDB_ORG)"
         )
-    if cfg.influxdb_api == "v1":
-        store = InfluxV1Sink(
-            cfg.influxdb_url, cfg.influxdb_bucket, cfg.influxdb_token, cfg.influxdb_timeout
-        )
-    else:
-        store = InfluxV2Sink(
-            cfg.influxdb_url,
-            cfg.influxdb_bucket,
-            cfg.influxdb_token,
-            cfg.influxdb_org,
-            cfg.influxdb_timeout,
-        )
-    spool = Spool(data_dir / "spool", cfg.spool_max_bytes)
-    return GroupCommit(SpoolingSink(store, spool, cfg.spool_after_ms / 1000)), spool
-
-
-async def _run(cfg: CollectorConfig, data_dir: Path) -> None:
-    registry = Registry(data_dir / "registry.sqlite")
-    sink, spool = build_sink(cfg, data_dir)
-    state = CollectorState(
-        registry=registry,
-        sink=sink,
-        spool=spool,
-        limits=Limits(
-            max_body_bytes=cfg.max_body_bytes,
-            max_decoded_bytes=cfg.max_decoded_bytes,
-            records_per_second=cfg.records_per_second,
-            burst_records=cfg.burst_records,
-        ),
-        targets_file=Path(cfg.targets) if cfg.targets else None,
+    return InfluxV2Sink(
+        url,
+        cfg.influxdb_bucket,
+        cfg.influxdb_token,
+        cfg.influxdb_org,
+        cfg.influxdb_timeout_s,
     )
-    app = create_app(state, data_dir)
-    host, port = parse_hostport(cfg.listen, 8080)
-    ssl_ctx = None
-    if cfg.tls_cert and cfg.tls_key:
-        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    # Fewer, cheaper collections: what start-up built lives as long as the process, and a
-    # request allocates thousands of short-lived objects (it cut the ingest p99 here)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 100)
-    try:
-        # a backlog for many probes reconnecting at once (after a restart, say)
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, backlog=1024)
-        await site.start()
-        log.info(
-            "collector listening on %s://%s:%d, writing to %s (%s API, %s %s), spool %s",
-            "https" if ssl_ctx else "http",
-            host,
-            port,
-            cfg.influxdb_url,
-            cfg.influxdb_api,
-            "database" if cfg.influxdb_api == "v1" else "bucket",
-            cfg.influxdb_bucket,
-            spool.dir,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        import signal
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+
+async def store(cfg: CollectorConfig) -> tuple[Sink, str]:
+    """The InfluxDB sink, its API chosen (``auto``) or checked from ``/ping``'s version, and
+    what to log about it. Raises ``ConfigError`` when the server cannot take the API;
+    while InfluxDB does not answer, a ``Deferred`` sink chooses at its first answer."""
+    target = Target(
+        url=cfg.influxdb_url.rstrip("/"),
+        wanted=cfg.influxdb_api,
+        bucket=cfg.influxdb_bucket,
+        token=cfg.influxdb_token,
+        timeout_s=min(cfg.influxdb_timeout_s, 5.0),
+    )
+    timeout = aiohttp.ClientTimeout(total=target.timeout_s)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            api, version = await choose(session, target)
+    except Mismatch as exc:
+        raise ConfigError(str(exc)) from None
+    except Unreachable as exc:
+        log.warning(
+            "InfluxDB does not answer (%s): accepted points wait in the spool, and the "
+            "write API (influxdb_api %s) is chosen when it answers",
+            exc,
+            cfg.influxdb_api,
+        )
+        return Deferred(target, lambda api: influx_sink(cfg, api)), (
+            f"{cfg.influxdb_api} API, not chosen yet"
+        )
+    return influx_sink(cfg, api), f"InfluxDB {version or '(version not said)'}, {api} API"
+
+
+def _tls(cfg: CollectorConfig) -> ssl.SSLContext | None:
+    """The server's TLS context; a ``ConfigError`` naming the file that does not load."""
+    if not (cfg.tls_cert and cfg.tls_key):
+        return None
+    for key, path in (("tls_cert", cfg.tls_cert), ("tls_key", cfg.tls_key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"tls_cert: {cfg.tls_cert} and tls_key {cfg.tls_key} do not load as a PEM "
+            f"certificate chain and its private key ({exc.reason or exc})"
+        ) from None
+    return ctx
+
+
+async def _run(cfg: CollectorConfig) -> None:
+    """Check what the settings name, then serve until SIGTERM or SIGINT."""
+    data_dir = Path(cfg.data_dir)
+    _usable_dir(data_dir, "set POPWATCH_DATA_DIR (or data_dir) to a writable directory")
+    if cfg.targets:
+        load_targets(cfg.targets)  # a bad file stops the start; later edits are re-read
+    ssl_ctx = _tls(cfg)
+    host, port = parse_hostport(cfg.listen, 8080)
+    try:
+        registry = Registry(data_dir / "registry.sqlite")
+    except RegistryError as exc:
+        raise ConfigError(f"data_dir: {exc}") from None
+    try:
+        sink, chosen = await store(cfg)
+        spool = Spool(data_dir / "spool", cfg.spool_max_bytes)
+        state = CollectorState(
+            registry=registry,
+            sink=GroupCommit(SpoolingSink(sink, spool, cfg.spool_after_ms / 1000)),
+            spool=spool,
+            limits=Limits(
+                max_body_bytes=cfg.max_body_bytes,
+                max_decoded_bytes=cfg.max_decoded_bytes,
+                records_per_second=cfg.records_per_second,
+                burst_records=cfg.burst_records,
+            ),
+            targets_file=Path(cfg.targets) if cfg.targets else None,
+        )
+        runner = web.AppRunner(create_app(state, data_dir), access_log=None)
+        await runner.setup()
+        admin_app = create_admin_app(state)
+        add_status_page(admin_app, InfluxQL.from_config(cfg))  # the status page, at /
+        admin = web.AppRunner(admin_app, access_log=None)
+        await admin.setup()
+        # Fewer, cheaper collections: what start-up built lives as long as the process,
+        # and a request allocates thousands of short-lived objects (it cut the ingest p99)
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 100)
+        try:
+            # a backlog for many probes reconnecting at once (after a restart, say)
+            site = GatedSite(runner, host, port, ssl_context=ssl_ctx, backlog=1024)
+            try:
+                await site.start()
+            except OSError as exc:
+                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise ConfigError(f"listen: cannot listen on {cfg.listen}: {why}") from None
+            await _start_admin(admin, cfg.admin_listen)
+            log.info(
+                "collector listening on %s://%s:%d, writing to %s (%s, %s %s), spool %s",
+                "https" if ssl_ctx else "http",
+                host,
+                port,
+                redact(cfg.influxdb_url),
+                chosen,
+                "database" if "v1" in chosen else "bucket",
+                cfg.influxdb_bucket,
+                spool.dir,
+            )
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+
+            def active() -> set[str]:  # a revoked probe is never silent
+                return {r.identity.probe for r in registry.list() if not r.revoked_at}
+
+            async with alerts_cli.evaluator(cfg, state.sink, active):  # if alerts.enabled
+                await stop.wait()
+        finally:
+            await admin.cleanup()
+            await runner.cleanup()
     finally:
-        await runner.cleanup()
         registry.close()
 
 
+async def _start_admin(admin: web.AppRunner, listen: str) -> None:
+    """Serve /metrics and /readyz on ``admin_listen`` (plain HTTP, never the public port)."""
+    host, port = parse_hostport(listen, 8081)
+    try:
+        await web.TCPSite(admin, host, port).start()
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"admin_listen: cannot listen on {listen}: {why}") from None
+    log.info("admin listener (/metrics, /readyz) on http://%s:%d", host, port)
+
+
+def _wrap(text: str) -> str:
+    """A description, wrapped (the raw formatter keeps the examples' lines as written)."""
+    return textwrap.fill(text, 88)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
         prog="popwatch-collector",
-        description="popwatch collector: authenticates probes and writes their measurements "
-        "to InfluxDB.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_wrap(
+            "popwatch collector: authenticates probes and writes their measurements to InfluxDB."
+        ),
+        epilog=TOP_EXAMPLES,
+        formatter_class=raw,
     )
-    p.add_argument("--version", action="version", version=f"popwatch-collector {__version__}")
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"popwatch-collector {__version__}",
+        help="print the version and exit",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
         "run",
         help="serve the ingest API",
-        description="Serve the ingest API: authenticate probes, validate their records, and "
-        "write them to InfluxDB, or to the durable spool while InfluxDB is down or slow. "
-        "SIGTERM stops it after in-flight writes land.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_wrap(
+            "Serve the ingest API: authenticate probes, validate their records, and "
+            "write them to InfluxDB, or to the durable spool while InfluxDB is down or slow. "
+            "SIGTERM stops it after in-flight writes land."
+        ),
+        epilog=RUN_EXAMPLES,
+        formatter_class=raw,
     )
-    run.add_argument("--config", metavar="FILE", help="collector config file (YAML)")
-    probes = sub.add_parser("probes", help="register, list and revoke probes")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="collector config file (YAML; `popwatch-collector example` prints one); "
+        "POPWATCH_<KEY> variables override its keys",
+    )
+    probes = sub.add_parser(
+        "probes",
+        help="register, list and revoke probes",
+        description=_wrap(
+            "Register probes (each gets a token), list them, and revoke them. The "
+            "registry lives in the collector's data directory."
+        ),
+        epilog=PROBES_EXAMPLES,
+        formatter_class=raw,
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--data-dir",
-        help="where the registry lives (env POPWATCH_DATA_DIR, default /var/lib/popwatch)",
+        metavar="DIR",
+        help="the collector's data directory, where registry.sqlite lives (default: "
+        f"POPWATCH_DATA_DIR, else {DEFAULT_DATA_DIR})",
     )
     psub = probes.add_subparsers(dest="probes_cmd", required=True, metavar="ACTION")
-    add = psub.add_parser("add", parents=[common], help="register a probe and print its token once")
-    add.add_argument("id")
-    add.add_argument("--region", required=True)
-    add.add_argument("--country", help="ISO 3166 code, e.g. DE")
-    add.add_argument("--city")
-    add.add_argument("--lat", type=float)
-    add.add_argument("--lon", type=float)
-    add.add_argument("--asn", type=int)
-    psub.add_parser("list", parents=[common], help="list probes")
-    rev = psub.add_parser("revoke", parents=[common], help="refuse a probe's token from now on")
-    rev.add_argument("id")
+    add = psub.add_parser(
+        "add",
+        parents=[common],
+        help="register a probe and print its token once",
+        description=_wrap(
+            "Register a probe and print its token on standard output, once. The "
+            "identity given here (id, region, country, ...) is what the probe's points are "
+            "tagged with: the probe cannot claim another."
+        ),
+        epilog=ADD_EXAMPLES,
+        formatter_class=raw,
+    )
+    pattern = "1-63 of A-Z a-z 0-9 _ . : -, a letter or digit first"
+    add.add_argument("id", help=f"the probe's id, its `probe` tag ({pattern})")
+    add.add_argument(
+        "--region", required=True, help=f"the region it measures from, its `region` tag ({pattern})"
+    )
+    add.add_argument("--country", metavar="CC", help="two-letter ISO 3166 code, e.g. DE")
+    add.add_argument("--city", help="free text, e.g. Frankfurt")
+    add.add_argument("--lat", type=float, metavar="DEG", help="latitude, -90 to 90")
+    add.add_argument("--lon", type=float, metavar="DEG", help="longitude, -180 to 180")
+    add.add_argument("--asn", type=int, help="the network's AS number, 0 to 4294967295")
+    psub.add_parser(
+        "list",
+        parents=[common],
+        help="list probes",
+        description=_wrap("List the registered probes, active and revoked."),
+        epilog="example:\n  popwatch-collector probes list --data-dir ./data\n",
+        formatter_class=raw,
+    )
+    rev = psub.add_parser(
+        "revoke",
+        parents=[common],
+        help="refuse a probe's token from now on",
+        description=_wrap("Revoke a probe: its token is refused from its next request on."),
+        epilog="example:\n  popwatch-collector probes revoke probe-fra-1 --data-dir ./data\n",
+        formatter_class=raw,
+    )
+    rev.add_argument("id", help="the id of the probe to revoke")
+    sub.add_parser(
+        "example",
+        help="print the example config file: every key, its default and its meaning",
+        description=_wrap(
+            "Print collector/example.yaml: every key of the config file, with its "
+            "default and its meaning. Save it, edit it, and pass it to `run --config`."
+        ),
+    )
+    certs.add_parser(sub)
+    dashboards_cli.add_parser(sub)
+    alerts_cli.add_parser(sub)
     return p
 
 
@@ -260,22 +459,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "probes":
         return _probes(args)
+    if args.command == "certs":
+        return certs.run(args)
+    if args.command == "alerts":
+        return alerts_cli.main(args)
+    if args.command == "dashboards":
+        return dashboards_cli.main(args)
+    if args.command == "example":
+        sys.stdout.write(files("collector").joinpath("example.yaml").read_text())
+        return 0
     try:
         cfg = load_config(args.config)
+        logging.basicConfig(
+            level=getattr(logging, cfg.log_level.upper()),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        asyncio.run(_run(cfg))
     except ConfigError as exc:
         print(f"popwatch-collector: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    data_dir = Path(cfg.data_dir)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        asyncio.run(_run(cfg, data_dir))
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         print(f"popwatch-collector run: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

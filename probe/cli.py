@@ -17,6 +17,7 @@ from probe.config import (
     ConfigError,
     ProbeConfig,
     check_unique,
+    collector_tls,
     load_config,
     load_targets,
     parse_hostport,
@@ -218,6 +219,7 @@ async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
 
     assert cfg.collector_url
     assert cfg.token
+    tls = collector_tls(cfg)  # checked when the config loaded
     try:
         shipper = Shipper(
             cfg.collector_url,
@@ -226,6 +228,7 @@ async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
             batch_records=cfg.batch_records,
             batch_s=cfg.batch_s,
             spool_max_bytes=cfg.spool_max_bytes,
+            tls=tls,
         )
     except OSError as exc:
         what = f"cannot use {Path(cfg.data_dir) / 'spool'} for the spool"
@@ -246,7 +249,7 @@ async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
         sender = tg.create_task(shipper.run(sender_stop))
         beats = tg.create_task(heartbeats(shipper, cfg.heartbeat_s, stop))
         pulls = tg.create_task(
-            pull_config(cfg.collector_url, cfg.token, prober, cfg.config_s, stop)
+            pull_config(cfg.collector_url, cfg.token, prober, cfg.config_s, stop, tls)
         )
         try:
             await prober.run(stop)

@@ -6,9 +6,11 @@ file raises :class:`ConfigError` whose message is one line: ``FILE: KEY.PATH: fa
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
+import ssl
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +54,8 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     collector_url: str | None = None  # ship records there instead of writing ``output``
     token: str | None = None  # this probe's token (popwatch-collector probes add)
     token_file: str | None = None  # or a file holding it (a Docker secret, say)
+    collector_ca: str | None = None  # a CA (PEM) to pin the collector's certificate to
+    insecure: bool = False  # allow plain http:// to a collector that is not on loopback
     data_dir: str = "/var/lib/popwatch"  # the spool lives in DATA_DIR/spool
     batch_records: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     batch_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0
@@ -83,6 +87,55 @@ def _check_shipping(cfg: ProbeConfig, where: Callable[[str], str]) -> None:
         )
     if cfg.collector_url:
         _check_collector_url(cfg.collector_url, where("collector_url"))
+        _check_transport(cfg, where)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_transport(cfg: ProbeConfig, where: Callable[[str], str]) -> None:
+    """A token goes over TLS, or over plain HTTP only to loopback (or where the operator
+    said ``insecure``); a pinned CA makes sense only with https."""
+    assert cfg.collector_url
+    parts = urllib.parse.urlsplit(cfg.collector_url)
+    if parts.scheme == "http" and cfg.collector_ca:
+        raise ConfigError(
+            f"{where('collector_ca')}: set, but collector_url {cfg.collector_url!r} is plain "
+            "http: use https:// to the collector"
+        )
+    if parts.scheme == "http" and not cfg.insecure and not _is_loopback(parts.hostname or ""):
+        raise ConfigError(
+            f"{where('collector_url')}: {cfg.collector_url!r} would send the token in clear "
+            "text to a host that is not loopback: use https:// (POPWATCH_COLLECTOR_CA pins "
+            "a private CA), or set POPWATCH_INSECURE=1 on a network you trust"
+        )
+    collector_tls(cfg, where)
+
+
+def collector_tls(
+    cfg: ProbeConfig, where: Callable[[str], str] = lambda key: key
+) -> ssl.SSLContext | None:
+    """The TLS context for the collector: only ``collector_ca`` is trusted when it is set
+    (the certificate is pinned to that CA, and its name is checked); None for the system's
+    trust store."""
+    if not cfg.collector_ca:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cfg.collector_ca)
+    except ssl.SSLError as exc:  # an OSError too: first
+        raise ConfigError(
+            f"{where('collector_ca')}: {cfg.collector_ca} is not a PEM CA certificate "
+            f"({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ConfigError(f"{where('collector_ca')}: {why}: {cfg.collector_ca}") from None
 
 
 def _check_collector_url(url: str, where: str) -> None:
@@ -153,6 +206,7 @@ __all__ = [
     "Target",
     "TargetsFile",
     "check_unique",
+    "collector_tls",
     "default_kind",
     "is_ip",
     "load_config",

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from typing import Any, Final
 
@@ -64,7 +65,12 @@ class _Unusable(Exception):
 
 
 async def pull_config(
-    base_url: str, token: str, prober: Prober, seconds: float, stop: asyncio.Event
+    base_url: str,
+    token: str,
+    prober: Prober,
+    seconds: float,
+    stop: asyncio.Event,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Pull the served target list every ``seconds``, and apply it without a restart.
 
@@ -81,7 +87,10 @@ async def pull_config(
     backoff = 1.0
     headers = {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT}
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+    connector = aiohttp.TCPConnector(ssl=tls) if tls else None  # tls: the pinned CA
+    async with aiohttp.ClientSession(
+        timeout=timeout, headers=headers, connector=connector
+    ) as session:
         while True:
             try:
                 etag = await _pull_once(session, url, etag, prober, local)

@@ -35,6 +35,7 @@ import gzip
 import logging
 import os
 import random
+import ssl
 import time
 import uuid
 from pathlib import Path
@@ -94,8 +95,10 @@ class Shipper:
         batch_s: float = 2.0,
         spool_max_bytes: int = 200_000_000,
         timeout: float = 30.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url.rstrip("/") + "/api/v1/measurements"
+        self._tls = tls  # the collector's pinned CA (None: the system's trust store)
         self._token = token
         self.dir = spool_dir
         self.refused_dir = spool_dir / "refused"
@@ -209,7 +212,10 @@ class Shipper:
             "Content-Type": "application/json",
         }
         backoff = 1.0
-        async with aiohttp.ClientSession(headers=headers, timeout=self._timeout) as session:
+        connector = aiohttp.TCPConnector(ssl=self._tls) if self._tls else None
+        async with aiohttp.ClientSession(
+            headers=headers, timeout=self._timeout, connector=connector
+        ) as session:
             while True:
                 files = self._files()
                 if not files:

