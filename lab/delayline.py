@@ -6,7 +6,8 @@ a network namespace joined to ours only through two TUN devices, and this progra
 carries every packet between them, holding SYN-ACKs from chosen server ports for a set
 time: exactly the extra TCP connect time a far-away server would add.
 
-Run by :mod:`web` (``WebLab``); by hand::
+The lab's own forwarder, :mod:`popwatch_lab.wire`, grows this into every path of a
+world: delay by region, jitter, loss. Run by :mod:`web` (``WebLab``); by hand::
 
     python lab/delayline.py --client-dev pwc0 --netns pwlab --server-dev pws0 \\
         --synack-delay 9443=0.05
@@ -16,35 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import fcntl
 import os
 import struct
 import sys
 import time
 
-TUNSETIFF = 0x400454CA
-IFF_TUN = 0x0001
-IFF_NO_PI = 0x1000
-CLONE_NEWNET = 0x40000000
-
-
-def open_tun(name: str) -> int:
-    """Attach to the existing (persistent) TUN device ``name`` in this thread's netns."""
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
-    return fd
-
-
-def enter_netns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+from popwatch_lab.netns import open_tun
 
 
 def synack_sport(pkt: bytes) -> int | None:
@@ -101,8 +79,7 @@ class Relay:
 
 async def main_async(args: argparse.Namespace) -> None:
     client_fd = open_tun(args.client_dev)
-    enter_netns(args.netns)  # this (only) thread now lives in the test host's netns
-    server_fd = open_tun(args.server_dev)
+    server_fd = open_tun(args.server_dev, args.netns)  # opened from inside the test host
     delays = {}
     for spec in args.synack_delay:
         port, _, seconds = spec.partition("=")

@@ -6,15 +6,13 @@ on free ports; ``query`` runs InfluxQL and returns the rows.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
-import time
-import urllib.parse
-import urllib.request
 from typing import Any
 
 from servers import Server, free_port
+
+from popwatch_lab import influx as influxconf
 
 
 class InfluxDB(Server):
@@ -33,26 +31,7 @@ class InfluxDB(Server):
     def start(self) -> InfluxDB:
         d = self.dir
         (d / "influxdb.conf").write_text(
-            f"""reporting-disabled = true
-bind-address = "127.0.0.1:{self.rpc_port}"
-[meta]
-  dir = "{d}/meta"
-[data]
-  dir = "{d}/data"
-  wal-dir = "{d}/wal"
-  query-log-enabled = false
-[monitor]
-  store-enabled = false
-[http]
-  bind-address = "127.0.0.1:{self.port}"
-  log-enabled = false
-[logging]
-  level = "warn"
-[ifql]
-  enabled = false
-[continuous_queries]
-  enabled = false
-"""
+            influxconf.config(d, f"127.0.0.1:{self.port}", f"127.0.0.1:{self.rpc_port}")
         )
         self.log = open(d / "log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -60,39 +39,12 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as r:
-                    if r.status == 204:
-                        return self
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"influxd did not start: {(d / 'log').read_text()[-2000:]}")
-            time.sleep(0.1)
+        influxconf.wait_ready(self.url, self.proc, d / "log")
+        return self
 
     def query(self, q: str, db: str | None = None) -> list[dict[str, Any]]:
         """Run InfluxQL; the rows of every series, each a dict with ``name`` and ``tags``."""
-        params = {"q": q, "epoch": "ns"}
-        if db:
-            params["db"] = db
-        req = urllib.request.Request(
-            f"{self.url}/query", data=urllib.parse.urlencode(params).encode()
-        )
-        with urllib.request.urlopen(req, timeout=30) as r:
-            body = json.load(r)
-        rows = []
-        for result in body.get("results", []):
-            if "error" in result:
-                raise RuntimeError(result["error"])
-            for series in result.get("series", []):
-                for values in series.get("values", []):
-                    row = dict(zip(series["columns"], values, strict=True))
-                    row["name"] = series.get("name")
-                    row.update(series.get("tags") or {})
-                    rows.append(row)
-        return rows
+        return influxconf.query(self.url, q, db)
 
     def pause(self) -> None:
         """Stop the server but keep its data (``start`` brings it back on the same port)."""

@@ -25,6 +25,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from popwatch_lab import knot as knotconf
+from popwatch_lab.certs import make_cert
+
 # The daemons (knotd, nsd, influxd...) live in sbin, which a plain user's PATH lacks:
 # the README's quick start runs this as one.
 for _sbin in ("/usr/sbin", "/sbin"):
@@ -151,44 +154,14 @@ class Knot(Server):
     def start(self, extra_records: str = "") -> Knot:
         (self.dir / "example.test.zone").write_text(ZONE_TEXT + extra_records)
         (self.dir / "knot.conf").write_text(
-            f"""
-server:
-    rundir: "{self.dir}"
-    listen: [ 127.0.0.1@{self.port}, ::1@{self.port} ]
-    identity: "{self.identity}"
-    nsid: "{self.nsid}"
-    udp-workers: 1
-    tcp-workers: 1
-    background-workers: 1
-database:
-    storage: "{self.dir}"
-log:
-  - target: stderr
-    any: warning
-mod-stats:
-  - id: counts
-    request-protocol: on
-    server-operation: off
-    request-bytes: off
-    response-bytes: off
-    edns-presence: off
-    flag-presence: off
-    response-code: off
-    reply-nodata: off
-    query-type: off
-    query-size: off
-    reply-size: off
-template:
-  - id: default
-    storage: "{self.dir}"
-    global-module: mod-stats/counts
-    semantic-checks: off
-zone:
-  - domain: {ZONE}
-    file: example.test.zone
-control:
-    listen: "{self.dir}/knot.sock"
-"""
+            knotconf.config(
+                self.dir,
+                [f"127.0.0.1@{self.port}", f"::1@{self.port}"],
+                self.identity,
+                self.nsid,
+                ZONE,
+                "example.test.zone",
+            )
         )
         self._start(["knotd", "-c", str(self.dir / "knot.conf")])
         _wait_udp(self.port)
@@ -196,13 +169,7 @@ control:
 
     def queries(self) -> int:
         """Requests Knot has received, over every protocol (mod-stats request-protocol)."""
-        out = subprocess.run(
-            ["knotc", "-s", str(self.dir / "knot.sock"), "stats", "mod-stats"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return sum(int(n) for n in re.findall(r"request-protocol\[[^\]]+\] = (\d+)", out))
+        return knotconf.queries(self.dir)
 
 
 class Nsd(Server):
@@ -265,42 +232,6 @@ zone:
         m = re.search(r"^num\.queries=(\d+)$", out, re.M)
         assert m, out
         return int(m.group(1))
-
-
-def make_cert(
-    directory: Path, names: list[str] | None = None, ips: list[str] | None = None
-) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate (2 days) for localhost, 127.0.0.1, ::1 and more."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    san = ",".join(
-        [f"DNS:{n}" for n in ["localhost", *(names or [])]]
-        + [f"IP:{a}" for a in ["127.0.0.1", "::1", *(ips or [])]]
-    )
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            f"subjectAltName={san}",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 class Dnsdist(Server):

@@ -1,0 +1,377 @@
+"""The lab's world without the lab: its map, routing decision, delay matrix, the
+forwarder's per-packet behaviour, netem's commands, and the configuration it gives
+popwatch. No root needed (tests/test_lab.py runs the lab itself)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.config import CollectorConfig, load_config
+from popwatch_lab import netem, stack
+from popwatch_lab.stack import LabConfig
+from popwatch_lab.wire import Link, Wire, peer_key, prefix_key
+from popwatch_lab.world import (
+    ANYCAST_PREFIX_V4,
+    ANYCAST_V4,
+    ANYCAST_V6,
+    UNICAST_REGION,
+    WORLD,
+    distance_km,
+    path_rtt_ms,
+    zone_text,
+)
+from probe.config import ProbeConfig
+from probe.config import load_config as load_probe_config
+from probe.targets import load_targets
+
+
+def test_about_one_millisecond_of_round_trip_per_100_km() -> None:
+    """A path's round trip is its great-circle length at 1 ms per 100 km: Frankfurt to
+    New York (about 6,200 km) is about 62 ms, and no path is shorter than 1 ms."""
+    fra, nyc = WORLD.region("eu-central").place, WORLD.region("us-east").place
+    assert 6100 < distance_km(fra, nyc) < 6300
+    assert path_rtt_ms(WORLD.region("us-east"), WORLD.unicast) == pytest.approx(62, abs=1)
+    assert path_rtt_ms(WORLD.region("eu-central"), WORLD.unicast) == 1.0
+
+
+def test_the_world_has_what_the_lab_promises() -> None:
+    """At least 4 regions and 3 sites; every address in 198.18.0.0/15 or fd00::/8."""
+    assert len(WORLD.regions) >= 4 and len(WORLD.sites) >= 3
+    lab4, lab6 = ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("fd00::/8")
+    for node in WORLD.names.values():
+        for a in (node.v4, node.bb_v4, node.v6, node.bb_v6, ANYCAST_V4, ANYCAST_V6):
+            addr = ipaddress.ip_address(a)
+            assert addr in (lab4 if addr.version == 4 else lab6), a
+        assert len(node.bb_dev) <= 15 and node.netns.startswith("pwl-")
+
+
+def test_each_region_routes_to_its_nearest_announced_site() -> None:
+    """With every site announced each region gets its nearest; a withdrawn site's
+    regions move to their next nearest; with none announced there is no route."""
+    all_sites = set(WORLD.site_names)
+    assert WORLD.catchment(all_sites) == {
+        "eu-central": "ams",
+        "us-east": "iad",
+        "ap-south": "sin",
+        "sa-east": "iad",
+    }
+    assert WORLD.catchment(all_sites - {"sin"})["ap-south"] == "ams"
+    assert WORLD.catchment(all_sites - {"ams"})["eu-central"] == "iad"
+    assert WORLD.catchment(all_sites - {"iad"}) == {
+        "eu-central": "ams",
+        "us-east": "ams",
+        "ap-south": "sin",
+        "sa-east": "ams",
+    }
+    assert set(WORLD.catchment(set()).values()) == {None}
+
+
+def test_by_the_map_anycast_beats_unicast_away_from_the_unicast_site() -> None:
+    """The world is built so the claim can be shown: every region but the unicast
+    server's own is nearer its anycast site than the unicast server."""
+    rtt = WORLD.rtt_matrix()
+    for region, site in WORLD.catchment(set(WORLD.site_names)).items():
+        assert site is not None
+        nearer = rtt[site][region] < rtt[WORLD.unicast.name][region]
+        assert nearer == (region != UNICAST_REGION), region
+
+
+def test_the_zone_names_the_lab_addresses_and_its_serial() -> None:
+    """Every site serves the same zone; only the serial differs after a bump."""
+    z1, z2 = zone_text(2026010100), zone_text(2026010101)
+    assert ANYCAST_V4 in z1 and ANYCAST_V6 in z1 and WORLD.unicast.v4 in z1
+    assert z1.replace("2026010100", "2026010101") == z2
+
+
+# ----------------------------------------------------------------------------- the wire
+
+
+def _v4(src: str, dst: str, payload: bytes = b"") -> bytes:
+    """A minimal IPv4 header (the wire reads only the version and addresses)."""
+    head = bytes([0x45, 0, 0, 20 + len(payload), 0, 0, 0, 0, 64, 17, 0, 0])
+    return head + socket.inet_aton(src) + socket.inet_aton(dst) + payload
+
+
+def _v6(src: str, dst: str, payload: bytes = b"") -> bytes:
+    head = bytes([0x60, 0, 0, 0, 0, len(payload), 17, 64])
+    pton = socket.inet_pton
+    return head + pton(socket.AF_INET6, src) + pton(socket.AF_INET6, dst) + payload
+
+
+def test_a_packet_is_known_by_its_region_prefix() -> None:
+    """Toward the server the source names the path, back from it the destination; in
+    both families."""
+    eu = WORLD.region("eu-central")
+    keys = {prefix_key(eu.prefix_v4): "v4", prefix_key(eu.prefix_v6): "v6"}
+    assert keys[peer_key(_v4(eu.v4, ANYCAST_V4), True) or b""] == "v4"
+    assert keys[peer_key(_v4(ANYCAST_V4, eu.v4), False) or b""] == "v4"
+    assert keys[peer_key(_v6(eu.v6, ANYCAST_V6), True) or b""] == "v6"
+    assert keys[peer_key(_v6(ANYCAST_V6, eu.v6), False) or b""] == "v6"
+    assert peer_key(b"\x45", True) is None
+    with pytest.raises(ValueError, match="/24 and /64"):
+        prefix_key("198.18.0.0/16")
+
+
+class Pipes:
+    """A wire over datagram socket pairs instead of TUN devices (TUN needs root; a
+    datagram socket keeps packet boundaries the same way)."""
+
+    def __init__(self, spec: dict[str, object]) -> None:
+        self.outer_a, self.outer_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.inner_a, self.inner_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for s in (self.outer_b, self.inner_b):
+            s.setblocking(False)
+        link = Link("ams", self.outer_b.fileno(), self.inner_b.fileno())
+        self.wire = Wire({"ams": link}, spec)
+        self.thread = threading.Thread(target=self.wire.run, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.wire.stop()
+        self.thread.join(5)
+        for s in (self.outer_a, self.outer_b, self.inner_a, self.inner_b):
+            s.close()
+
+
+def _spec(**params: object) -> dict[str, object]:
+    eu, sa = WORLD.region("eu-central"), WORLD.region("sa-east")
+    return {
+        "peers": {r.name: [r.prefix_v4, r.prefix_v6] for r in (eu, sa)},
+        "params": {"ams": {"paths": {"eu-central": [4.0, 0.0], "sa-east": [100.0, 0.0]}, **params}},
+    }
+
+
+def test_the_wire_holds_each_packet_for_its_paths_delay() -> None:
+    """A packet from eu-central waits half the eu-central path's round trip (2 ms), one
+    from sa-east 50 ms, and the near one is not held up behind the far one; extra delay
+    adds half of itself each way."""
+    eu, sa = WORLD.region("eu-central"), WORLD.region("sa-east")
+    pipes = Pipes(_spec())
+    try:
+        t0 = time.perf_counter()
+        pipes.outer_a.send(_v4(sa.v4, ANYCAST_V4, b"far"))
+        pipes.outer_a.send(_v4(eu.v4, ANYCAST_V4, b"near"))
+        pipes.inner_a.settimeout(2)
+        first = pipes.inner_a.recv(2048)
+        t_first = time.perf_counter() - t0
+        second = pipes.inner_a.recv(2048)
+        t_second = time.perf_counter() - t0
+        assert first.endswith(b"near") and second.endswith(b"far")
+        assert 0.002 <= t_first < 0.02
+        assert 0.050 <= t_second < 0.07
+        pipes.wire.apply(_spec(extra_ms=40.0))
+        t0 = time.perf_counter()
+        pipes.inner_a.send(_v4(ANYCAST_V4, eu.v4, b"back"))
+        pipes.outer_a.settimeout(2)
+        assert pipes.outer_a.recv(2048).endswith(b"back")
+        assert 0.022 <= time.perf_counter() - t0 < 0.04
+    finally:
+        pipes.close()
+
+
+def test_the_wire_keeps_a_paths_order_under_jitter() -> None:
+    """With jitter as large as the delay, the packets of one path still leave in the
+    order they came."""
+    eu = WORLD.region("eu-central")
+    spec = _spec()
+    spec["params"]["ams"]["paths"]["eu-central"] = [4.0, 2.0]  # type: ignore[index]
+    pipes = Pipes(spec)
+    try:
+        for i in range(200):
+            pipes.outer_a.send(_v4(eu.v4, ANYCAST_V4, str(i).encode()))
+        pipes.inner_a.settimeout(2)
+        got = [int(pipes.inner_a.recv(2048)[20:]) for _ in range(200)]
+        assert got == list(range(200))
+    finally:
+        pipes.close()
+
+
+def test_the_wire_loses_inbound_packets_and_a_dark_link_everything() -> None:
+    """``loss`` drops that share of the packets toward the server and none back; a dark
+    link drops both ways."""
+    eu = WORLD.region("eu-central")
+    pipes = Pipes(_spec(loss=0.5))
+    try:
+        n, got_in, got_out = 2000, 0, 0
+        for _ in range(n // 50):  # in batches: a socket pair holds only so many
+            for _ in range(50):
+                pipes.outer_a.send(_v4(eu.v4, ANYCAST_V4))
+                pipes.inner_a.send(_v4(ANYCAST_V4, eu.v4))
+            time.sleep(0.01)
+            got_in += _drain(pipes.inner_a)
+            got_out += _drain(pipes.outer_a)
+        time.sleep(0.05)
+        got_in += _drain(pipes.inner_a)
+        got_out += _drain(pipes.outer_a)
+        assert got_out == n
+        assert 0.4 * n < got_in < 0.6 * n
+        pipes.wire.apply(_spec(dark=True))
+        pipes.outer_a.send(_v4(eu.v4, ANYCAST_V4))
+        pipes.inner_a.send(_v4(ANYCAST_V4, eu.v4))
+        time.sleep(0.1)
+        assert _drain(pipes.inner_a) == _drain(pipes.outer_a) == 0
+    finally:
+        pipes.close()
+
+
+def _drain(s: socket.socket) -> int:
+    s.setblocking(False)
+    n = 0
+    while True:
+        try:
+            s.recv(2048)
+        except BlockingIOError:
+            return n
+        n += 1
+
+
+def test_the_wires_jitter_has_the_asked_spread() -> None:
+    """The jitter is normal with the asked standard deviation around the path's delay."""
+    spec = _spec()
+    spec["params"]["ams"]["paths"]["eu-central"] = [20.0, 1.0]  # type: ignore[index]
+    wire = Wire({"ams": Link("ams", -1, -2)}, spec)
+    pkt = _v4(WORLD.region("eu-central").v4, ANYCAST_V4)
+    held = [wire.delay(wire.links["ams"], pkt, True) for _ in range(4000)]
+    ms = [h[1] * 1000 for h in held if h]
+    assert statistics.mean(ms) == pytest.approx(10.0, abs=0.1)
+    assert statistics.stdev(ms) == pytest.approx(1.0, abs=0.1)
+
+
+# ----------------------------------------------------------------------------- netem
+
+
+def test_netem_gives_each_region_its_class() -> None:
+    """Where the kernel has netem: an HTB class per region, matched by its prefixes
+    (source toward the server, destination back), holding half the round trip; loss
+    toward the server only; a dark link loses everything; later changes only change."""
+    peers = {"eu-central": ["198.18.10.0/24", "fd00:1:0:10::/64"]}
+    params = {"paths": {"eu-central": [4.0, 0.1]}, "extra_ms": 10.0, "loss": 0.25}
+    toward = [" ".join(c) for c in netem.commands("s-ams", True, peers, params, create=True)]
+    assert "qdisc add dev s-ams root handle 1: htb default 999" in toward
+    assert (
+        "filter add dev s-ams parent 1: protocol ip prio 1 u32 match ip src 198.18.10.0/24 "
+        "flowid 1:10" in toward
+    )
+    assert any("match ip6 src fd00:1:0:10::/64" in c for c in toward)
+    assert (
+        "qdisc add dev s-ams parent 1:10 handle 10: netem delay 7.000ms 0.100ms "
+        "distribution normal loss 25.0000%" in toward
+    )
+    back = [" ".join(c) for c in netem.commands("bb", False, peers, params, create=False)]
+    assert back == [
+        "qdisc change dev bb parent 1:999 handle 999: netem delay 5.000ms",
+        "qdisc change dev bb parent 1:10 handle 10: netem delay 7.000ms 0.100ms "
+        "distribution normal",
+    ]
+    dark = netem.commands("bb", False, peers, {**params, "dark": True}, create=False)
+    assert all("loss 100.0000%" in " ".join(c) for c in dark)
+
+
+# ----------------------------------------------------------------------------- the stack
+
+
+def test_the_lab_configures_popwatch_with_what_popwatch_accepts(tmp_path: Path) -> None:
+    """The targets, the collector's config and each probe's config load with
+    popwatch's own loaders: the anycast service over udp and tcp with NSID and SOA, the
+    unicast server, and the HTTPS page resolved by the lab's nameservers."""
+    import yaml
+
+    cfg = LabConfig()
+    targets_file = tmp_path / "targets.yaml"
+    targets_file.write_text(yaml.safe_dump(stack.targets(cfg, tmp_path / "ca.pem")))
+    targets = {t.name: t for t in load_targets(targets_file)}
+    anycast = targets["anycast"]
+    assert anycast.topology == "anycast" and anycast.identify == "nsid"  # type: ignore[union-attr]
+    assert set(anycast.transports) == {"udp", "tcp"}  # type: ignore[union-attr]
+    assert anycast.queries[0].qtype == "SOA"  # type: ignore[union-attr]
+    assert targets["unicast"].topology == "unicast"
+    assert targets["www"].resolver == ANYCAST_V4  # type: ignore[union-attr]
+    fields = frozenset(CollectorConfig.__struct_fields__)
+    conf = tmp_path / "collector.yaml"
+    conf.write_text(yaml.safe_dump(stack.collector_config(cfg, tmp_path, targets_file, fields)))
+    loaded = load_config(conf, env={})
+    assert loaded.targets == str(targets_file)
+    region = WORLD.region("ap-south")
+    probe = tmp_path / "probe.yaml"
+    fields = frozenset(ProbeConfig.__struct_fields__)
+    probe.write_text(yaml.safe_dump(stack.probe_config(cfg, region, "t0ken", tmp_path, fields)))
+    p = load_probe_config(probe, env={})
+    assert p.id == "probe-ap-south" and p.collector_url == stack.COLLECTOR_URL
+
+
+def test_alert_section_is_accepted_by_the_alert_engine() -> None:
+    """The lab's ``alerts:`` section loads with the engine's own loader."""
+    alerts_config = pytest.importorskip("collector.alerts.config")
+    a = alerts_config.load_alerts(stack.alerts(LabConfig()), env={})
+    assert a.enabled and a.evaluate_every_s == 2.0
+
+
+def test_anycast_prefix_is_what_routes_carry() -> None:
+    """The anycast address is inside the prefix the backbone routes."""
+    assert ipaddress.ip_address(ANYCAST_V4) in ipaddress.ip_network(ANYCAST_PREFIX_V4)
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def test_up_without_root_says_so_in_one_line_and_exits_2() -> None:
+    """Run as a plain user, ``popwatch-lab up`` prints one line saying it needs root and
+    exits 2, touching nothing."""
+    lab = str(Path(sys.executable).parent / "popwatch-lab")
+    argv = [lab, "up", "--run-dir", "/nonexistent/popwatch-lab"]
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs root" in lines[0], proc.stderr
+    assert not Path("/nonexistent/popwatch-lab").exists()
+
+
+def test_every_command_has_help() -> None:
+    """``popwatch-lab COMMAND --help`` works for every command."""
+    lab = str(Path(sys.executable).parent / "popwatch-lab")
+    for cmd in ("up", "down", "status", "fail", "restore", "degrade", "bump-serial", "cut"):
+        out = subprocess.run([lab, cmd, "--help"], capture_output=True, text=True, check=True)
+        assert out.stdout.startswith("usage: popwatch-lab"), cmd
+
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_lab_section() -> str:
+    text = README.read_text()
+    start = text.index("## See it work: the lab")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
+
+
+def test_every_lab_command_the_readme_shows_is_one() -> None:
+    """Each ``popwatch-lab`` line of the README's "See it work" section parses with the
+    command's own parser (the lab tests then do what they say)."""
+    import re
+    import shlex
+
+    from popwatch_lab.cli import parser
+
+    blocks = re.findall(r"```sh\n(.*?)```", readme_lab_section(), re.S)
+    lines = [ln for b in blocks for ln in b.splitlines() if "popwatch-lab" in ln]
+    assert len(lines) >= 10
+    seen = set()
+    for ln in lines:
+        argv = shlex.split(ln.split("#")[0])
+        assert argv[:2] == ["sudo", "popwatch-lab"], ln
+        args = parser().parse_args(argv[2:])
+        seen.add(args.command)
+    assert seen >= {"up", "status", "fail", "restore", "degrade", "bump-serial", "cut", "down"}
