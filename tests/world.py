@@ -151,7 +151,8 @@ class World:
             assert r.status == 204
 
     def seed_history(self) -> None:
-        """An alert and event history in the schema's shape (docs/design.md): a latency
+        """An alert and event history in the shape the alert engine writes (a regional
+        alert has a topology and no probe; a probe alert a probe and no target): a latency
         alert firing in eu-west, one fired and resolved in us-east, a sick probe, a
         catchment change and a lagging serial."""
         t = self.end_ns - 1_000_000_000
@@ -159,16 +160,17 @@ class World:
         self.write(
             [
                 "alert,region=eu-west,rule=latency,severity=critical,state=firing,"
-                'target=ns-anycast value=48.5,baseline=12.25,probes="p-par-1,p-fra-1",'
+                "target=ns-anycast,topology=anycast "
+                'value=48.5,baseline=12.25,probes="p-par-1,p-fra-1",'
                 'message="eu-west ns-anycast p50 48.5 ms against 12.25 ms (2 probes)" '
                 f"{t - 900 * ms}",
                 "alert,region=us-east,rule=latency,severity=warning,state=firing,"
-                'target=ns-unicast value=80.0,baseline=30.0,probes="p-iad-1",'
+                'target=ns-unicast,topology=unicast value=80.0,baseline=30.0,probes="p-iad-1",'
                 f'message="us-east ns-unicast p50 80 ms against 30 ms" {t - 800 * ms}',
                 "alert,region=us-east,rule=latency,severity=warning,state=resolved,"
-                'target=ns-unicast value=31.0,baseline=30.0,probes="p-iad-1",'
+                'target=ns-unicast,topology=unicast value=31.0,baseline=30.0,probes="p-iad-1",'
                 f'message="us-east ns-unicast recovered" {t - 300 * ms}',
-                "alert,region=eu-west,rule=probe,severity=info,state=firing "
+                "alert,probe=p-fra-1,region=eu-west,rule=probe,severity=info,state=firing "
                 'value=1.0,baseline=0.6,probes="p-fra-1",'
                 f'message="probe p-fra-1 degraded on 3 of 3 targets" {t - 700 * ms}',
                 "event,from_site=pop-fra1,kind=catchment,probe=p-fra-1,region=eu-west,"

@@ -215,6 +215,9 @@ def overview() -> Board:
         "alert",
         (Fn("last", "message", "message"), Col("value"), Col("baseline"), Col("probes")),
         group_by=("rule", "severity", "region", "target", "state"),
+        # a regional alert has no probe, a probe alert no topology: filtering by either
+        # would hide the other kind
+        skip=frozenset({"topology", "probe"}),
         since=ALERT_HISTORY,
     )
     panel = table.Panel()
@@ -798,7 +801,8 @@ def fleet() -> Board:
         (Fn("last", "message", "message"), Col("value"), Col("probes")),
         where=(Tag("rule", "probe"),),
         group_by=("region", "target", "state", "severity"),
-        skip=frozenset({"target"}),  # a probe alert is about a probe, not a target
+        # a probe alert is about a probe (its tag), not a target or a topology
+        skip=frozenset({"target", "topology"}),
         since=ALERT_HISTORY,
     )
     panel = table.Panel()
