@@ -348,3 +348,28 @@ def test_run_measures_http_and_dns_targets(
     gaps = servers.series_spacing(records, lambda r: r["kind"])
     assert all(abs(g - 1.0) < 0.1 for g in gaps), gaps  # each target every second
     assert all(r["status"] == 200 and r["ttfb_ms"] > 0 for r in records if r["kind"] == "http")
+
+
+def test_the_summary_says_when_there_was_no_dns_phase() -> None:
+    """A page fetched from an IP-literal URL has no DNS phase: the `once` summary says so
+    rather than "DNS is 0.0% of time to first byte" (it did)."""
+    from probe.checks.http import CHECK
+
+    def rec(dns_ms: float | None) -> HttpRecord:
+        return HttpRecord(
+            ts=1,
+            target="once",
+            url="https://198.18.0.2/",
+            status=200,
+            dns_ms=dns_ms,
+            connect_ms=1.0,
+            tls_ms=2.0,
+            ttfb_ms=1.0,
+            total_ms=5.0,
+        )
+
+    literal = CHECK.summary([rec(None), rec(None)])
+    assert literal.endswith("; no DNS phase (the URL's host is an IP address)"), literal
+    assert "DNS is" not in literal
+    named = CHECK.summary([rec(1.0), rec(1.0)])
+    assert named.endswith("; DNS is 20.0% of time to first byte"), named
