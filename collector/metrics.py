@@ -32,6 +32,11 @@ LAST_SEEN = Gauge(
 SPOOL_BYTES = Gauge("popwatch_collector_spool_bytes", "Bytes of points waiting in the spool.")
 SPOOL_SEGMENTS = Gauge("popwatch_collector_spool_segments", "Segment files in the spool.")
 SPOOLED = Counter("popwatch_collector_spooled", "Records written to the spool, not InfluxDB.")
+SPOOLED_UNTRIED = Counter(
+    "popwatch_collector_spooled_untried",
+    "Requests whose points went to the spool without a write attempt: InfluxDB stayed "
+    "MAX_HEDGED_BYTES behind for MAX_HEDGE_WAIT_S.",
+)
 REPLAYED = Counter("popwatch_collector_replayed", "Records replayed from the spool to InfluxDB.")
 SPOOL_FULL = Counter(
     "popwatch_collector_spool_full", "Batches answered 503 because the spool was full."

@@ -229,6 +229,13 @@ def _halves(body: bytes) -> tuple[bytes, bytes]:
     return body[:cut], body[cut:]
 
 
+#: the most bytes of hedged writes (spooled, and still being written to InfluxDB) held in
+#: memory at once; past it a request's points go to the spool without a write attempt
+MAX_HEDGED_BYTES: Final = 32_000_000
+#: how long a request waits for hedged writes to land before its points are spooled alone
+MAX_HEDGE_WAIT_S: Final = 2.0
+
+
 class SpoolingSink:
     """Writes to ``sink``; what InfluxDB has not confirmed within ``spool_after_s``, or
     cannot take now, is made durable in the spool instead, and the request answered.
@@ -245,17 +252,20 @@ class SpoolingSink:
         spool: Spool,
         spool_after_s: float = 0.025,
         max_write_bytes: int = MAX_WRITE_BYTES,
+        max_hedged_bytes: int = MAX_HEDGED_BYTES,
     ) -> None:
         self.sink = sink
         self.spool = spool
         self.spool_after_s = spool_after_s
         self.max_write_bytes = max_write_bytes
+        self.max_hedged_bytes = max_hedged_bytes
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # segments being written (in parallel: concurrent fsyncs share a journal commit);
         # the replayer takes nothing at or past the oldest of them, which keeps the order
         self._storing: set[int] = set()
         self._inflight: dict[int, int] = {}  # seq -> bytes: spooled, still being written
+        self._landed_event = asyncio.Event()  # set when a hedged write finishes
         self._writes: set[asyncio.Task[None]] = set()
         self._spooling = False  # for the log: say once when spooling starts
         self._store_error: str | None = None  # the last segment write failed, and why
@@ -295,6 +305,21 @@ class SpoolingSink:
                 )
         return out
 
+    async def _hedges_drain(self) -> bool:
+        """Backpressure: every hedged write holds its body in memory until InfluxDB
+        confirms it, so while they hold ``max_hedged_bytes`` a request waits (its answer
+        is delayed) for one to land, ``MAX_HEDGE_WAIT_S`` at most. False: still full."""
+        if sum(self._inflight.values()) < self.max_hedged_bytes:
+            return True
+        try:
+            async with asyncio.timeout(MAX_HEDGE_WAIT_S):
+                while sum(self._inflight.values()) >= self.max_hedged_bytes:
+                    self._landed_event.clear()
+                    await self._landed_event.wait()
+        except TimeoutError:
+            return False
+        return True
+
     def _backlog(self) -> bool:
         """Points wait in the spool (not counting hedged writes still under way)."""
         return self.spool.bytes > sum(self._inflight.values())
@@ -303,6 +328,12 @@ class SpoolingSink:
         if not body:
             return
         if self._backlog():  # keep order: new points queue behind the backlog
+            await self._to_spool(body)
+            return
+        if not await self._hedges_drain():
+            # InfluxDB stays this far behind: new points go to the spool alone, and the
+            # replay delivers them once it catches up
+            metrics.SPOOLED_UNTRIED.inc()
             await self._to_spool(body)
             return
         task = asyncio.get_running_loop().create_task(self._deliver(body))
@@ -415,6 +446,7 @@ class SpoolingSink:
     def _landed(self, seq: int, task: asyncio.Task[None]) -> None:
         """A hedged write finished: its segment is deleted, or left for the replayer."""
         self._inflight.pop(seq, None)
+        self._landed_event.set()
         if not task.cancelled() and task.exception() is None:
             self.spool.remove([seq])
         else:

@@ -46,12 +46,18 @@ class Stack:
     """A collector app over shim -> InfluxDB, with its spool under ``data``."""
 
     def __init__(
-        self, shim: TestServer, registry: Registry, data: Path, max_bytes: int, db: str = ""
+        self,
+        shim: TestServer,
+        registry: Registry,
+        data: Path,
+        max_bytes: int,
+        db: str = "",
+        **spooling: Any,
     ) -> None:
         self.db = db or "s_" + uuid.uuid4().hex[:10]
         self.spool = Spool(data / "spool", max_bytes)
-        store = InfluxV2Sink(str(shim.make_url("")), self.db, token="user:pw", timeout=2)  # noqa: S106
-        sink = GroupCommit(SpoolingSink(store, self.spool))
+        store = InfluxV2Sink(str(shim.make_url("")), self.db, token="user:pw", timeout=10)  # noqa: S106
+        sink = GroupCommit(SpoolingSink(store, self.spool, **spooling))
         self.state = CollectorState(registry=registry, sink=sink, spool=self.spool)
         self.client = TestClient(TestServer(create_app(self.state, data), host="127.0.0.1"))
 
@@ -178,6 +184,35 @@ async def test_slow_influxdb_is_hedged_by_the_spool(
         assert len(_forwarded_ts(shim)) == 4
         assert len(shim.app[v2shim.BODIES]) == 1  # the hedged write, never replayed
         assert len(influx.query("SELECT rtt_ms FROM dns", db=stack.db)) == 4
+
+
+async def test_hedged_writes_hold_bounded_memory(
+    influx: InfluxDB, shim: TestServer, registry: Registry, tmp_path: Path
+) -> None:
+    """While hedged writes (spooled, still being written) hold max_hedged_bytes, the next
+    request waits for one to land (its answer is delayed: backpressure); if none lands
+    within MAX_HEDGE_WAIT_S its points go to the spool without a write attempt. Nothing
+    is lost either way: every point is stored once."""
+    from collector import spool as spool_mod
+
+    token = registry.add("probe-m", region="eu")
+    untried = REGISTRY.get_sample_value("popwatch_collector_spooled_untried_total") or 0.0
+    async with Stack(shim, registry, tmp_path, 10**6, max_hedged_bytes=1) as stack:
+        create_db(influx, stack.db)
+        shim.app[v2shim.DELAY][0] = spool_mod.MAX_HEDGE_WAIT_S + 1.5
+        t0 = time.monotonic()
+        status, _ = await stack.post(token, [dns_record(rtt_ms=1.0)])  # hedged: 1 byte cap
+        first = time.monotonic() - t0
+        status2, _ = await stack.post(token, [dns_record(rtt_ms=2.0)])
+        second = time.monotonic() - t0 - first
+        assert (status, status2) == (200, 200)
+        assert first < 1.0  # answered once spooled
+        assert second >= spool_mod.MAX_HEDGE_WAIT_S  # held back while the first was out
+        after = REGISTRY.get_sample_value("popwatch_collector_spooled_untried_total")
+        assert after == untried + 1
+        shim.app[v2shim.DELAY][0] = 0.0
+        await wait_for(lambda: len(stack.spool) == 0)
+        assert len(influx.query("SELECT rtt_ms FROM dns", db=stack.db)) == 2
 
 
 async def test_spool_survives_a_collector_restart(
