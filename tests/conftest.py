@@ -1,4 +1,4 @@
-"""Fixtures: real Knot, NSD and dnsdist on loopback (see lab/servers.py)."""
+"""Fixtures: real Knot, NSD, dnsdist and InfluxDB on loopback (see lab/servers.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 import servers
+from influx import InfluxDB
+from procs import STARTED
 
 from collector.registry import Registry
 from probe import net
@@ -21,6 +23,21 @@ for tool in ("knotd", "knotc", "nsd", "nsd-control", "dnsdist", "openssl"):
         raise RuntimeError(f"{tool} is not installed: run .ci/run, or apt-get install it")
 
 net.warm_up()
+
+
+@pytest.fixture(scope="module")
+def influx() -> Iterator[InfluxDB]:
+    """A real InfluxDB 1.6.7 for a test module (a module may define its own instead)."""
+    with InfluxDB() as i:
+        yield i.start()
+
+
+@pytest.fixture(autouse=True)
+def _stop_collectors() -> Iterator[None]:
+    """Every collector process a test started is stopped, even when the test fails."""
+    yield
+    while STARTED:
+        STARTED.pop().stop()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,17 @@ from influx import InfluxDB
 
 COLLECTOR = str(Path(sys.executable).parent / "popwatch-collector")
 PROBE = str(Path(sys.executable).parent / "popwatch-probe")
+#: run a command as nobody, able to read (not write) what root's Python needs under /root:
+#: a plain user, for the cases about non-root users
+AS_NOBODY = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=+dac_read_search",
+    "--ambient-caps=+dac_read_search",
+]
+
 #: every collector started and not yet stopped; a test module's autouse fixture stops them
 STARTED: list[Collector] = []
 

@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 from alertmanager import Alertmanager, Receiver
 from influx import InfluxDB
-from procs import STARTED, Collector
+from procs import Collector
 
 from collector.alerts.config import AlertsConfig, load_alerts
 from collector.alerts.engine import Engine, StepResult, notifiers_for
@@ -216,20 +216,6 @@ def slow(
         return None
 
     return override
-
-
-@pytest.fixture(scope="module")
-def influx() -> Iterator[InfluxDB]:
-    with InfluxDB() as i:
-        yield i.start()
-
-
-@pytest.fixture(autouse=True)
-def _stop_collectors() -> Iterator[None]:
-    """Every collector a test started is stopped, even when the test fails midway."""
-    yield
-    while STARTED:
-        STARTED.pop().stop()
 
 
 @pytest.fixture

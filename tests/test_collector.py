@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,6 @@ from servers import free_port
 from collector.app import CollectorState, create_admin_app, create_app
 from collector.registry import Registry
 from collector.sink import InfluxV1Sink
-
-
-@pytest.fixture(scope="module")
-def influx() -> Iterator[InfluxDB]:
-    with InfluxDB() as i:
-        yield i.start()
 
 
 @pytest.fixture

@@ -28,33 +28,11 @@ import servers
 import v2shim
 from aiohttp import web
 from influx import InfluxDB
-from procs import COLLECTOR, STARTED, Collector, register, wait_stored
+from procs import AS_NOBODY, COLLECTOR, STARTED, Collector, register, wait_stored
 
 from collector.cli import build_parser
 
-#: run a command as nobody, able to read (not write) what root's Python needs
-AS_NOBODY = [
-    "setpriv",
-    "--reuid=65534",
-    "--regid=65534",
-    "--clear-groups",
-    "--inh-caps=+dac_read_search",
-    "--ambient-caps=+dac_read_search",
-]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching to nobody needs root")
-
-
-@pytest.fixture(scope="module")
-def influx() -> Iterator[InfluxDB]:
-    with InfluxDB() as i:
-        yield i.start()
-
-
-@pytest.fixture(autouse=True)
-def _stop_collectors() -> Iterator[None]:
-    yield
-    while STARTED:
-        STARTED.pop().stop()
 
 
 def _fails(*args: str, env: dict[str, str] | None = None, as_nobody: bool = False) -> str:

@@ -14,36 +14,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import servers
 from influx import InfluxDB
-from procs import PROBE, STARTED, Collector, probe_env, register, stored
-
-#: run a command as nobody, able to read (not write) what root's Python needs
-AS_NOBODY = [
-    "setpriv",
-    "--reuid=65534",
-    "--regid=65534",
-    "--clear-groups",
-    "--inh-caps=+dac_read_search",
-    "--ambient-caps=+dac_read_search",
-]
-
-
-@pytest.fixture(scope="module")
-def influx() -> Iterator[InfluxDB]:
-    with InfluxDB() as i:
-        yield i.start()
-
-
-@pytest.fixture(autouse=True)
-def _stop_collectors() -> Iterator[None]:
-    yield
-    while STARTED:
-        STARTED.pop().stop()
+from procs import AS_NOBODY, PROBE, Collector, probe_env, register, stored
 
 
 def _probe(*args: str, env: dict[str, str] | None = None, as_nobody: bool = False) -> str:

@@ -269,12 +269,6 @@ def test_a_huge_answer_is_not_read_whole(tmp_path: Path, knot: servers.Knot) -> 
 # the collector's own peak memory.
 
 
-@pytest.fixture(scope="module")
-def influx() -> Iterator[InfluxDB]:
-    with InfluxDB() as i:
-        yield i.start()
-
-
 class Served(Collector):
     """A real ``popwatch-collector run``, its stderr kept in ``data/collector.log``;
     ``prefix`` runs it under another command (``unshare``, say); ``env`` adds variables."""

@@ -17,11 +17,9 @@ import json
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,13 +28,6 @@ from influx import InfluxDB
 from collector.app import CollectorState, Limits, create_app
 from collector.registry import Registry
 from collector.sink import InfluxV1Sink
-
-
-@pytest.fixture(scope="module")
-def influx() -> Iterator[InfluxDB]:
-    with InfluxDB() as i:
-        yield i.start()
-
 
 # strings InfluxDB or line protocol cannot carry as they are
 hostile_text = st.one_of(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +117,6 @@ def test_each_name_a_target_asks_is_its_own_series() -> None:
     assert ",qname=a.example.," in to_line(a, who)
     assert ",qname=b.example.," in to_line(b, who)
     assert ",qname=a.example.," in to_line(a, who)
-
-
-@pytest.fixture(scope="module")
-def influx() -> Iterator[InfluxDB]:
-    with InfluxDB() as i:
-        yield i.start()
 
 
 def http_record(**kw: Any) -> dict[str, Any]:

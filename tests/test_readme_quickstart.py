@@ -20,17 +20,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from procs import AS_NOBODY
 
 README = Path(__file__).parent.parent / "README.md"
 REPO = README.parent
-AS_NOBODY = [
-    "setpriv",
-    "--reuid=65534",
-    "--regid=65534",
-    "--clear-groups",
-    "--inh-caps=+dac_read_search",
-    "--ambient-caps=+dac_read_search",
-]
 
 
 def sh_block(section: str) -> list[str]:

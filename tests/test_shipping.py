@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -20,7 +20,6 @@ import servers
 from influx import InfluxDB
 from procs import (
     PROBE,
-    STARTED,
     Collector,
     probe_env,
     register,
@@ -34,20 +33,6 @@ from procs import (
 from probe.wire import DnsRecord
 
 REGIONS = {"probe-fra": "eu-central", "probe-iad": "us-east", "probe-sin": "ap-southeast"}
-
-
-@pytest.fixture(scope="module")
-def influx() -> Iterator[InfluxDB]:
-    with InfluxDB() as i:
-        yield i.start()
-
-
-@pytest.fixture(autouse=True)
-def _stop_collectors() -> Iterator[None]:
-    """Every collector a test started is stopped, even when the test fails midway."""
-    yield
-    while STARTED:
-        STARTED.pop().stop()
 
 
 def test_every_measurement_arrives_once_across_a_collector_crash(

@@ -24,29 +24,16 @@ from pathlib import Path
 import pytest
 import servers
 from influx import InfluxDB
-from procs import COLLECTOR, PROBE, STARTED, Collector, probe_env, register, stored, targets_file
+from procs import COLLECTOR, PROBE, Collector, probe_env, register, stored, targets_file
 
 from probe.config import ConfigError, load_config
 from probe.healthcheck import health_url
 
 
 @pytest.fixture(scope="module")
-def influx() -> Iterator[InfluxDB]:
-    with InfluxDB() as i:
-        yield i.start()
-
-
-@pytest.fixture(scope="module")
 def knot() -> Iterator[servers.Knot]:
     with servers.Knot("knot-tls", "id-tls") as k:
         yield k.start()
-
-
-@pytest.fixture(autouse=True)
-def _stop_collectors() -> Iterator[None]:
-    yield
-    while STARTED:
-        STARTED.pop().stop()
 
 
 def certs_init(directory: Path, *names: str, ca_dir: Path | None = None) -> str:

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+import msgspec
+
 from probe.targets import AnyTarget
 from probe.wire import Measurement
 
@@ -124,6 +126,15 @@ def check_for(target: AnyTarget) -> AnyCheck:
     return check(kind)
 
 
+def target_from_flags(spec: dict[str, Any], kind: type[T]) -> T:
+    """The target a ``once`` command line describes (``spec``: its keys), or ValueError
+    with msgspec's reason, without the key path (the flags have no such path)."""
+    try:
+        return msgspec.convert(spec, kind)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc).split(" - at ")[0]) from None
+
+
 def ms(ns: int | None) -> float | None:
     """Nanoseconds to milliseconds as records carry them (absent stays absent)."""
     return None if ns is None else round(ns / 1_000_000, 6)
@@ -160,4 +171,5 @@ __all__ = [
     "fmt_ms",
     "ms",
     "rtt_summary",
+    "target_from_flags",
 ]

@@ -29,10 +29,9 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-import msgspec
 
 from probe import dnswire, doh, errors, net
-from probe.checks import Addresses, Check, Once, fmt_ms, ms, rtt_summary
+from probe.checks import Addresses, Check, Once, fmt_ms, ms, rtt_summary, target_from_flags
 from probe.targets import QTYPES, DnsTarget, is_ip, parse_hostport
 from probe.wire import DnsRecord
 
@@ -479,10 +478,7 @@ def _once_target(args: argparse.Namespace) -> DnsTarget:
         "edns": not args.no_edns,
         "edns_bufsize": args.bufsize,
     }
-    try:
-        return msgspec.convert(spec, DnsTarget)
-    except msgspec.ValidationError as exc:
-        raise ValueError(str(exc).split(" - at ")[0]) from None
+    return target_from_flags(spec, DnsTarget)
 
 
 CHECK: Final = Check[DnsTarget, DnsJob, DnsRecord](

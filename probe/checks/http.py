@@ -39,13 +39,12 @@ from typing import Any, Final
 
 import aiohappyeyeballs
 import aiohttp
-import msgspec
 from aiohttp.abc import ResolveResult
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.resolver import AsyncResolver
 
 from probe import USER_AGENT, net
-from probe.checks import Addresses, Check, Once, fmt_ms, ms
+from probe.checks import Addresses, Check, Once, fmt_ms, ms, target_from_flags
 from probe.errors import HttpCheckError, classify_http
 from probe.targets import HttpTarget, parse_hostport
 from probe.wire import HttpRecord
@@ -430,10 +429,7 @@ def _once_target(args: argparse.Namespace) -> HttpTarget:
         "tls_ca": args.tls_ca,
         "tls_verify": not args.insecure,
     }
-    try:
-        return msgspec.convert(spec, HttpTarget)
-    except msgspec.ValidationError as exc:
-        raise ValueError(str(exc).split(" - at ")[0]) from None
+    return target_from_flags(spec, HttpTarget)
 
 
 def _jobs(target: HttpTarget, addresses: Addresses) -> list[HttpJob]:

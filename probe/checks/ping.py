@@ -30,10 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import msgspec
-
 from probe import errors, net
-from probe.checks import Addresses, Check, Once, fmt_ms, ms, rtt_summary
+from probe.checks import Addresses, Check, Once, fmt_ms, ms, rtt_summary, target_from_flags
 from probe.targets import PingTarget, parse_hostport
 from probe.wire import PingRecord, Timestamping
 
@@ -255,10 +253,7 @@ def _once_target(args: argparse.Namespace) -> PingTarget:
         "interval": args.run_interval,
         "timeout": args.timeout,
     }
-    try:
-        return msgspec.convert(spec, PingTarget)
-    except msgspec.ValidationError as exc:
-        raise ValueError(str(exc).split(" - at ")[0]) from None
+    return target_from_flags(spec, PingTarget)
 
 
 CHECK: Final = Check[PingTarget, PingJob, PingRecord](
