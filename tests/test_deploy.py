@@ -477,3 +477,28 @@ def test_the_kubernetes_layout(manifests: list[dict[str, Any]]) -> None:
         for c in pod["containers"] + pod.get("initContainers", []):
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_the_lock_pins_every_dependency_with_hashes() -> None:
+    """requirements.lock (what the image installs) pins every runtime dependency of
+    pyproject.toml, at a version its range admits, with hashes: a dependency added to
+    pyproject but not to the lock would be missing from the image."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    text = (ROOT / "requirements.lock").read_text()
+    pins = {
+        canonicalize_name(m.group(1)): m.group(2)
+        for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", text, re.M)
+    }
+    for dep in project["dependencies"]:
+        req = Requirement(dep)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is in pyproject.toml but not in requirements.lock"
+        assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", text)[1:]  # [0] is the header comment
+    assert len(blocks) == len(pins)
+    assert all("--hash=sha256:" in b for b in blocks)
