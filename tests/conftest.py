@@ -34,9 +34,11 @@ def influx() -> Iterator[InfluxDB]:
 
 @pytest.fixture(autouse=True)
 def _stop_collectors() -> Iterator[None]:
-    """Every collector process a test started is stopped, even when the test fails."""
+    """Every collector process a test started is stopped, even when the test fails;
+    those a module-scoped fixture started before the test (set up first) are left."""
+    before = len(STARTED)
     yield
-    while STARTED:
+    while len(STARTED) > before:
         STARTED.pop().stop()
 
 
