@@ -128,7 +128,31 @@ def _unreadable(exc: aiohttp.ClientResponseError) -> SinkRefused | None:
     return SinkRefused(f"InfluxDB's answer has a header aiohttp refuses: {_printable(message)}")
 
 
-class InfluxV1Sink:
+class _FailureTracking:
+    """What both InfluxDB sinks share: ``write`` remembers why the last write failed,
+    until one succeeds, and ``problems`` says so (for ``/readyz``)."""
+
+    failing: str | None = None  # why the last write failed, until one succeeds
+
+    async def _write_body(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    async def write(self, body: bytes) -> None:
+        try:
+            await self._write_body(body)
+        except SinkRefused:
+            self.failing = None  # InfluxDB answers: it is these lines that are wrong
+            raise
+        except SinkUnavailable as exc:
+            self.failing = str(exc)
+            raise
+        self.failing = None
+
+    def problems(self) -> list[str]:
+        return [f"InfluxDB writes failing: {self.failing}"] if self.failing else []
+
+
+class InfluxV1Sink(_FailureTracking):
     """``POST /write?db=…&precision=ns`` (InfluxDB ≤ 1.7, Debian's 1.6.7 included).
 
     The database is created when missing, as Telegraf does. The token, if any, is sent
@@ -165,18 +189,7 @@ class InfluxV1Sink:
             raise SinkUnavailable(f"CREATE DATABASE: {exc}") from None
         self._created = True
 
-    async def write(self, body: bytes) -> None:
-        try:
-            await self._write(body)
-        except SinkRefused:
-            self.failing = None  # InfluxDB answers: it is these lines that are wrong
-            raise
-        except SinkUnavailable as exc:
-            self.failing = str(exc)
-            raise
-        self.failing = None
-
-    async def _write(self, body: bytes) -> None:
+    async def _write_body(self, body: bytes) -> None:
         assert self._session is not None
         if not body:
             return
@@ -208,15 +221,12 @@ class InfluxV1Sink:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
-    def problems(self) -> list[str]:
-        return [f"InfluxDB writes failing: {self.failing}"] if self.failing else []
-
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
 
-class InfluxV2Sink:
+class InfluxV2Sink(_FailureTracking):
     """influxdb-client's async API, ``POST /api/v2/write`` (InfluxDB 1.8+, 2.x, 3.x).
 
     ``bucket`` is ``database/retention`` on InfluxDB 1.8; ``token`` is ``user:password``
@@ -248,17 +258,6 @@ class InfluxV2Sink:
         )
         self._write = self._client.write_api()
 
-    async def write(self, body: bytes) -> None:
-        try:
-            await self._write_body(body)
-        except SinkRefused:
-            self.failing = None  # InfluxDB answers: it is these lines that are wrong
-            raise
-        except SinkUnavailable as exc:
-            self.failing = str(exc)
-            raise
-        self.failing = None
-
     async def _write_body(self, body: bytes) -> None:
         from influxdb_client.rest import ApiException
 
@@ -281,9 +280,6 @@ class InfluxV2Sink:
             return bool(await self._client.ping())
         except Exception:  # ping raises what the transport raised
             return False
-
-    def problems(self) -> list[str]:
-        return [f"InfluxDB writes failing: {self.failing}"] if self.failing else []
 
     async def close(self) -> None:
         if self._client is not None:
