@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-from servers import free_port
+from servers import Server
 
 BINARY = "prometheus-alertmanager"
 
@@ -98,17 +94,17 @@ class Receiver:
         self.stop()
 
 
-class Alertmanager:
+class Alertmanager(Server):
     """``prometheus-alertmanager`` on a free port, routing everything to ``webhook``."""
+
+    name = "alertmanager"
 
     def __init__(self, webhook: str, repeat_interval: str = "1h") -> None:
         if shutil.which(BINARY) is None:  # pragma: no cover - CI installs it
             raise RuntimeError(f"{BINARY} is not installed: run .ci/run, or apt-get install it")
-        self.dir = Path(tempfile.mkdtemp(prefix="popwatch-alertmanager-"))
-        self.port = free_port()
+        super().__init__(nsid="", identity="")
         self.webhook = webhook
         self.repeat_interval = repeat_interval
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -129,8 +125,7 @@ receivers:
         send_resolved: true
 """
         )
-        self.log = open(self.dir / "log", "ab")  # noqa: SIM115 - closed by stop()
-        self.proc = subprocess.Popen(
+        self._start(
             [
                 BINARY,
                 f"--config.file={self.dir / 'alertmanager.yml'}",
@@ -139,10 +134,9 @@ receivers:
                 "--cluster.listen-address=",
                 "--log.level=warn",
             ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 15
+        assert self.proc is not None
         while True:
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
@@ -159,18 +153,6 @@ receivers:
         with urllib.request.urlopen(f"{self.url}/api/v2/alerts", timeout=5) as r:
             result: list[dict[str, Any]] = json.load(r)
             return result
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "log", None):
-            self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Alertmanager:
         return self.start()
