@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "lab"))  # the real-server launchers
+sys.path.insert(0, str(ROOT / "tests"))  # the test support package (real servers, pcap)
 
-import servers  # noqa: E402
+from support import servers  # noqa: E402
 
 __all__ = ["ROOT", "servers"]
 

@@ -46,15 +46,15 @@ import aiohttp
 from _common import ROOT, servers
 
 sys.path.insert(0, str(ROOT / "lab"))
-from alertmanager import Alertmanager, Receiver
-from influx import InfluxDB
+from support.alertmanager import Alertmanager, Receiver
+from support.influx import InfluxDB
 
 from collector.alerts.config import AlertsConfig
 from collector.alerts.engine import Engine
-from collector.alerts.influxql import InfluxQL
 from collector.alerts.rollup import BUCKET_S, DELAY_S
-from collector.registry import Registry
-from collector.sink import InfluxV1Sink
+from collector.ingest.registry import Registry
+from collector.store.influxql import InfluxQL
+from collector.store.sink import InfluxV1Sink
 
 NS = 1_000_000_000
 COLLECTOR = str(Path(sys.executable).parent / "popwatch-collector")

@@ -40,10 +40,10 @@ import aiohttp
 from _common import ROOT, median, pct, servers
 
 sys.path.insert(0, str(ROOT / "lab"))
-from influx import InfluxDB
+from support.influx import InfluxDB
 
-from collector.points import Identity, to_line
-from collector.registry import Registry
+from collector.ingest.points import Identity, to_line
+from collector.ingest.registry import Registry
 from probe.wire import Batch, DnsRecord, encode
 
 BATCH_ID = b"00000000-0000-0000-0000-000000000000"  # replaced per post
@@ -211,7 +211,7 @@ async def latency(host: str, port: int, tokens: list[str], seconds: float) -> li
 
     async def probe(k: int) -> None:
         # each probe from an address of its own, as probes are (an address may hold
-        # only so many connections: collector.gate)
+        # only so many connections: collector.ingest.gate)
         source = f"127.{1 + k // 62500}.{k // 250 % 250}.{k % 250 + 1}"
         _, conn = await loop.create_connection(_Exchange, host, port, local_addr=(source, 0))
         try:

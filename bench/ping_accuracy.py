@@ -9,7 +9,7 @@ Two paths, both measured in every run:
 * **loopback**, to a real Knot (tcp to its DNS port). Here the whole handshake happens
   inside the ``connect()`` call, and the kernel takes its RTT sample only when that call
   releases the socket, so the tcp figure carries the rest of the call with it;
-* **the lab path** (lab/web.py): a host in a network namespace behind a user-space relay
+* **the lab path** (tests/support/web.py): a host in a network namespace behind a user-space relay
   between two TUN devices, captured on our TUN device. Replies arrive after ``connect()``
   has returned, as on any real network.
 
@@ -45,7 +45,7 @@ import msgspec
 from _common import ROOT, BlackboxExporter, median, pct, servers, tcpdump
 
 sys.path.insert(0, str(ROOT / "lab"))  # _common did already; said here for the reader
-import web
+from support import web
 
 from probe import net
 from probe.checks.ping import CHECK, PingJob

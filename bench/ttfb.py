@@ -1,6 +1,6 @@
 """Phase accuracy of the HTTP check, next to blackbox_exporter's http prober.
 
-Against lab/web.py's server (in its own netns behind the user-space delay line), each
+Against tests/support/web.py's server (in its own netns behind the user-space delay line), each
 tool fetches the page with no delay (the baseline) and with a configured delay in one
 phase at a time: TCP connect (SYN-ACK held), TLS handshake, time to first byte, body.
 For each tool and phase the deviation is
@@ -30,7 +30,7 @@ import msgspec
 from _common import ROOT, BlackboxExporter, median
 
 sys.path.insert(0, str(ROOT / "lab"))
-import web
+from support import web
 
 from probe.checks.http import HttpJob, measure
 from probe.config import HttpTarget

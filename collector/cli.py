@@ -25,14 +25,14 @@ from collector import __version__, certs
 from collector.alerts import cli as alerts_cli
 from collector.app import CollectorState, Limits, create_admin_app, create_app
 from collector.config import MEANING, CollectorConfig, ConfigError, load_config, variable
-from collector.dashboards import cli as dashboards_cli
-from collector.detect import Api, Deferred, Mismatch, Target, Unreachable, choose
-from collector.gate import GatedSite
-from collector.query import InfluxQL
-from collector.registry import Registry, RegistryError, check_identity
-from collector.sink import GroupCommit, InfluxV1Sink, InfluxV2Sink, Sink, redact
-from collector.spool import Spool, SpoolingSink
+from collector.ingest.gate import GatedSite
+from collector.ingest.registry import Registry, RegistryError, check_identity
+from collector.store.detect import Api, Deferred, Mismatch, Target, Unreachable, choose
+from collector.store.influxql import InfluxQL
+from collector.store.sink import GroupCommit, InfluxV1Sink, InfluxV2Sink, Sink, redact
+from collector.store.spool import Spool, SpoolingSink
 from collector.web import add_routes as add_status_page
+from dashboards import cli as dashboards_cli
 from probe.targets import load_targets, parse_hostport
 
 log = logging.getLogger("popwatch.collector")
@@ -289,7 +289,14 @@ async def _run(cfg: CollectorConfig) -> None:
         runner = web.AppRunner(create_app(state, data_dir), access_log=None)
         await runner.setup()
         admin_app = create_admin_app(state)
-        add_status_page(admin_app, InfluxQL.from_config(cfg))  # the status page, at /
+        status_influx = InfluxQL(
+            cfg.influxdb_url,
+            cfg.influxdb_bucket,
+            cfg.influxdb_token,
+            cfg.influxdb_timeout_s,
+            client="status",
+        )
+        add_status_page(admin_app, status_influx)  # the status page, at /
         admin = web.AppRunner(admin_app, access_log=None)
         await admin.setup()
         # Fewer, cheaper collections: what start-up built lives as long as the process,

@@ -1,4 +1,4 @@
-"""Fixtures: real Knot, NSD, dnsdist and InfluxDB on loopback (see lab/servers.py)."""
+"""Fixtures: real Knot, NSD, dnsdist and InfluxDB on loopback (see tests/support/servers.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 
 import msgspec
 import pytest
-import servers
-from influx import InfluxDB
-from procs import STARTED
+from support import servers
+from support.influx import InfluxDB
+from support.procs import STARTED
 
-from collector.registry import Registry
+from collector.ingest.registry import Registry
 from probe import net
 from probe.checks.dns import DnsJob
 from probe.config import Target

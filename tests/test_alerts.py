@@ -1,7 +1,7 @@
 """Alerts: regional, quorum-based, aware of sick probes, stable, and delivered.
 
 Real InfluxDB 1.6.7, a real `popwatch-collector run` that every point goes through, and a
-real Prometheus Alertmanager whose webhook receiver (lab/alertmanager.py) records what
+real Prometheus Alertmanager whose webhook receiver (tests/support/alertmanager.py) records what
 arrives after Alertmanager's own routing. The world: 3 regions x 3 probes, 4 targets
 (anycast, unicast, resolver, http) of 3 providers, 24 h of steady history. The tests
 drive the engine's evaluations with explicit times (``Engine.step(at)``), 30 s apart, in
@@ -25,16 +25,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from alertmanager import Alertmanager, Receiver
-from influx import InfluxDB
-from procs import Collector
+from support.alertmanager import Alertmanager, Receiver
+from support.influx import InfluxDB
+from support.procs import Collector
 
 from collector.alerts.config import AlertsConfig, load_alerts
 from collector.alerts.engine import Engine, StepResult, notifiers_for
-from collector.alerts.influxql import InfluxQL, select
 from collector.config import load_config
-from collector.registry import Registry
-from collector.sink import InfluxV1Sink
+from collector.ingest.registry import Registry
+from collector.store.influxql import InfluxQL, select
+from collector.store.sink import InfluxV1Sink
 from probe.targets import ConfigError
 
 NS = 1_000_000_000

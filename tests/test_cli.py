@@ -10,7 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import servers
+from support import servers
 
 # the installed console script, next to this interpreter (CI tests the installed code)
 PROBE = [str(Path(sys.executable).parent / "popwatch-probe")]

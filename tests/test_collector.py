@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from influx import InfluxDB
-from servers import free_port
+from support.influx import InfluxDB
+from support.servers import free_port
 
 from collector.app import CollectorState, create_admin_app, create_app
-from collector.registry import Registry
-from collector.sink import InfluxV1Sink
+from collector.ingest.registry import Registry
+from collector.store.sink import InfluxV1Sink
 
 
 @pytest.fixture
@@ -335,7 +335,7 @@ PROBE = str(Path(sys.executable).parent / "popwatch-probe")
 def test_probe_records_through_a_collector_process(influx: InfluxDB, tmp_path: Path) -> None:
     """Records from a real `popwatch-probe once --json` against Knot, posted to a real
     `popwatch-collector run`, are in InfluxDB under the registry's tags."""
-    import servers
+    from support import servers
 
     data = tmp_path / "collector"
     add = subprocess.run(

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import servers
-import v2shim
 from aiohttp import web
-from influx import InfluxDB
-from procs import AS_NOBODY, COLLECTOR, STARTED, Collector, register, wait_stored
+from support import servers, v2shim
+from support.influx import InfluxDB
+from support.procs import AS_NOBODY, COLLECTOR, STARTED, Collector, register, wait_stored
 
 from collector.cli import build_parser
 
@@ -174,7 +173,7 @@ def test_auto_writes_to_influxdb_1_6_with_the_v1_api(influx: InfluxDB, tmp_path:
 
 
 def test_auto_writes_to_influxdb_1_8_with_the_v2_api(influx: InfluxDB, tmp_path: Path) -> None:
-    """A server that says 1.8 (lab/v2shim.py in front of 1.6.7) gets the v2 API: the
+    """A server that says 1.8 (tests/support/v2shim.py in front of 1.6.7) gets the v2 API: the
     points go through /api/v2/write."""
     shim = v2shim.make_app(influx.url)
     with _serving(shim) as url:

@@ -1,6 +1,6 @@
 """The collector's store path: the v2 sink, and the spool that makes "accepted" durable.
 
-Real InfluxDB 1.6.7 throughout. The v2 sink writes through ``lab/v2shim.py``, a test-only
+Real InfluxDB 1.6.7 throughout. The v2 sink writes through ``tests/support/v2shim.py``, a test-only
 stand-in for InfluxDB 1.8's ``/api/v2/write`` (no InfluxDB 1.8, 2 or 3 can be installed
 here); the shim also shows which points each write carried, and in what order.
 """
@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import v2shim
 from aiohttp.test_utils import TestClient, TestServer
-from influx import InfluxDB
 from prometheus_client import REGISTRY
+from support import v2shim
+from support.influx import InfluxDB
 from test_collector import auth, batch, dns_record
 
 from collector.app import CollectorState, create_admin_app, create_app
-from collector.registry import Registry
-from collector.sink import GroupCommit, InfluxV2Sink
-from collector.spool import Spool, SpoolingSink
+from collector.ingest.registry import Registry
+from collector.store.sink import GroupCommit, InfluxV2Sink
+from collector.store.spool import Spool, SpoolingSink
 
 
 @pytest.fixture
@@ -193,7 +193,7 @@ async def test_hedged_writes_hold_bounded_memory(
     request waits for one to land (its answer is delayed: backpressure); if none lands
     within MAX_HEDGE_WAIT_S its points go to the spool without a write attempt. Nothing
     is lost either way: every point is stored once."""
-    from collector import spool as spool_mod
+    from collector.store import spool as spool_mod
 
     token = registry.add("probe-m", region="eu")
     untried = REGISTRY.get_sample_value("popwatch_collector_spooled_untried_total") or 0.0
@@ -247,9 +247,9 @@ def _forwarded_ts(shim: TestServer) -> list[int]:
 async def test_v2_sink_with_nothing_listening_is_unavailable() -> None:
     """No InfluxDB at all (connection refused): the v2 sink says unavailable, not a crash,
     and /readyz would say unreachable."""
-    from servers import free_port
+    from support.servers import free_port
 
-    from collector.sink import SinkUnavailable
+    from collector.store.sink import SinkUnavailable
 
     sink = InfluxV2Sink(f"http://127.0.0.1:{free_port()}", "db", timeout=2)
     await sink.start()

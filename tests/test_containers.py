@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import servers
-from influx import InfluxDB
+from support import servers
+from support.influx import InfluxDB
 
 REPO = Path(__file__).parent.parent
 BASE = "localhost/popwatch-base:bookworm"

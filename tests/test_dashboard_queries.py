@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from world import DB, PROBES, QNAMES, World, needs_root
+from support.world import DB, PROBES, QNAMES, World, needs_root
 
-from collector.dashboards.board import ALERT_ANNOTATION, CATCHMENT_ANNOTATION, variable_query
-from collector.dashboards.build import PanelQuery, boards, queries
-from collector.dashboards.schema import VARIABLES
+from dashboards.board import ALERT_ANNOTATION, CATCHMENT_ANNOTATION, variable_query
+from dashboards.build import PanelQuery, boards, queries
+from dashboards.schema import VARIABLES
 
 pytestmark = pytest.mark.skipif(needs_root(), reason="needs root for the web page's netns")
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from collector.dashboards import GRAFANA_VERSION
-from collector.dashboards.boards import DASHBOARDS
-from collector.dashboards.build import build_all, queries, render, stale
-from collector.dashboards.influxql import ALERTMANAGER_UID, INFLUX_UID
-from collector.dashboards.schema import SCHEMA, VARIABLES
+from dashboards import GRAFANA_VERSION
+from dashboards.boards import DASHBOARDS
+from dashboards.build import build_all, queries, render, stale
+from dashboards.influxql import ALERTMANAGER_UID, INFLUX_UID
+from dashboards.schema import SCHEMA, VARIABLES
 
 ROOT = Path(__file__).parent.parent
 JSON_DIR = ROOT / "dashboards" / "json"
@@ -47,8 +47,8 @@ def committed() -> dict[str, dict[str, Any]]:
 
 
 def test_committed_json_is_what_the_code_generates() -> None:
-    """``python -m collector.dashboards`` regenerates dashboards/json; nothing differs."""
-    assert stale(JSON_DIR) == [], "run: python -m collector.dashboards"
+    """``python -m dashboards`` regenerates dashboards/json; nothing differs."""
+    assert stale(JSON_DIR) == [], "run: python -m dashboards"
     assert {p.name for p in JSON_DIR.glob("*.json")} == {f"{n}.json" for n in DASHBOARDS}
     for name, board in build_all().items():
         assert render_of(name) == (JSON_DIR / f"{name}.json").read_text()

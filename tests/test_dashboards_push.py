@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import servers
+from support import servers
 
-from collector.dashboards.build import build_all
-from collector.dashboards.push import InfluxSource, PushError, connect, datasource_model, push
+from dashboards.build import build_all
+from dashboards.push import InfluxSource, PushError, connect, datasource_model, push
 
 ROOT = Path(__file__).parent.parent
 TOKEN = "glsa_test_token"  # noqa: S105 - the stand-in's own

@@ -26,7 +26,7 @@ import yaml
 from collector.alerts.config import VARIABLES as ALERT_VARIABLES
 from collector.config import CollectorConfig, variable
 from collector.config import load_config as load_collector_config
-from collector.registry import Registry
+from collector.ingest.registry import Registry
 from probe.config import ENV_NAMES, DnsTarget, HttpTarget, ProbeConfig, load_config, load_targets
 
 ROOT = Path(__file__).parent.parent

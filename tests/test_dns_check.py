@@ -11,7 +11,7 @@ import dns.flags
 import dns.message
 import dns.rrset
 import pytest
-import servers
+from support import servers
 
 from probe.checks.dns import DnsJob, measure
 from probe.runner import run_job

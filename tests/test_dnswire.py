@@ -13,9 +13,9 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
-import servers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import servers
 
 from probe.dnswire import MalformedAnswer, parse
 

@@ -23,7 +23,7 @@ import h2.errors
 import h2.events
 import hpack
 import pytest
-import servers
+from support import servers
 
 from probe import doh, net
 from probe.checks.dns import DnsJob, measure

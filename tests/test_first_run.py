@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-import servers
-from influx import InfluxDB
-from procs import AS_NOBODY, PROBE, Collector, probe_env, register, stored
+from support import servers
+from support.influx import InfluxDB
+from support.procs import AS_NOBODY, PROBE, Collector, probe_env, register, stored
 
 
 def _probe(*args: str, env: dict[str, str] | None = None, as_nobody: bool = False) -> str:

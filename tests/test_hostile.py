@@ -37,10 +37,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-import servers
 from aiohttp import web
-from influx import InfluxDB
-from procs import COLLECTOR, PROBE, Collector, register
+from support import servers
+from support.influx import InfluxDB
+from support.procs import COLLECTOR, PROBE, Collector, register
 from test_collector import auth, batch, dns_record
 
 

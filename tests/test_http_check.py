@@ -1,7 +1,8 @@
 """The HTTP check against a real HTTPS server whose phases are slowed on purpose.
 
 The server runs in a network namespace of its own behind a user-space delay line
-(lab/web.py, lab/delayline.py); its host name resolves through a real Knot on loopback.
+(tests/support/web.py, tests/support/delayline.py); its host name resolves through a real
+Knot on loopback.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-import servers
-import web
+from support import servers, web
 
 from probe.checks.http import HttpJob, measure
 from probe.config import HttpTarget

@@ -23,11 +23,11 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from influx import InfluxDB
+from support.influx import InfluxDB
 
 from collector.app import CollectorState, Limits, create_app
-from collector.registry import Registry
-from collector.sink import InfluxV1Sink
+from collector.ingest.registry import Registry
+from collector.store.sink import InfluxV1Sink
 
 # strings InfluxDB or line protocol cannot carry as they are
 hostile_text = st.one_of(

@@ -520,7 +520,7 @@ def test_every_dashboard_panel_shows_lab_data(the_lab: Lab) -> None:
     Grafana does over the lab's time so far, returns rows with its panel's columns."""
     from test_dashboard_queries import check, interpolate
 
-    from collector.dashboards.build import queries
+    from dashboards.build import queries
 
     @dataclass
     class Span:

@@ -29,9 +29,9 @@ from typing import Any
 
 import msgspec
 import pytest
-import servers
+from support import servers
 
-from collector.points import Identity, to_line
+from collector.ingest.points import Identity, to_line
 from probe.checks import check, check_for
 from probe.checks.ping import CHECK, PingJob
 from probe.config import load_config

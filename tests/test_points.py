@@ -15,14 +15,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from influx import InfluxDB
+from support.influx import InfluxDB
 from test_collector import auth, batch, dns_record
 
 from collector.app import CollectorState, create_app
-from collector.lineproto import Unrepresentable, line
-from collector.points import Identity, to_line
-from collector.registry import Registry
-from collector.sink import InfluxV1Sink
+from collector.ingest.points import Identity, to_line
+from collector.ingest.registry import Registry
+from collector.store.lineproto import Unrepresentable, line
+from collector.store.sink import InfluxV1Sink
 from probe.wire import DnsRecord
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)

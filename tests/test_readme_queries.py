@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from influx import InfluxDB
+from support.influx import InfluxDB
 from test_collector import auth, batch, dns_record
 
 from collector.app import CollectorState, create_app
-from collector.registry import Registry
-from collector.sink import InfluxV1Sink
+from collector.ingest.registry import Registry
+from collector.store.sink import InfluxV1Sink
 
 README = Path(__file__).parent.parent / "README.md"
 DB = "readme"

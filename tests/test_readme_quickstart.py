@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from procs import AS_NOBODY
+from support.procs import AS_NOBODY
 
 README = Path(__file__).parent.parent / "README.md"
 REPO = README.parent

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import msgspec
 import pytest
-import servers
+from support import servers
 
 from probe import metrics
 from probe.config import ProbeConfig, Target

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import servers
-from influx import InfluxDB
-from procs import (
+from support import servers
+from support.influx import InfluxDB
+from support.procs import (
     PROBE,
     Collector,
     probe_env,

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import servers
-from influx import InfluxDB
-from procs import Collector, register
+from support import servers
+from support.influx import InfluxDB
+from support.procs import Collector, register
 
 DB = "status"
 CHROMIUM = shutil.which("chromium")

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import servers
-from influx import InfluxDB
-from procs import COLLECTOR, PROBE, Collector, probe_env, register, stored, targets_file
+from support import servers
+from support.influx import InfluxDB
+from support.procs import COLLECTOR, PROBE, Collector, probe_env, register, stored, targets_file
 
 from probe.config import ConfigError, load_config
 from probe.healthcheck import health_url

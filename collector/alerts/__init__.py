@@ -7,7 +7,7 @@ collector runs it (``collector.alerts.cli.evaluator``) when ``alerts.enabled`` i
 
 from collector.alerts.config import AlertsConfig, load_alerts
 from collector.alerts.engine import Engine, StepResult, notifiers_for
-from collector.alerts.influxql import InfluxQL, QueryError
+from collector.store.influxql import InfluxQL, QueryError
 
 __all__ = [
     "AlertsConfig",

@@ -15,9 +15,9 @@ import bisect
 from collections import defaultdict
 from dataclasses import dataclass
 
-from collector.alerts.influxql import InfluxQL, between, quote, select
 from collector.alerts.window import NO_ANSWER, NS, Snapshot
-from collector.lineproto import FieldValue, line
+from collector.store.influxql import InfluxQL, between, quote, select
+from collector.store.lineproto import FieldValue, line
 
 #: how far back the start looks for the last answer and the last serial
 LOOKBACK_S = 3600

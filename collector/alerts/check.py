@@ -17,8 +17,8 @@ from typing import TextIO
 
 from collector.alerts.config import AlertsConfig
 from collector.alerts.engine import Engine
-from collector.alerts.influxql import InfluxQL
 from collector.alerts.rules import annotate
+from collector.store.influxql import InfluxQL
 from probe.targets import ConfigError
 
 NS = 1_000_000_000

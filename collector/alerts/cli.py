@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Callable
 
 from collector.alerts.check import check, parse_time
 from collector.alerts.engine import Engine, Writer, notifiers_for
-from collector.alerts.influxql import InfluxQL
 from collector.config import CollectorConfig, ConfigError, load_config
+from collector.store.influxql import InfluxQL
 
 log = logging.getLogger("popwatch.collector.alerts")
 

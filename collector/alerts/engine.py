@@ -26,12 +26,12 @@ from typing import Protocol
 from collector.alerts import metrics
 from collector.alerts.anycast import LOOKBACK_S, SETTLE_S, Catchments, Event, Serials
 from collector.alerts.config import AlertsConfig, TargetSettings, settings_for
-from collector.alerts.influxql import InfluxQL, QueryError
 from collector.alerts.notify import Alertmanager, Notice, Notifier, Webhook
 from collector.alerts.rollup import BASELINE_S, BUCKET_S, Rollups, bucket_of
 from collector.alerts.rules import Condition, Firing, Inputs, annotate, assess
 from collector.alerts.state import Change, States, Tracked, to_line
 from collector.alerts.window import NS, fetch
+from collector.store.influxql import InfluxQL, QueryError
 
 log = logging.getLogger("popwatch.collector.alerts")
 

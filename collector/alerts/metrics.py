@@ -11,11 +11,6 @@ EVALUATION_SECONDS: Final = Histogram(
     "One evaluation cycle: its start -> its last InfluxDB answer and state write",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
-QUERY_SECONDS: Final = Histogram(
-    "popwatch_alerts_query_seconds",
-    "One InfluxQL query: request sent -> answer read",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
-)
 EVALUATION_FAILURES: Final = Counter(
     "popwatch_alerts_evaluation_failures_total",
     "Evaluations skipped because InfluxDB did not answer",

@@ -24,8 +24,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 
-from collector.alerts.influxql import InfluxQL, Series, select
-from collector.lineproto import Unrepresentable, line
+from collector.store.influxql import InfluxQL, Series, select
+from collector.store.lineproto import Unrepresentable, line
 
 log = logging.getLogger("popwatch.collector.alerts")
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from collector.alerts.influxql import InfluxQL, between, select
 from collector.alerts.rules import Condition, Labels
-from collector.lineproto import FieldValue, line
+from collector.store.influxql import InfluxQL, between, select
+from collector.store.lineproto import FieldValue, line
 
 NS = 1_000_000_000
 RECOVER_S = 30 * 86400

@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from collector.alerts.influxql import InfluxQL, between, select
+from collector.store.influxql import InfluxQL, between, select
 
 NS = 1_000_000_000
 #: rcodes that mean no answer came (the probe's vocabulary, probe/errors.py)

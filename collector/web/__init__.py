@@ -15,7 +15,7 @@ from importlib.resources import files
 
 from aiohttp import web
 
-from collector.query import InfluxQL, QueryError
+from collector.store.influxql import InfluxQL, QueryError
 from collector.web.status import gather
 
 INFLUX = web.AppKey("status_influx", InfluxQL)

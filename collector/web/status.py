@@ -8,7 +8,7 @@ import time
 from collections import defaultdict
 from typing import Any, Final
 
-from collector.query import InfluxQL, Series
+from collector.store.influxql import InfluxQL, Series
 
 #: how far back the page looks for measurements (alerts: ALERTS_SINCE)
 WINDOW: Final = "15m"
@@ -42,7 +42,7 @@ QUERIES: Final = {
 
 def _rows(series: list[Series]) -> list[dict[str, Any]]:
     """Every row, with its series' tags as columns."""
-    return [{**s.tags, **row} for s in series for row in s.rows]
+    return [row for s in series for row in s.rows()]
 
 
 def _key(row: dict[str, Any], *names: str) -> tuple[str, ...]:
@@ -58,7 +58,7 @@ def probes(probe_rows: list[dict[str, Any]], medians: list[dict[str, Any]]) -> l
             "version": r.get("version", ""),
             "lat": r.get("lat"),
             "lon": r.get("lon"),
-            "last_seen_ms": r["time"],
+            "last_seen_ms": r["time"] // 1_000_000,
             "spool_depth": r.get("spool_depth"),
             "median_ms": median.get(r["probe"]),
         }
@@ -147,7 +147,7 @@ def firing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "severity": r.get("severity", ""),
             "region": r.get("region", ""),
             "target": r.get("target", ""),
-            "since_ms": r["time"],
+            "since_ms": r["time"] // 1_000_000,
             "message": r.get("message"),
             "value": r.get("value"),
             "baseline": r.get("baseline"),
@@ -162,7 +162,7 @@ def firing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def gather(influx: InfluxQL) -> dict[str, Any]:
     """The page's data: every query at once. Raises ``QueryError`` if one fails."""
     names = list(QUERIES)
-    results = await asyncio.gather(*(influx.query(QUERIES[n]) for n in names))
+    results = await asyncio.gather(*(influx.one(QUERIES[n]) for n in names))
     got = {n: _rows(r) for n, r in zip(names, results, strict=True)}
     return {
         "window": WINDOW,

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-import servers
-from influx import InfluxDB
+from support import servers
+from support.influx import InfluxDB
 
 COLLECTOR = str(Path(sys.executable).parent / "popwatch-collector")
 PROBE = str(Path(sys.executable).parent / "popwatch-probe")

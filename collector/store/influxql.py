@@ -1,8 +1,11 @@
-"""InfluxQL over the v1 ``/query`` API: InfluxDB 1.x, and 2.x and 3.x through their v1
-compatibility API (a DBRP mapping on 2.x).
+"""The one InfluxQL client: the v1 ``/query`` API of InfluxDB 1.x, and of 2.x and 3.x
+through their v1 compatibility API (a DBRP mapping on 2.x).
 
+The alert engine, the status page and ``alerts check`` all read InfluxDB through it.
 Only plain ``SELECT`` statements are sent (no subqueries, no ``INTO``), so the same text
-runs on all three. ``epoch=ns``: every time comes back as integer nanoseconds.
+runs on all three. ``epoch=ns``: every time comes back as integer nanoseconds. A query
+InfluxDB answers only in part (``partial``: its ``max-row-limit``) is an error, never a
+silently short answer.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from collector.alerts import metrics
+from collector.store import metrics
 
 
 class QueryError(Exception):
@@ -52,6 +55,10 @@ class Series:
     columns: list[str]
     values: list[list[Any]]
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Each row as column -> value, with the series' tags as columns too."""
+        return [{**self.tags, **dict(zip(self.columns, v, strict=True))} for v in self.values]
+
 
 def select(what: str, measurement: str, where: str, group_by: str = "", tail: str = "") -> str:
     """One ``SELECT`` statement. Times in ``where`` are integers (epoch ns) and strings
@@ -79,11 +86,17 @@ class InfluxQL:
     """Queries one database (``bucket``: ``db`` or ``db/retention``).
 
     ``token`` is ``user:password`` (sent as basic auth: InfluxDB 1.x, 3.x) or an API
-    token (sent as ``Authorization: Token``: 2.x, 3.x).
+    token (sent as ``Authorization: Token``: 2.x, 3.x). ``client`` names the user in the
+    ``popwatch_collector_query_seconds`` metric.
     """
 
     def __init__(
-        self, url: str, bucket: str, token: str | None = None, timeout_s: float = 30.0
+        self,
+        url: str,
+        bucket: str,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        client: str = "alerts",
     ) -> None:
         self.url = url.rstrip("/")
         self.db, _, self.rp = bucket.partition("/")
@@ -95,6 +108,7 @@ class InfluxQL:
         elif token:
             self._headers["Authorization"] = f"Token {token}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._seconds = metrics.QUERY_SECONDS.labels(client)
         self._session: aiohttp.ClientSession | None = None
         #: seconds with at least one query waiting for InfluxDB, since ``take_seconds``
         self.seconds = 0.0
@@ -136,10 +150,12 @@ class InfluxQL:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise QueryError(f"InfluxDB query: {exc or type(exc).__name__}") from None
+            raise QueryError(
+                f"InfluxDB at {self.url} does not answer: {exc or type(exc).__name__}"
+            ) from None
         finally:
             t1 = time.perf_counter()
-            metrics.QUERY_SECONDS.observe(t1 - t0)
+            self._seconds.observe(t1 - t0)
             self._inflight -= 1
             if not self._inflight:  # wall time with at least one query on its way
                 self.seconds += t1 - self._busy_since

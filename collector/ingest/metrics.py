@@ -1,4 +1,4 @@
-"""The collector's own Prometheus metrics, on ``/metrics``."""
+"""The public API's own Prometheus metrics, on the admin listener's ``/metrics``."""
 
 from __future__ import annotations
 
@@ -8,36 +8,17 @@ ACCEPTED = Counter("popwatch_collector_accepted", "Records accepted and written.
 REJECTED = Counter("popwatch_collector_rejected", "Records rejected, each with a reason.")
 DUPLICATES = Counter("popwatch_collector_duplicate_batches", "Batches received again.")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-WRITE_SECONDS = Histogram(
-    "popwatch_collector_write_seconds", "InfluxDB write latency.", buckets=_LATENCY_BUCKETS
-)
 INGEST_SECONDS = Histogram(
     "popwatch_collector_ingest_seconds",
     "POST /api/v1/measurements: body read to answer, by status.",
     ["status"],
     buckets=_LATENCY_BUCKETS,
 )
-POINTS_REFUSED = Counter(
-    "popwatch_collector_influx_partial_writes", "Writes where InfluxDB refused some points."
-)
-POINTS_SET_ASIDE = Counter(
-    "popwatch_collector_points_set_aside",
-    "Lines InfluxDB refused, set aside in the spool's refused/ with the reason.",
-)
 LAST_SEEN = Gauge(
     "popwatch_collector_probe_last_seen_timestamp_seconds",
     "When each probe last sent an accepted batch.",
     ["probe", "region"],
 )
-SPOOL_BYTES = Gauge("popwatch_collector_spool_bytes", "Bytes of points waiting in the spool.")
-SPOOL_SEGMENTS = Gauge("popwatch_collector_spool_segments", "Segment files in the spool.")
-SPOOLED = Counter("popwatch_collector_spooled", "Records written to the spool, not InfluxDB.")
-SPOOLED_UNTRIED = Counter(
-    "popwatch_collector_spooled_untried",
-    "Requests whose points went to the spool without a write attempt: InfluxDB stayed "
-    "MAX_HEDGED_BYTES behind for MAX_HEDGE_WAIT_S.",
-)
-REPLAYED = Counter("popwatch_collector_replayed", "Records replayed from the spool to InfluxDB.")
 SPOOL_FULL = Counter(
     "popwatch_collector_spool_full", "Batches answered 503 because the spool was full."
 )
@@ -47,7 +28,7 @@ RATE_LIMITED = Counter(
 CONNECTIONS = Gauge("popwatch_collector_connections", "Open connections to the public API.")
 CONNECTIONS_REFUSED = Counter(
     "popwatch_collector_connections_refused",
-    "Connections refused or closed by the gate (collector.gate), by reason.",
+    "Connections refused or closed by the gate (collector.ingest.gate), by reason.",
     ["reason"],
 )
 BAD_REQUESTS = Counter(

@@ -2,7 +2,7 @@
 
 The probe's identity tags (probe, region, country) come from the registry, never from the
 body. A record whose values line protocol or InfluxDB cannot carry (see
-``collector.lineproto``: NUL, integers beyond int64, over-long tags and strings) raises
+``collector.store.lineproto``: NUL, integers beyond int64, over-long tags and strings) raises
 ``Unrepresentable``, so no line made here is one InfluxDB refuses.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from collector.lineproto import (
+from collector.store.lineproto import (
     INT64_MAX,
     FieldValue,
     Unrepresentable,

@@ -34,11 +34,11 @@ from collections.abc import Container
 from pathlib import Path
 from typing import Final
 
-from collector import metrics
-from collector.sink import MAX_WRITE_BYTES, Sink, SinkRefused, SinkUnavailable, points
+from collector.store import metrics
+from collector.store.sink import MAX_WRITE_BYTES, Sink, SinkRefused, SinkUnavailable, points
 from probe.files import TMP_SUFFIX, write_durably
 
-log = logging.getLogger("popwatch.collector.spool")
+log = logging.getLogger("popwatch.collector.store.spool")
 
 SUFFIX = ".lp"
 _SEGMENT: Final = re.compile(r"^(\d{16})\.lp$")

@@ -5,7 +5,7 @@ free ports, with its own NSID and CHAOS identity, and can say how many queries i
 answered (counted on the server side, so tests can hold the probe to "one measurement,
 one query").
 
-By hand: ``python lab/servers.py knot --port 5300`` serves example.test on 127.0.0.1 and
+By hand: ``python tests/support/servers.py knot --port 5300`` serves example.test on 127.0.0.1 and
 [::1] until Ctrl-C (also ``nsd``, and ``dnsdist`` for DoT/DoH in front of a Knot).
 """
 

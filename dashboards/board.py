@@ -18,7 +18,7 @@ from grafana_foundation_sdk.builders import (
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.models import dashboard as model
 
-from collector.dashboards.influxql import (
+from dashboards.influxql import (
     AnnotationTarget,
     Col,
     Format,
@@ -28,7 +28,7 @@ from collector.dashboards.influxql import (
     TagValues,
     datasource,
 )
-from collector.dashboards.schema import VARIABLES, Measurement, Variable
+from dashboards.schema import VARIABLES, Measurement, Variable
 
 TAG: Final = "popwatch"
 FOLDER: Final = "popwatch"  # the folder's title and uid, in provisioning and `push`

@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from collector.dashboards import GRAFANA_VERSION
+from dashboards import GRAFANA_VERSION
 
 PUSH_EXAMPLES = """\
 examples:
@@ -100,7 +100,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def main(args: argparse.Namespace) -> int:
     """Run ``dashboards build`` or ``dashboards push``; the exit status."""
     if args.dashboards_cmd == "build":
-        from collector.dashboards.build import stale, write
+        from dashboards.build import stale, write
 
         if args.check:
             bad = stale(args.out)
@@ -115,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _push(args: argparse.Namespace) -> int:
     from collector.config import ConfigError, load_config
-    from collector.dashboards.push import InfluxSource, PushError, connect, push
+    from dashboards.push import InfluxSource, PushError, connect, push
 
     source = None
     if not args.no_datasource:

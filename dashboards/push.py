@@ -17,7 +17,7 @@ from typing import Any, Final
 from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaException
 
-from collector.dashboards.build import FOLDER, INFLUX_UID, build_all
+from dashboards.build import FOLDER, INFLUX_UID, build_all
 
 MESSAGE: Final = "popwatch-collector dashboards push"
 

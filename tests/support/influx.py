@@ -10,9 +10,8 @@ import signal
 import subprocess
 from typing import Any
 
-from servers import Server, free_port
-
 from popwatch_lab import influx as influxconf
+from support.servers import Server, free_port
 
 
 class InfluxDB(Server):

@@ -2,7 +2,7 @@
 
 grafana-foundation-sdk has no InfluxDB query builder, so this is one: a ``Select`` names
 its measurement, columns, conditions and grouping as data, is checked against the schema
-(:mod:`collector.dashboards.schema`) when it is made, and renders the InfluxQL text
+(:mod:`dashboards.schema`) when it is made, and renders the InfluxQL text
 Grafana's InfluxDB data source runs (``rawQuery``). The dashboards' template variables
 filter as regexes, ``"tag" =~ /^$tag$/``, the form Grafana interpolates multi-value and
 "All" selections into; every query is bounded by ``$timeFilter``.
@@ -17,7 +17,7 @@ from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import dashboard as model
 
-from collector.dashboards.schema import VARIABLES, Measurement, Variable, fields, tags
+from dashboards.schema import VARIABLES, Measurement, Variable, fields, tags
 
 #: the uids the provisioning files and ``dashboards push`` give the data sources
 INFLUX_UID: Final = "popwatch-influxdb"

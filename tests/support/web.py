@@ -13,7 +13,7 @@ Port ``PLAIN_PORT`` delays nothing; ``HTTP_PORT`` is plain HTTP. Other query par
 ``status=N``, ``size=BYTES``, ``redirect=N`` (a chain of N 302s, each to a new
 connection), ``text=STRING`` (the body). The addresses live only inside the namespace.
 
-Needs root (netns, TUN). By hand: ``python lab/web.py --connect 0.05 --tls 0.05``.
+Needs root (netns, TUN). By hand: ``python tests/support/web.py --connect 0.05 --tls 0.05``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
+
+if __package__ in (None, ""):  # run by hand: python tests/support/web.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 HERE = Path(__file__).resolve().parent
 PLAIN_PORT = 443
@@ -154,7 +157,7 @@ class WebLab:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> WebLab:
-        from servers import make_cert
+        from support.servers import make_cert
 
         self.cert, self.key = make_cert(self.dir, names=["web.example.test"], ips=[self.address])
         _ip("netns", "add", self.netns)
@@ -267,8 +270,8 @@ def main() -> None:
             asyncio.run(serve(args.address, args.cert, args.key, args.tls_delay))
         return
     if os.geteuid() != 0:
-        sys.exit("lab/web.py needs root (network namespaces and TUN devices)")
-    from servers import Knot, wait_for_stop
+        sys.exit("tests/support/web.py needs root (network namespaces and TUN devices)")
+    from support.servers import Knot, wait_for_stop
 
     with WebLab(args.connect, args.tls) as lab, Knot("lab-web", "id-lab-web") as knot:
         lab.start()

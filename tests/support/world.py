@@ -18,10 +18,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import servers
-import web
-from influx import InfluxDB
-from procs import PROBE, Collector, probe_env, register
+from support import servers, web
+from support.influx import InfluxDB
+from support.procs import PROBE, Collector, probe_env, register
 
 DB = "popwatch"
 

@@ -35,9 +35,9 @@ from typing import Any
 
 from aiohttp import web
 
-from collector import metrics
+from collector.ingest import metrics
 
-log = logging.getLogger("popwatch.collector.gate")
+log = logging.getLogger("popwatch.collector.ingest.gate")
 
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nConnection: close\r\n"

@@ -6,7 +6,7 @@ that says something against the lines (400, 413, 422; not 401, 403, 404, 408, 42
 partial write, and an answer aiohttp cannot even parse: InfluxDB echoes a refused line
 in its ``X-Influxdb-Error`` header, and a control character there makes the header
 invalid. What to do with a refusal (split the body, set bad lines aside) is
-``collector.spool``'s business.
+``collector.store.spool``'s business.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from collector import metrics
+from collector.store import metrics
 
-log = logging.getLogger("popwatch.collector.sink")
+log = logging.getLogger("popwatch.collector.store.sink")
 
 #: the most one write to InfluxDB carries; InfluxDB 1.x refuses bodies over its
 #: ``max-body-size`` (25 MB by default) with a 413

@@ -7,20 +7,25 @@ The Alertmanager routes every alert to one webhook receiver (``Receiver``) with
 or two. Clustering is off. ``Receiver`` is also what the engine's own JSON and Slack
 webhooks are pointed at in tests; it can be told to fail its next requests.
 
-By hand: ``python lab/alertmanager.py`` starts both and prints what arrives.
+By hand: ``python tests/support/alertmanager.py`` starts both and prints what arrives.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-from servers import Server
+if __package__ in (None, ""):  # run by hand: python tests/support/alertmanager.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support.servers import Server
 
 BINARY = "prometheus-alertmanager"
 

@@ -1,4 +1,4 @@
-"""``python -m collector.dashboards [--check] [DIR]``: write the dashboards' JSON to DIR
+"""``python -m dashboards [--check] [DIR]``: write the dashboards' JSON to DIR
 (default ``dashboards/json``), or with ``--check`` exit 1 naming the files that differ."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from collector.dashboards.build import stale, write
+from dashboards.build import stale, write
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m collector.dashboards", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m dashboards", description=__doc__)
     ap.add_argument("dir", nargs="?", default="dashboards/json", type=Path)
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 if stale")
     args = ap.parse_args(argv)

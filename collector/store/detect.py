@@ -22,7 +22,7 @@ from typing import Any, Final, Literal
 
 import aiohttp
 
-from collector.sink import Sink, SinkUnavailable, redact
+from collector.store.sink import Sink, SinkUnavailable, redact
 
 log = logging.getLogger("popwatch.collector")
 

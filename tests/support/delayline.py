@@ -9,7 +9,7 @@ time: exactly the extra TCP connect time a far-away server would add.
 The lab's own forwarder, :mod:`popwatch_lab.wire`, grows this into every path of a
 world: delay by region, jitter, loss. Run by :mod:`web` (``WebLab``); by hand::
 
-    python lab/delayline.py --client-dev pwc0 --netns pwlab --server-dev pws0 \\
+    python tests/support/delayline.py --client-dev pwc0 --netns pwlab --server-dev pws0 \\
         --synack-delay 9443=0.05
 """
 

@@ -1,6 +1,6 @@
 """The six popwatch dashboards, each a function returning its :class:`Board`.
 
-Every panel's queries are InfluxQL built with :mod:`collector.dashboards.influxql`;
+Every panel's queries are InfluxQL built with :mod:`dashboards.influxql`;
 which question each dashboard answers, and how to read it, is in the README.
 """
 
@@ -25,9 +25,9 @@ from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import geomap as geomap_model
 from grafana_foundation_sdk.models import heatmap as heatmap_model
 
-from collector.dashboards.board import Board, transform
-from collector.dashboards.influxql import Col, Expr, FieldIs, Fn, Select, Tag
-from collector.dashboards.schema import Variable
+from dashboards.board import Board, transform
+from dashboards.influxql import Col, Expr, FieldIs, Fn, Select, Tag
+from dashboards.schema import Variable
 
 P50: Final = Fn("percentile", "rtt_ms", "p50", 50)
 P95: Final = Fn("percentile", "rtt_ms", "p95", 95)

@@ -9,9 +9,9 @@ from typing import Any
 
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from collector.dashboards.board import FOLDER, Board, PanelQuery
-from collector.dashboards.boards import DASHBOARDS
-from collector.dashboards.influxql import ALERTMANAGER_UID, INFLUX_UID
+from dashboards.board import FOLDER, Board, PanelQuery
+from dashboards.boards import DASHBOARDS
+from dashboards.influxql import ALERTMANAGER_UID, INFLUX_UID
 
 
 def boards() -> dict[str, Board]:
