@@ -1,6 +1,6 @@
 """InfluxDB (Debian's ``influxdb`` 1.6.7): its configuration, its readiness, InfluxQL.
 
-Shared by the lab's core and by the tests' loopback InfluxDB (``lab/influx.py``).
+Shared by the lab's core and by the tests' loopback InfluxDB (``tests/support/influx.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Knot DNS (Debian's ``knot``) configured for one zone, with its own NSID and id.server.
 
-Shared by the lab's sites and by the tests' loopback servers (``lab/servers.py``).
+Shared by the lab's sites and by the tests' loopback servers (``tests/support/servers.py``).
 mod-stats counts requests per protocol, so a caller can ask how many queries the
 server answered (``knotc stats``).
 """
