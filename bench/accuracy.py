@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import msgspec
-from _common import BlackboxExporter, median, pct, read_pcap, servers, tcpdump, wire_rtts
+from _common import BlackboxExporter, median, pcap, pct, servers
 
 from probe import net
 from probe.checks.dns import DnsJob
@@ -131,21 +131,21 @@ async def loaded_run(port: int, n: int, qps: int) -> tuple[list[DnsRecord], floa
 def one_run(
     knot: servers.Knot, bb: Blackbox, workdir: Path, args: argparse.Namespace
 ) -> dict[str, float]:
-    pcap = workdir / "cap.pcap"
+    path = workdir / "cap.pcap"
     bb_ns: list[float] = []
-    with tcpdump(knot.port, pcap):
+    with pcap.capture(path, f"udp port {knot.port}"):
         idle = asyncio.run(timed_queries(knot.port, args.queries, 0.002))
         for _ in range(args.bb_queries):
             v = bb.probe_dns(knot.port)
             if v is not None:
                 bb_ns.append(v)
         loaded, achieved = asyncio.run(loaded_run(knot.port, args.queries, args.load_qps))
-    packets = read_pcap(pcap)
-    wire = wire_rtts(packets, PROBE_QNAME)
+    packets = pcap.dns(pcap.read(path))
+    wire = pcap.dns_round_trips(packets, PROBE_QNAME)
     n_idle = len(idle)
     e_idle, u1 = errors_us(idle, wire)
     e_load, u2 = errors_us(loaded, wire)
-    bb_wire = [w for _, w in wire_rtts(packets, BB_QNAME)]
+    bb_wire = [w for _, w in pcap.dns_round_trips(packets, BB_QNAME)]
     e_bb = [abs(a - b) / 1000 for a, b in zip(bb_ns, bb_wire, strict=False)]
     kernel = sum(r.timestamping == "kernel" for r in idle + loaded)
     res = {

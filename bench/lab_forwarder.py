@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import struct
 import subprocess
@@ -37,7 +36,7 @@ from pathlib import Path
 from popwatch_lab.netns import ip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import pct
+from _common import pcap, pct
 
 A, B = "pwlb-a", "pwlb-b"
 PORT = 9999
@@ -95,67 +94,13 @@ def spec(one_way_ms: float) -> dict[str, object]:
     }
 
 
-def capture(ns: str, dev: str, path: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "tcpdump",
-            "-i",
-            dev,
-            "-nn",
-            "-U",
-            "--immediate-mode",
-            "-B",
-            "65536",
-            "--time-stamp-precision=nano",
-            "-w",
-            str(path),
-            f"udp port {PORT}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    line = proc.stderr.readline().decode()
-    if "listening" not in line:
-        proc.kill()
-        raise RuntimeError(f"tcpdump did not start: {line}")
-    return proc
-
-
-def stop_capture(proc: subprocess.Popen[bytes], path: Path) -> None:
-    size, still = -1, 0
-    while still < 5:  # until the file stops growing: SIGTERM drops what is unread
-        time.sleep(0.1)
-        now = path.stat().st_size if path.exists() else 0
-        still = still + 1 if now == size else 0
-        size = now
-    proc.terminate()
-    _, err = proc.communicate(timeout=10)
-    dropped = re.search(rb"(\d+) packets dropped by kernel", err)
-    if dropped is None or dropped.group(1) != b"0":
-        print(f"  tcpdump: {err.decode().strip()}", file=sys.stderr)
-
-
 def stamps(path: Path) -> dict[int, int]:
-    """Packet number -> capture time (ns) from a nanosecond pcap (raw IP or Ethernet)."""
-    data = path.read_bytes()
-    magic = struct.unpack_from("<I", data)[0]
-    nano = magic == 0xA1B23C4D
-    linktype = struct.unpack_from("<I", data, 20)[0]
-    skip = 14 if linktype == 1 else 0  # Ethernet; raw IP (101, 12) on TUN
-    off, out = 24, {}
-    while off + 16 <= len(data):
-        sec, frac, incl, _ = struct.unpack_from("<IIII", data, off)
-        pkt = data[off + 16 : off + 16 + incl][skip:]
-        off += 16 + incl
-        ihl = (pkt[0] & 0x0F) * 4
-        seq = struct.unpack_from("!Q", pkt, ihl + 8)[0]
-        out[seq] = sec * 1_000_000_000 + (frac if nano else frac * 1000)
-    return out
+    """Packet number -> capture time (ns), from a capture of the sender's packets."""
+    return {
+        struct.unpack_from("!Q", p.payload)[0]: p.ts_ns
+        for p in pcap.read(path)
+        if p.proto == pcap.UDP and len(p.payload) >= 8
+    }
 
 
 def cpu_ticks(pid: int) -> int:
@@ -168,13 +113,12 @@ def one_run(
 ) -> tuple[list[float], int]:
     """Send over one path; (transits in µs, lost)."""
     pa, pb = work / "a.pcap", work / "b.pcap"
-    ca, cb = capture(A, devs[0], pa), capture(B, devs[1], pb)
-    subprocess.run(
-        ["ip", "netns", "exec", A, sys.executable, "-c", SENDER, dst, str(packets), str(rate)],
-        check=True,
-    )
-    stop_capture(ca, pa)
-    stop_capture(cb, pb)
+    bpf = f"udp port {PORT}"
+    with pcap.capture(pa, bpf, devs[0], netns=A), pcap.capture(pb, bpf, devs[1], netns=B):
+        subprocess.run(
+            ["ip", "netns", "exec", A, sys.executable, "-c", SENDER, dst, str(packets), str(rate)],
+            check=True,
+        )
     sa, sb = stamps(pa), stamps(pb)
     transits = [(sb[i] - sa[i]) / 1000 for i in sa if i in sb]
     return transits, len(sa) - len(transits)

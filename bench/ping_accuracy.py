@@ -33,8 +33,6 @@ import bisect
 import contextlib
 import os
 import re
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,21 +40,14 @@ from pathlib import Path
 from unittest import mock
 
 import msgspec
-from _common import ROOT, BlackboxExporter, median, pct, servers, tcpdump
-
-sys.path.insert(0, str(ROOT / "lab"))  # _common did already; said here for the reader
-from support import web
+from _common import BlackboxExporter, median, pcap, pct, servers
+from support import web  # _common put tests/ on the path
 
 from probe import net
 from probe.checks.ping import CHECK, PingJob
 from probe.errors import PING_GROUP_RANGE
 from probe.targets import PingTarget
 from probe.wire import PingRecord
-
-_ICMP_RE = re.compile(
-    r"^(\d+)\.(\d{9}) IP6? \S+ > \S+: ICMP6?,? echo (request|reply), id (\d+), seq (\d+)"
-)
-_TCP_RE = re.compile(r"^(\d+)\.(\d{9}) IP6? (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[(S|S\.)\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,33 +81,9 @@ def phases(knot: servers.Knot, lab: web.WebLab) -> list[Phase]:
     ]
 
 
-def wire_exchanges(pcap: Path) -> list[tuple[int, int]]:
+def wire_exchanges(path: Path) -> list[tuple[int, int]]:
     """``[(request capture ns, wire rtt ns)]``: echo -> reply, SYN -> SYN-ACK, in order."""
-    text = subprocess.run(
-        ["tcpdump", "-r", str(pcap), "-nn", "-tt", "--time-stamp-precision=nano"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    pending: dict[tuple[str, ...], int] = {}
-    out = []
-    for line in text.splitlines():
-        if m := _ICMP_RE.match(line):
-            sec, nsec, what, ident, seq = m.groups()
-            key: tuple[str, ...] = (ident, seq)
-            start = what == "request"
-        elif m := _TCP_RE.match(line):
-            sec, nsec, src, sport, dst, dport, flags = m.groups()
-            start = flags == "S"
-            key = (src, sport) if start else (dst, dport)
-        else:
-            continue
-        t = int(sec) * 1_000_000_000 + int(nsec)
-        if start:
-            pending[key] = t
-        elif (t0 := pending.pop(key, None)) is not None:
-            out.append((t0, t - t0))
-    return sorted(out)
+    return sorted((e.start_ns, e.rtt_ns) for e in pcap.exchanges(pcap.read(path)))
 
 
 def errors_us(records: list[PingRecord], wire: list[tuple[int, int]]) -> tuple[list[float], int]:
@@ -185,13 +152,13 @@ class Blackbox(BlackboxExporter):
 
 
 def measure_phase(
-    ph: Phase, bb: Blackbox, pcap: Path, args: argparse.Namespace
+    ph: Phase, bb: Blackbox, path: Path, args: argparse.Namespace
 ) -> tuple[list[float], str]:
     """The phase's |errors| in µs, and what else to say about it."""
     if ph.method == "blackbox":
-        with tcpdump(0, pcap, bpf=ph.bpf, dev=ph.dev):
+        with pcap.capture(path, ph.bpf, ph.dev):
             got = [bb.probe_icmp(ph.address) for _ in range(args.bb_pings)]
-        wire = wire_exchanges(pcap)
+        wire = wire_exchanges(path)
         rtts = [v for v in got if v is not None]
         e = [abs(a - w) / 1000 for a, (_, w) in zip(rtts, wire, strict=False)]
         return e, f"wire {len(wire)}"
@@ -199,9 +166,9 @@ def measure_phase(
     no_tcp_info = mock.patch.object(net, "kernel_connect_ns", return_value=None)
     with no_tcp_info if ph.user else contextlib.nullcontext():
         asyncio.run(timed_pings(j, 3, 0.002))  # neighbour and route caches, not timed
-        with tcpdump(0, pcap, bpf=ph.bpf, dev=ph.dev):
+        with pcap.capture(path, ph.bpf, ph.dev):
             records = asyncio.run(timed_pings(j, args.pings, 0.002))
-    wire = wire_exchanges(pcap)
+    wire = wire_exchanges(path)
     e, unmatched = errors_us(records, wire)
     kernel = sum(r.timestamping == "kernel" for r in records)
     wire_p50 = pct([w / 1000 for _, w in wire], 50)

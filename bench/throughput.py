@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import msgspec
-from _common import median, pct, read_pcap, servers, tcpdump, wire_rtts
+from _common import median, pcap, pct, servers
 from accuracy import errors_us
 
 from probe import metrics, net
@@ -111,15 +111,15 @@ def one_run(
     best = {"rate": 0.0, "cpu_us": float("nan"), "p50": float("nan"), "p99": float("nan")}
     for rate in rates:
         cfg = config(knot.port, rate)
-        pcap = workdir / f"tp-{rate}.pcap"
-        with tcpdump(knot.port, pcap, cpu=0):  # on Knot's core, not the probe's
+        path = workdir / f"tp-{rate}.pcap"
+        with pcap.capture(path, f"udp port {knot.port}", cpu=0):  # on Knot's core, not the probe's
             sink, wall, cpu = asyncio.run(drive(cfg, seconds))
         recs = sink.records
         lost = sum(r.rcode == "TIMEOUT" for r in recs)
         achieved = len(recs) / wall
         ok = cpu >= 0 and lost / max(1, len(recs)) < 0.001 and achieved >= 0.99 * rate
-        errs, _ = errors_us(recs, wire_rtts(read_pcap(pcap), QNAME))
-        pcap.unlink()
+        errs, _ = errors_us(recs, pcap.dns_round_trips(pcap.dns(pcap.read(path)), QNAME))
+        path.unlink()
         cpu_us = abs(cpu) / max(1, len(recs)) * 1e6
         print(
             f"  {rate:6d} q/s asked: {achieved:7.0f} done, lost {lost} ({lost / max(1, len(recs)):.3%}),"

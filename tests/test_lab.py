@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from support import pcap
 
 from popwatch_lab import influx, netns
 from popwatch_lab.stack import ALERTMANAGER_URL, DATABASE, INFLUXDB_URL
@@ -343,31 +344,22 @@ def test_degrade_alerts_for_that_sites_regions_only(the_lab: Lab) -> None:
 
 
 def pcap_soa(path: Path) -> list[tuple[float, bool, int, str | None]]:
-    """(time s, is an answer, query id, NSID) of each SOA query and answer in a capture
-    (Ethernet): the anycast target's own, not the web check's lookups."""
+    """(time s, is an answer, query id, NSID) of each SOA query and answer in a capture:
+    the anycast target's own, not the web check's lookups."""
     import dns.edns
     import dns.message
     import dns.rdatatype
 
-    data = path.read_bytes()
-    nano = struct.unpack_from("<I", data)[0] == 0xA1B23C4D
-    off, out = 24, []
-    while off + 16 <= len(data):
-        sec, frac, incl, _ = struct.unpack_from("<IIII", data, off)
-        pkt = data[off + 16 : off + 16 + incl][14:]
-        off += 16 + incl
-        if pkt[0] >> 4 != 4 or pkt[9] != 17:
-            continue
-        payload = pkt[(pkt[0] & 0x0F) * 4 + 8 :]
+    out = []
+    for d in pcap.dns(p for p in pcap.read(path) if p.family == 4):
         try:
-            msg = dns.message.from_wire(payload)
+            msg = dns.message.from_wire(d.message)
         except Exception:  # noqa: S112 - a truncated capture
             continue
         if not msg.question or msg.question[0].rdtype != dns.rdatatype.SOA:
             continue
         nsid = next((o.to_wire().decode() for o in msg.options if o.otype == dns.edns.NSID), None)
-        is_answer = bool(msg.flags & 0x8000)
-        out.append((sec + frac / (1e9 if nano else 1e6), is_answer, msg.id, nsid))
+        out.append((d.ts_ns / 1e9, d.qr, msg.id, nsid))
     return out
 
 
@@ -380,32 +372,11 @@ def test_fail_moves_the_catchment_and_popwatch_measures_the_outage(
     probe interval; a catchment alert for ap-south reaches Alertmanager and the other
     regions raise none. ``restore sin`` brings ap-south back."""
     region = WORLD.region("ap-south")
-    pcap = tmp_path / "ap-south.pcap"
-    dump = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            region.netns,
-            "tcpdump",
-            "-i",
-            "bb",
-            "-nn",
-            "-U",
-            "--time-stamp-precision=nano",
-            "-w",
-            str(pcap),
-            f"udp and host {ANYCAST_V4}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert dump.stderr is not None
-    assert "listening" in dump.stderr.readline().decode()
-    time.sleep(2)
-    t_fail = time.time()
-    lab("fail", "sin")
-    try:
+    path = tmp_path / "ap-south.pcap"
+    with pcap.capture(path, f"udp and host {ANYCAST_V4}", "bb", netns=region.netns):
+        time.sleep(2)
+        t_fail = time.time()
+        lab("fail", "sin")
 
         def moved() -> float | None:
             rows = query(
@@ -420,10 +391,7 @@ def test_fail_moves_the_catchment_and_popwatch_measures_the_outage(
         routed = {r["name"]: r["site"] for r in status()["regions"]}
         assert routed == WORLD.catchment(set(WORLD.site_names) - {"sin"})
         time.sleep(3)  # answers from ams after the move, in the capture too
-    finally:
-        dump.terminate()
-        dump.communicate(timeout=10)
-    packets = pcap_soa(pcap)
+    packets = pcap_soa(path)
     answers = [(t, nsid) for t, is_answer, _, nsid in packets if is_answer]
     last_sin = max(t for t, nsid in answers if nsid == "sin")
     first_ams = min(t for t, nsid in answers if nsid == "ams" and t > last_sin)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import secrets
 import socket
 import subprocess
@@ -29,7 +28,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from support import servers
+from support import pcap, servers
 
 from collector.ingest.points import Identity, to_line
 from probe.checks import check, check_for
@@ -104,90 +103,21 @@ def ping_sockets() -> Iterator[None]:
 # --------------------------------------------------------------------------- capture
 
 
-@dataclass(frozen=True, slots=True)
-class WireExchange:
-    start_ns: int  # capture time of the echo request or the SYN
-    rtt_ns: int  # -> capture time of its echo reply or SYN-ACK
-
-
-_ICMP_RE = re.compile(
-    r"^(\d+)\.(\d{9}) IP6? \S+ > \S+: ICMP6?,? echo (request|reply), id (\d+), seq (\d+)"
-)
-_TCP_RE = re.compile(r"^(\d+)\.(\d{9}) IP6? (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[(S|S\.)\]")
-
-
-def wire_exchanges(pcap: Path) -> list[WireExchange]:
-    """Echo request -> reply (by ID and sequence) and SYN -> SYN-ACK (by client address)."""
-    text = subprocess.run(
-        ["tcpdump", "-r", str(pcap), "-nn", "-tt", "--time-stamp-precision=nano"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    pending: dict[tuple[str, ...], int] = {}
-    out = []
-    for line in text.splitlines():
-        if m := _ICMP_RE.match(line):
-            sec, nsec, what, ident, seq = m.groups()
-            t = int(sec) * 1_000_000_000 + int(nsec)
-            if what == "request":
-                pending[(ident, seq)] = t
-            elif (t0 := pending.pop((ident, seq), None)) is not None:
-                out.append(WireExchange(t0, t - t0))
-        elif m := _TCP_RE.match(line):
-            sec, nsec, src, sport, dst, dport, flags = m.groups()
-            t = int(sec) * 1_000_000_000 + int(nsec)
-            if flags == "S":
-                pending[(src, sport)] = t
-            elif (t0 := pending.pop((dst, dport), None)) is not None:
-                out.append(WireExchange(t0, t - t0))
-    return out
-
-
 @contextlib.contextmanager
-def capture(dev: str, bpf: str, pcap: Path) -> Iterator[None]:
-    """tcpdump on ``dev`` with nanosecond stamps, stopped once everything is written."""
-    proc = subprocess.Popen(
-        [
-            "tcpdump",
-            "-i",
-            dev,
-            "-nn",
-            "-U",
-            "--immediate-mode",
-            "-s",  # headers are enough, and small frames keep a burst inside the ring
-            "256",
-            "-B",
-            "8192",
-            "--time-stamp-precision=nano",
-            "-w",
-            str(pcap),
-            bpf,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    line = proc.stderr.readline().decode()
-    if "listening" not in line:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"tcpdump did not start: {line}")
-    try:
+def capture(dev: str, bpf: str, path: Path) -> Iterator[None]:
+    """tcpdump on ``dev`` with nanosecond stamps; every packet of it written, none dropped.
+    Headers are enough, and small frames keep a burst inside the ring."""
+    with pcap.capture(path, bpf, dev, snaplen=256, buffer_kib=8192) as cap:
         yield
-    finally:
-        size, still = -1, 0
-        while still < 3:  # SIGTERM drops what tcpdump has not read yet
-            time.sleep(0.05)
-            now = pcap.stat().st_size if pcap.exists() else 0
-            still, size = (still + 1 if now == size else 0), now
-        proc.terminate()
-        _, err = proc.communicate(timeout=10)
-        dropped = re.search(rb"(\d+) packets? dropped by kernel", err)
-        assert dropped is not None and dropped.group(1) == b"0", err.decode()
+    assert cap.dropped == 0, cap.report
 
 
-def assert_as_on_the_wire(records: list[PingRecord], wire: list[WireExchange]) -> None:
+def wire_exchanges(path: Path) -> list[pcap.Exchange]:
+    """Echo request -> reply (by ID and sequence) and SYN -> SYN-ACK (by client address)."""
+    return pcap.exchanges(pcap.read(path))
+
+
+def assert_as_on_the_wire(records: list[PingRecord], wire: list[pcap.Exchange]) -> None:
     """Each record is kernel-stamped, and its rtt_ms is its wire round trip within 1 ms.
 
     1 ms is a bound that cannot flake on a busy two-core machine, not the goal: how close
@@ -209,10 +139,10 @@ def assert_as_on_the_wire(records: list[PingRecord], wire: list[WireExchange]) -
 @pytest.mark.parametrize("address", ADDRS)
 async def test_icmp_echo_on_loopback_is_the_wire_round_trip(address: str, tmp_path: Path) -> None:
     """ICMP echo over IPv4 and IPv6: kernel-stamped rtt_ms, as on the wire, no port."""
-    pcap = tmp_path / "icmp.pcap"
-    with capture("lo", "icmp or icmp6", pcap):
+    path = tmp_path / "icmp.pcap"
+    with capture("lo", "icmp or icmp6", path):
         records = await ping(address, count=10)
-    assert_as_on_the_wire(records, wire_exchanges(pcap))
+    assert_as_on_the_wire(records, wire_exchanges(path))
     for r in records:
         assert r.method == "icmp" and r.server == address and r.family == family(address)
         assert r.port is None and r.target == "p" and r.topology == "unicast"
@@ -223,10 +153,10 @@ async def test_tcp_handshake_to_knot_is_the_wire_round_trip(
     knot: servers.Knot, address: str, tmp_path: Path
 ) -> None:
     """TCP to a real Knot's DNS port: rtt_ms is the SYN -> SYN-ACK the capture shows."""
-    pcap = tmp_path / "tcp.pcap"
-    with capture("lo", f"tcp port {knot.port}", pcap):
+    path = tmp_path / "tcp.pcap"
+    with capture("lo", f"tcp port {knot.port}", path):
         records = await ping(address, count=10, method="tcp", port=knot.port)
-    assert_as_on_the_wire(records, wire_exchanges(pcap))
+    assert_as_on_the_wire(records, wire_exchanges(path))
     for r in records:
         assert r.method == "tcp" and r.port == knot.port and r.family == family(address)
 
@@ -346,11 +276,11 @@ async def test_far_host_across_a_veth_is_the_wire_round_trip(
     """ICMP and TCP to a host in another namespace: kernel-stamped, as the veth saw it."""
     address = far_host.v4 if fam == 4 else far_host.v6
     await ping(address, method=method)  # resolves the neighbour before the capture
-    pcap = tmp_path / "far.pcap"
+    path = tmp_path / "far.pcap"
     bpf = "icmp or icmp6" if method == "icmp" else "tcp port 53"
-    with capture(far_host.dev, bpf, pcap):
+    with capture(far_host.dev, bpf, path):
         records = await ping(address, count=10, method=method)
-    assert_as_on_the_wire(records, wire_exchanges(pcap))
+    assert_as_on_the_wire(records, wire_exchanges(path))
     assert all(r.server == address and r.family == fam for r in records)
 
 
