@@ -41,7 +41,7 @@ accepted() {  # the registry takes the token in file $3 for probe $1 in region $
 import sys
 from pathlib import Path
 
-from collector.registry import Registry, RegistryError
+from collector.ingest.registry import Registry, RegistryError
 
 path, probe, region, token_file = sys.argv[1:]
 try:
