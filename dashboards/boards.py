@@ -25,6 +25,7 @@ from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import geomap as geomap_model
 from grafana_foundation_sdk.models import heatmap as heatmap_model
 
+from collector.store.schema import ALERT_HISTORY
 from dashboards.board import Board, transform
 from dashboards.influxql import Col, Expr, FieldIs, Fn, Select, Tag
 from dashboards.schema import Variable
@@ -35,8 +36,6 @@ P99: Final = Fn("percentile", "rtt_ms", "p99", 99)
 ANYCAST: Final = Tag("topology", "anycast")
 SOA: Final = Tag("qtype", "SOA")
 CATCHMENT: Final = Tag("kind", "catchment")
-#: alerts still firing may have changed state long before the dashboard's time range
-ALERT_HISTORY: Final = "30d"
 
 
 def _series(unit: str = "ms", stack: common.StackingMode | None = None) -> timeseries.Panel:

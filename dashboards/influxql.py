@@ -1,11 +1,10 @@
-"""A small typed InfluxQL builder, and the Grafana query and annotation it becomes.
+"""The dashboards' queries, and the Grafana query and annotation each becomes.
 
-grafana-foundation-sdk has no InfluxDB query builder, so this is one: a ``Select`` names
-its measurement, columns, conditions and grouping as data, is checked against the schema
-(:mod:`dashboards.schema`) when it is made, and renders the InfluxQL text
-Grafana's InfluxDB data source runs (``rawQuery``). The dashboards' template variables
-filter as regexes, ``"tag" =~ /^$tag$/``, the form Grafana interpolates multi-value and
-"All" selections into; every query is bounded by ``$timeFilter``.
+grafana-foundation-sdk has no InfluxDB query builder; popwatch has one,
+:mod:`collector.store.query` (columns, conditions, quoting, the schema check). A
+dashboard :class:`Select` is one of those plus what every panel adds: the template
+variables, which filter as regexes, ``"tag" =~ /^$tag$/`` (the form Grafana interpolates
+multi-value and "All" selections into), and ``$timeFilter`` (or a fixed ``since``).
 """
 
 from __future__ import annotations
@@ -17,141 +16,28 @@ from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import dashboard as model
 
-from dashboards.schema import VARIABLES, Measurement, Variable, fields, tags
+from collector.store import query as sq
+from collector.store.query import Col, Column, Expr, FieldIs, Fn, Tag, ident
+from collector.store.schema import tags
+from dashboards.schema import VARIABLES, Measurement, Variable
 
 #: the uids the provisioning files and ``dashboards push`` give the data sources
 INFLUX_UID: Final = "popwatch-influxdb"
 ALERTMANAGER_UID: Final = "popwatch-alertmanager"
 
-Func = Literal["mean", "median", "count", "last", "first", "max", "min", "sum", "spread"]
 Format = Literal["time_series", "table"]
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '\\"') + '"'
-
-
-def _literal(value: str | float | bool) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return repr(value)
-
-
-@dataclass(frozen=True)
-class Col:
-    """A raw column: a field, or a tag selected as a column next to a field."""
-
-    name: str
-    alias: str | None = None
-
-    def render(self) -> str:
-        out = _ident(self.name)
-        return f"{out} AS {_ident(self.alias)}" if self.alias else out
-
-    @property
-    def output(self) -> str:
-        return self.alias or self.name
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.name,)
-
-
-@dataclass(frozen=True)
-class Fn:
-    """An aggregate or selector over one field: ``median("rtt_ms") AS "p50"``;
-    ``percentile`` takes ``arg``."""
-
-    fn: Func | Literal["percentile"]
-    name: str
-    alias: str | None = None
-    arg: int | None = None
-
-    def __post_init__(self) -> None:
-        if (self.fn == "percentile") != (self.arg is not None):
-            raise ValueError("percentile, and only percentile, takes an argument")
-
-    def expression(self) -> str:
-        extra = f", {self.arg}" if self.arg is not None else ""
-        return f"{self.fn}({_ident(self.name)}{extra})"
-
-    def render(self) -> str:
-        out = self.expression()
-        return f"{out} AS {_ident(self.alias)}" if self.alias else out
-
-    @property
-    def output(self) -> str:
-        return self.alias or self.fn
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.name,)
-
-
-@dataclass(frozen=True)
-class Expr:
-    """Arithmetic over aggregates: ``template`` with ``{0}``, ``{1}``... for ``terms``,
-    e.g. ``Expr("{0} / {1}", (Fn("median", "dns_ms"), Fn("median", "ttfb_ms")), "share")``."""
-
-    template: str
-    terms: tuple[Fn, ...]
-    alias: str
-
-    def render(self) -> str:
-        return (
-            self.template.format(*(t.expression() for t in self.terms))
-            + " AS "
-            + (_ident(self.alias))
-        )
-
-    @property
-    def output(self) -> str:
-        return self.alias
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.terms)
-
-
-Column = Col | Fn | Expr
-
-
-@dataclass(frozen=True)
-class Tag:
-    """``"key" = 'value'`` (or ``!=``) on a tag."""
-
-    key: str
-    value: str
-    op: Literal["=", "!="] = "="
-
-    def render(self) -> str:
-        return f"{_ident(self.key)} {self.op} {_literal(self.value)}"
-
-
-@dataclass(frozen=True)
-class FieldIs:
-    """``"field" = value`` on a field (``"ok" = true``)."""
-
-    key: str
-    value: str | float | bool
-    op: Literal["=", "!=", ">", "<", ">=", "<="] = "="
-
-    def render(self) -> str:
-        return f"{_ident(self.key)} {self.op} {_literal(self.value)}"
-
-
-def var_filter(variable: Variable) -> str:
+def var_filter(variable: Variable) -> sq.Matches:
     """The regex filter Grafana fills: one value, ``(a|b)``, or the ``.*`` of "All"."""
-    return f"{_ident(variable)} =~ /^${variable}$/"
+    return sq.Matches(variable, f"^${variable}$")
 
 
 @dataclass(frozen=True)
 class Select:
-    """``SELECT columns FROM measurement WHERE ... GROUP BY ...``, checked against the
-    schema. Every dashboard variable whose tag the measurement has filters it, except
-    those in ``skip``."""
+    """A panel's query: the store's ``Select`` (checked against the schema when made),
+    filtered by every dashboard variable whose tag the measurement has, except those in
+    ``skip``, and bounded by ``$timeFilter`` (or ``since``: ``time > now() - 30d``)."""
 
     measurement: Measurement
     columns: tuple[Column, ...]
@@ -165,22 +51,7 @@ class Select:
     since: str | None = None  # e.g. "30d": time > now() - 30d instead of $timeFilter
 
     def __post_init__(self) -> None:
-        t, f = tags(self.measurement), fields(self.measurement)
-        for c in self.columns:
-            for key in c.keys:
-                ok = key in f or (isinstance(c, Col) and key in t)
-                if not ok:
-                    raise ValueError(f"{self.measurement} has no field {key!r}")
-        if not any(k in f for c in self.columns for k in c.keys):
-            raise ValueError(f"a query on {self.measurement} must select a field")
-        for w in self.where:
-            if isinstance(w, Tag) and w.key not in t:
-                raise ValueError(f"{self.measurement} has no tag {w.key!r}")
-            if isinstance(w, FieldIs) and w.key not in f:
-                raise ValueError(f"{self.measurement} has no field {w.key!r}")
-        for g in self.group_by:
-            if g not in t:
-                raise ValueError(f"{self.measurement} has no tag {g!r} to group by")
+        self.query  # noqa: B018 - checked against the schema now, not when rendered
 
     @property
     def variables(self) -> tuple[Variable, ...]:
@@ -191,38 +62,36 @@ class Select:
         fixed = {w.key for w in self.where if isinstance(w, Tag) and w.op == "="}
         return tuple(v for v in VARIABLES if v in t and v not in self.skip and v not in fixed)
 
-    def render(self) -> str:
-        conds = [w.render() for w in self.where]
-        conds += [var_filter(v) for v in self.variables]
+    @property
+    def query(self) -> sq.Select:
+        """The store's statement this panel query is."""
+        conds: list[sq.Cond] = [*self.where, *(var_filter(v) for v in self.variables)]
         if self.since:
-            conds.append(f"time > now() - {self.since}")
+            conds.append(sq.Ago(self.since))
         elif self.time_filter:
-            conds.append("$timeFilter")
-        columns = ", ".join(c.render() for c in self.columns)
-        q = f"SELECT {columns} FROM {_ident(self.measurement)}"  # noqa: S608 - InfluxQL
-        if conds:
-            q += " WHERE " + " AND ".join(conds)
-        groups = (["time($__interval)"] if self.every else []) + [_ident(g) for g in self.group_by]
-        if groups:
-            q += " GROUP BY " + ", ".join(groups)
-        if self.fill:
-            q += f" fill({self.fill})"
-        if self.limit is not None:
-            q += f" LIMIT {self.limit}"
-        return q
+            conds.append(sq.Macro("$timeFilter"))
+        return sq.Select(
+            self.measurement,
+            self.columns,
+            tuple(conds),
+            self.group_by,
+            every="$__interval" if self.every else None,
+            fill=self.fill,
+            limit=self.limit,
+        )
+
+    def render(self) -> str:
+        return self.query.render()
 
     @property
     def outputs(self) -> tuple[str, ...]:
         """The columns a panel reads: the selected ones, then the grouping tags."""
-        return tuple(c.output for c in self.columns) + self.group_by
+        return self.query.outputs
 
     @property
     def keys(self) -> tuple[set[str], set[str]]:
         """(tags, fields) this query names."""
-        t, f = tags(self.measurement), fields(self.measurement)
-        named = {k for c in self.columns for k in c.keys} | {w.key for w in self.where}
-        named |= set(self.group_by) | set(self.variables)
-        return {k for k in named if k in t}, {k for k in named if k in f}
+        return self.query.keys
 
 
 @dataclass(frozen=True)
@@ -237,10 +106,10 @@ class TagValues:
     def render(self) -> str:
         q = "SHOW TAG VALUES"
         if self.measurement:
-            q += f" FROM {_ident(self.measurement)}"
-        q += f" WITH KEY = {_ident(self.key)}"
+            q += f" FROM {ident(self.measurement)}"
+        q += f" WITH KEY = {ident(self.key)}"
         if self.by:
-            q += " WHERE " + " AND ".join(var_filter(v) for v in self.by)
+            q += " WHERE " + " AND ".join(var_filter(v).render() for v in self.by)
         return q
 
 

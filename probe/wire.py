@@ -15,6 +15,8 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 SCHEMA_VERSION: Final = 1
+#: nanoseconds in a second: every ``ts`` is epoch nanoseconds
+NS: Final = 1_000_000_000
 
 NonNegMs = Annotated[float, msgspec.Meta(ge=0, le=3_600_000)]
 EpochNs = Annotated[int, msgspec.Meta(gt=0)]

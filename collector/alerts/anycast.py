@@ -14,16 +14,37 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from collector.alerts.window import NO_ANSWER, NS, Snapshot
-from collector.store.influxql import InfluxQL, between, quote, select
+from collector.kinds import BY_NAME, Kind, alerted
+from collector.store.influxql import InfluxQL
 from collector.store.lineproto import FieldValue, line
+from collector.store.query import AnyOf, Between, Col, FieldIs, Fn, Select, Tag
 
 #: how far back the start looks for the last answer and the last serial
 LOOKBACK_S = 3600
 #: samples newer than this are left for the next evaluation: some may still be on their way
 SETTLE_S = 5
 HOUR_NS = 3600 * NS
+ANYCAST = Tag("topology", "anycast")
+HAS_SITE = Tag("site", "", "!=")
+
+
+def sited() -> list[Kind[Any]]:
+    """The kinds whose points name the anycast site that answered."""
+    return [k for k in alerted() if k.alerting is not None and k.alerting.site]
+
+
+def _sited(kind: str, topology: str) -> bool:
+    """A series whose sites are followed: an anycast target of a kind that names them."""
+    a = BY_NAME[kind].alerting
+    return topology == "anycast" and a is not None and a.site
+
+
+def _serials(kind: str, topology: str) -> bool:
+    a = BY_NAME[kind].alerting
+    return topology == "anycast" and a is not None and a.site and a.serial
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,27 +110,34 @@ class Catchments:
     async def start(self, influx: InfluxQL, until: int) -> None:
         """The last answer of each (probe, anycast target) in the hour up to ``until``,
         the no-answers after it, and the site changes of that hour."""
-        span = between(until - LOOKBACK_S * NS, until)
-        no_answer = " OR ".join(f"rcode = {quote(r)}" for r in sorted(NO_ANSWER))
-        last, lost, moves = await influx.query(
-            ";".join(
-                [
-                    select(
-                        "last(ok)",
-                        "dns",
-                        f"topology = 'anycast' AND site != '' AND {span}",
-                        "probe, target, site",
-                    ),
-                    select(
-                        "ok",
-                        "dns",
-                        f"topology = 'anycast' AND ({no_answer}) AND {span}",
-                        "probe, target",
-                    ),
-                    select("lost", "event", f"kind = 'catchment' AND {span}", "probe, target"),
-                ]
+        span = Between(until - LOOKBACK_S * NS, until)
+        no_answer = AnyOf(tuple(Tag("rcode", r) for r in sorted(NO_ANSWER)))
+        statements: list[Select] = []
+        kinds = sited()
+        for k in kinds:
+            statements.append(
+                Select(
+                    k.measurement,
+                    (Fn("last", "ok"),),
+                    (ANYCAST, HAS_SITE, span),
+                    group_by=("probe", "target", "site"),
+                )
             )
+            statements.append(
+                Select(
+                    k.measurement,
+                    (Col("ok"),),
+                    (ANYCAST, no_answer, span),
+                    group_by=("probe", "target"),
+                )
+            )
+        statements.append(
+            Select("event", (Col("lost"),), (Tag("kind", "catchment"), span), ("probe", "target"))
         )
+        results = await influx.query(statements) if statements else []
+        moves = results[-1] if results else []
+        last = [s for i in range(0, 2 * len(kinds), 2) for s in results[i]]
+        lost = [s for i in range(1, 2 * len(kinds), 2) for s in results[i]]
         for s in last:
             key = (s.tags.get("probe", ""), s.tags.get("target", ""))
             ts = int(s.values[0][0])
@@ -128,9 +156,10 @@ class Catchments:
     def update(self, snap: Snapshot, until: int) -> list[Event]:
         """Follow every anycast series' samples up to ``until``; the site changes."""
         events: list[Event] = []
-        for key, s in snap.series.items():
-            if s.kind != "dns" or s.topology != "anycast":
+        for s in snap.series.values():
+            if not _sited(s.kind, s.topology):
                 continue
+            key = (s.probe, s.target)
             a = self.anchors.get(key)
             for x in s.samples:
                 if x.ts > until:
@@ -204,15 +233,20 @@ class Serials:
         self.started = False
 
     async def start(self, influx: InfluxQL, until: int) -> None:
-        span = between(until - LOOKBACK_S * NS, until)
-        result = await influx.one(
-            select(
-                "last(serial)",
-                "dns",
-                f"topology = 'anycast' AND site != '' AND {span}",
-                "target, site",
+        span = Between(until - LOOKBACK_S * NS, until)
+        result = [
+            s
+            for k in sited()
+            if k.alerting is not None and k.alerting.serial
+            for s in await influx.one(
+                Select(
+                    k.measurement,
+                    (Fn("last", "serial"),),
+                    (ANYCAST, HAS_SITE, span),
+                    group_by=("target", "site"),
+                )
             )
-        )
+        ]
         for s in result:
             serial = s.values[0][1]
             if serial is not None:
@@ -226,7 +260,7 @@ class Serials:
         and each site's latest (serial, time)."""
         latest: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
         for s in snap.series.values():
-            if s.kind != "dns" or s.topology != "anycast":
+            if not _serials(s.kind, s.topology):
                 continue
             sites = latest[s.target]
             for x in s.samples:
@@ -251,15 +285,24 @@ class Serials:
         """When ``serial`` was first seen on ``target`` (the last day), and at which site."""
         key = (target, serial)
         if key not in self.first_seen:
-            result = await influx.one(
-                select(
-                    "first(serial)",
-                    "dns",
-                    f"target = {quote(target)} AND topology = 'anycast' AND serial = {serial} "
-                    f"AND {between(at - 86400 * NS, at)}",
-                    "site",
+            result = [
+                s
+                for k in sited()
+                if k.alerting is not None and k.alerting.serial
+                for s in await influx.one(
+                    Select(
+                        k.measurement,
+                        (Fn("first", "serial"),),
+                        (
+                            Tag("target", target),
+                            ANYCAST,
+                            FieldIs("serial", serial),
+                            Between(at - 86400 * NS, at),
+                        ),
+                        group_by=("site",),
+                    )
                 )
-            )
+            ]
             seen = sorted((int(s.values[0][0]), s.tags.get("site", "")) for s in result if s.values)
             if not seen:
                 return at, ""
@@ -272,7 +315,7 @@ class Serials:
         changes: list[tuple[str, str, str, str, int, int]] = []
         rows: list[tuple[int, str, str, str, str, int]] = []
         for s in snap.series.values():
-            if s.kind == "dns" and s.topology == "anycast":
+            if _serials(s.kind, s.topology):
                 rows.extend(
                     (x.ts, s.target, x.site, s.probe, s.region, int(x.serial))
                     for x in s.samples

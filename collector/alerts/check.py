@@ -20,8 +20,7 @@ from collector.alerts.engine import Engine
 from collector.alerts.rules import annotate
 from collector.store.influxql import InfluxQL
 from probe.targets import ConfigError
-
-NS = 1_000_000_000
+from probe.wire import NS
 
 
 def parse_time(text: str) -> float:

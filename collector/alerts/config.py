@@ -23,94 +23,30 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from collector.alerts.rules import RULES, TargetSettings
+from collector.alerts.rules.base import AnyRule
 from probe.targets import ConfigError, keys_of
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=1000)]
-Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
-Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
 
-class _Rule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    enabled: bool = True
-
-
-class LatencyRule(_Rule, frozen=True):
-    """``dns.rtt_ms`` and ``http.ttfb_ms`` against each series' own baseline."""
-
-    window_s: Annotated[float, msgspec.Meta(ge=10, le=86400)] = 300.0
-    # degraded: median over the window >= factor x baseline and >= baseline + min_delta_ms
-    factor: Annotated[float, msgspec.Meta(gt=1, le=1000)] = 2.0
-    min_delta_ms: Annotated[float, msgspec.Meta(ge=0)] = 20.0
-    # or the last onset_samples answers each past that threshold (a fast onset)
-    onset_samples: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
-    # while firing, the line is baseline + (threshold - baseline) x (1 - hysteresis)
-    hysteresis: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
-
-
-class ErrorsRule(_Rule, frozen=True):
-    """Failures over the window: DNS rcodes in ``dns_rcodes``, HTTP ``ok`` false."""
-
-    window_s: Annotated[float, msgspec.Meta(ge=10, le=86400)] = 300.0
-    max_error_ratio: Ratio = 0.05  # degraded above this share of failures
-    min_failures: Annotated[int, msgspec.Meta(ge=1)] = 2  # and at least this many
-    onset_samples: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2  # or this many in a row
-    hysteresis: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
-    dns_rcodes: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
-        default_factory=lambda: ["TIMEOUT", "NETERR", "SERVFAIL"]
+def _section(name: str, rules: tuple[AnyRule, ...]) -> type[msgspec.Struct]:
+    """A struct with one key per rule, each defaulting to that rule's defaults."""
+    return msgspec.defstruct(
+        name,
+        [(r.name, r.settings, msgspec.field(default_factory=r.settings)) for r in rules],
+        forbid_unknown_fields=True,
+        kw_only=True,
+        frozen=True,
     )
 
-    def __post_init__(self) -> None:
-        for code in self.dns_rcodes:
-            if not re.fullmatch(r"[A-Z][A-Z0-9]*", code):
-                raise ValueError(f"dns_rcodes: {code!r} is not an rcode name (TIMEOUT, SERVFAIL)")
 
-
-class ProbeHealthRule(_Rule, frozen=True):
-    """A probe degraded on most of its unrelated targets is sick itself."""
-
-    min_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.6  # of its targets
-    min_spread: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2  # providers or topologies
-
-
-class SilenceRule(_Rule, frozen=True):
-    """No heartbeat (the ``probe`` measurement) for ``missed`` x ``heartbeat_s``."""
-
-    heartbeat_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0  # the probes' own
-    missed: Annotated[float, msgspec.Meta(ge=1, le=1000)] = 3.0
-
-
-class CatchmentRule(_Rule, frozen=True):
-    """A region's probes answered by another anycast site than their usual one."""
-
-
-class PropagationRule(_Rule, frozen=True):
-    """An anycast site serving an older SOA serial than the newest seen at any site."""
-
-    max_serial_lag_s: Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)] = 300.0
-
-
-class Rules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """Every rule's settings."""
-
-    latency: LatencyRule = msgspec.field(default_factory=LatencyRule)
-    errors: ErrorsRule = msgspec.field(default_factory=ErrorsRule)
-    probe_health: ProbeHealthRule = msgspec.field(default_factory=ProbeHealthRule)
-    silence: SilenceRule = msgspec.field(default_factory=SilenceRule)
-    catchment: CatchmentRule = msgspec.field(default_factory=CatchmentRule)
-    propagation: PropagationRule = msgspec.field(default_factory=PropagationRule)
-
-
+#: ``alerts.rules``: every rule's settings (one key per rule of ``RULES``)
+Rules: Final = _section("Rules", RULES)
 #: the rules a group of targets may set (the others are about probes, not targets)
-TARGET_RULES: Final = ("latency", "errors", "catchment", "propagation")
-
-
-class TargetRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """A group's rules: the global ones, with the group's keys over them."""
-
-    latency: LatencyRule = msgspec.field(default_factory=LatencyRule)
-    errors: ErrorsRule = msgspec.field(default_factory=ErrorsRule)
-    catchment: CatchmentRule = msgspec.field(default_factory=CatchmentRule)
-    propagation: PropagationRule = msgspec.field(default_factory=PropagationRule)
+TARGET_RULES: Final = tuple(r.name for r in RULES if r.per_target)
+#: a group's ``rules``: the global ones, with the group's keys over them
+TargetRules: Final = _section("TargetRules", tuple(r for r in RULES if r.per_target))
 
 
 class Group(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -126,7 +62,7 @@ class Group(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     quorum: Count | None = None
     for_: Count | None = msgspec.field(default=None, name="for")
     keep_firing_for: Count | None = None
-    rules: TargetRules = msgspec.field(default_factory=TargetRules)
+    rules: TargetRules = msgspec.field(default_factory=TargetRules)  # type: ignore[valid-type]
 
     def __post_init__(self) -> None:
         if not (self.targets or self.topologies or self.providers):
@@ -152,16 +88,6 @@ class Webhook(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
             raise ValueError(f"url: {why}")
 
 
-class TargetSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """What applies to one target: its group's settings over the global ones."""
-
-    group: str | None
-    quorum: int
-    for_: int
-    keep_firing_for: int
-    rules: TargetRules
-
-
 class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """The alert engine's settings; see ``collector/example.yaml``."""
 
@@ -175,7 +101,7 @@ class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     for_: Count = msgspec.field(default=2, name="for")  # bad evaluations to fire
     keep_firing_for: Count = 2  # good evaluations to resolve
     probe_warnings: bool = False  # a probe degraded alone on a target: a warning
-    rules: Rules = msgspec.field(default_factory=Rules)
+    rules: Rules = msgspec.field(default_factory=Rules)  # type: ignore[valid-type]
     groups: list[Group] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -191,8 +117,13 @@ class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     @property
     def window_s(self) -> float:
         """The longest window any target's rules look at."""
-        rules: list[Rules | TargetRules] = [self.rules, *(g.rules for g in self.groups)]
-        return max(max(r.latency.window_s, r.errors.window_s) for r in rules)
+        sections: list[msgspec.Struct] = [self.rules, *(g.rules for g in self.groups)]
+        return max(
+            getattr(rule.of(s), "window_s", 0.0)
+            for s in sections
+            for rule in RULES
+            if hasattr(s, rule.name)
+        )
 
 
 def settings_for(cfg: AlertsConfig, target: str, topology: str, provider: str) -> TargetSettings:
@@ -206,15 +137,12 @@ def settings_for(cfg: AlertsConfig, target: str, topology: str, provider: str) -
                 keep_firing_for=g.keep_firing_for or cfg.keep_firing_for,
                 rules=g.rules,
             )
-    r = cfg.rules
     return TargetSettings(
         group=None,
         quorum=cfg.quorum,
         for_=cfg.for_,
         keep_firing_for=cfg.keep_firing_for,
-        rules=TargetRules(
-            latency=r.latency, errors=r.errors, catchment=r.catchment, propagation=r.propagation
-        ),
+        rules=TargetRules(**{name: getattr(cfg.rules, name) for name in TARGET_RULES}),
     )
 
 
@@ -231,17 +159,9 @@ def url_fault(url: str) -> str | None:
 
 
 #: every key of the section, at any depth: what an unknown key is compared with
-ALERT_KEYS: Final = keys_of(
-    AlertsConfig,
-    Rules,
-    LatencyRule,
-    ErrorsRule,
-    ProbeHealthRule,
-    SilenceRule,
-    PropagationRule,
-    Group,
-    Webhook,
-) | {"for"}
+ALERT_KEYS: Final = keys_of(AlertsConfig, Rules, Group, Webhook, *(r.settings for r in RULES)) | {
+    "for"
+}
 
 #: the section's top-level keys that are variables, and their variable
 VARIABLES: Final = {
@@ -369,16 +289,11 @@ def load_alerts(
 
 __all__ = [
     "ALERT_KEYS",
+    "TARGET_RULES",
     "VARIABLES",
     "AlertsConfig",
-    "CatchmentRule",
-    "ErrorsRule",
     "Group",
-    "LatencyRule",
-    "ProbeHealthRule",
-    "PropagationRule",
     "Rules",
-    "SilenceRule",
     "TargetRules",
     "TargetSettings",
     "Webhook",

@@ -28,7 +28,7 @@ from collector.alerts.anycast import LOOKBACK_S, SETTLE_S, Catchments, Event, Se
 from collector.alerts.config import AlertsConfig, TargetSettings, settings_for
 from collector.alerts.notify import Alertmanager, Notice, Notifier, Webhook
 from collector.alerts.rollup import BASELINE_S, BUCKET_S, Rollups, bucket_of
-from collector.alerts.rules import Condition, Firing, Inputs, annotate, assess
+from collector.alerts.rules import RULES, Condition, Firing, Inputs, annotate, assess
 from collector.alerts.state import Change, States, Tracked, to_line
 from collector.alerts.window import NS, fetch
 from collector.store.influxql import InfluxQL, QueryError
@@ -173,7 +173,9 @@ class Engine:
             baseline=lambda kind, probe, target, site: self.rollups.baseline(
                 (kind, probe, target, site), lo, hi
             ),
-            usual_site=lambda probe, target: self.rollups.usual_site(probe, target, lo, hi),
+            usual_site=lambda kind, probe, target: self.rollups.usual_site(
+                kind, probe, target, lo, hi
+            ),
             firing=Firing(a.labels for a in self.states.firing()),
             serials=serials,
             newest_since=newest_since,
@@ -189,8 +191,9 @@ class Engine:
         await self._write(lines)
         if changes:
             self._notify(changes)
-        for rule in ("latency", "errors", "probe", "silence", "catchment", "propagation"):
-            metrics.FIRING.labels(rule).set(sum(1 for a in self.states.firing() if a.rule == rule))
+        for rule in RULES:
+            name = rule.alertname
+            metrics.FIRING.labels(name).set(sum(1 for a in self.states.firing() if a.rule == name))
         seconds = time.perf_counter() - t0
         metrics.EVALUATION_SECONDS.observe(seconds)
         return StepResult(at, conditions, changes, events, seconds, self.influx.take_seconds())

@@ -1,8 +1,9 @@
 """Baselines: the ``rollup_5m`` measurement, and the medians over it the rules compare with.
 
 Every 5-minute bucket, once it has been closed for ``DELAY_S``, is rolled up by one
-InfluxQL query per kind: the median ``rtt_ms`` (dns) or ``ttfb_ms`` (http) and the count
-of answers, per probe, target and site. Those rows are written to ``rollup_5m`` (tags
+InfluxQL query per judged kind: the median of the kind's value field (``rtt_ms`` for dns,
+``ttfb_ms`` for http: ``collector.kinds``) and the count of answers, per probe, target
+and site. Those rows are written to ``rollup_5m`` (tags
 ``kind``, probe, region, target, site, topology, provider; fields ``p50``, ``n``), with
 one marker row per bucket (``kind=done``), so a restarted engine knows which buckets
 exist and computes only the missing ones (a first start computes the last day's).
@@ -23,13 +24,16 @@ import logging
 import statistics
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
-from collector.store.influxql import InfluxQL, Series, select
+from collector.kinds import Kind, alerted
+from collector.store.influxql import InfluxQL, Series
 from collector.store.lineproto import Unrepresentable, line
+from collector.store.query import AnyOf, Col, Fn, Select, Span, Tag
+from probe.wire import NS
 
 log = logging.getLogger("popwatch.collector.alerts")
 
-NS = 1_000_000_000
 BUCKET_S = 300
 DELAY_S = 60  # a bucket is rolled up once it has been closed this long
 BASELINE_S = 86400  # the baseline: the 24 h before the window
@@ -40,11 +44,17 @@ MEASUREMENT = "rollup_5m"
 #: a series of the rollup: (kind, probe, target, site)
 Key = tuple[str, str, str, str]
 
-_TAGS = {
-    "dns": "probe, region, target, site, topology, provider",
-    "http": "probe, region, target, topology, provider",
-}
-_FIELD = {"dns": "rtt_ms", "http": "ttfb_ms"}
+
+def _tags(kind: Kind[Any]) -> tuple[str, ...]:
+    """The tags a kind's rollup rows are kept by."""
+    a = kind.alerting
+    site = ("site",) if a is not None and a.site else ()
+    return ("probe", "region", "target", *site, "topology", "provider")
+
+
+def _value(kind: Kind[Any]) -> str:
+    assert kind.alerting is not None
+    return kind.alerting.value
 
 
 class _Ring:
@@ -106,17 +116,19 @@ class Rollups:
         sem = asyncio.Semaphore(2)
 
         async def fetch(lo: int, hi: int) -> list[list[Series]]:
-            span = f"time >= {lo * BUCKET_S * NS} AND time < {hi * BUCKET_S * NS}"
+            span = Span(lo * BUCKET_S * NS, hi * BUCKET_S * NS)
+            kinds = AnyOf(tuple(Tag("kind", k.name) for k in alerted()))
             async with sem:
                 return await self.influx.query(
-                    select(
-                        "p50",
-                        MEASUREMENT,
-                        f"(kind = 'dns' OR kind = 'http') AND {span}",
-                        "kind, probe, target, site",
-                    )
-                    + ";"
-                    + select("buckets", MEASUREMENT, f"kind = 'done' AND {span}")
+                    [
+                        Select(
+                            MEASUREMENT,
+                            (Col("p50"),),
+                            (kinds, span),
+                            group_by=("kind", "probe", "target", "site"),
+                        ),
+                        Select(MEASUREMENT, (Col("buckets"),), (Tag("kind", "done"), span)),
+                    ]
                 )
 
         loop = asyncio.get_running_loop()
@@ -158,21 +170,24 @@ class Rollups:
 
     async def _compute(self, lo: int, hi: int) -> list[str]:
         """Roll up buckets [lo, hi) from the raw points."""
-        span = f"time >= {lo * BUCKET_S * NS} AND time < {hi * BUCKET_S * NS}"
+        span = Span(lo * BUCKET_S * NS, hi * BUCKET_S * NS)
+        kinds = alerted()
         statements = [
-            select(
-                f"median({_FIELD[k]}), count({_FIELD[k]})",
-                k,
-                span,
-                f"time({BUCKET_S}s), {_TAGS[k]}",
-                " fill(none)",
+            Select(
+                k.measurement,
+                (Fn("median", _value(k)), Fn("count", _value(k))),
+                (span,),
+                group_by=_tags(k),
+                every=f"{BUCKET_S}s",
+                fill="none",
             )
-            for k in ("dns", "http")
+            for k in kinds
         ]
-        results = await self.influx.query("; ".join(statements))
+        results = await self.influx.query(statements)
         lines: list[str] = []
         rows = dict.fromkeys(range(lo, hi), 0)
-        for kind, result in zip(("dns", "http"), results, strict=True):
+        for k, result in zip(kinds, results, strict=True):
+            kind = k.name
             for s in result:
                 t = s.tags
                 key = (kind, t.get("probe", ""), t.get("target", ""), t.get("site", ""))
@@ -218,15 +233,15 @@ class Rollups:
         self._medians[key] = (lo, hi, median, n)
         return (median, n) if n >= MIN_BUCKETS else None
 
-    def usual_site(self, probe: str, target: str, lo: int, hi: int) -> str | None:
-        """The anycast site with the most buckets of ``probe``'s answers on ``target`` in
-        [lo, hi) (at least ``MIN_BUCKETS``), or None."""
+    def usual_site(self, kind: str, probe: str, target: str, lo: int, hi: int) -> str | None:
+        """The anycast site with the most buckets of ``probe``'s answers on ``target`` (of
+        ``kind``) in [lo, hi) (at least ``MIN_BUCKETS``), or None."""
         cached = self._usual.get((probe, target))
         if cached is not None and cached[0] == lo and cached[1] == hi:
             return cached[2]
         best, most = None, MIN_BUCKETS - 1
         for site in sorted(self.sites.get((probe, target), ())):
-            ring = self.rings.get(("dns", probe, target, site))
+            ring = self.rings.get((kind, probe, target, site))
             if site and ring is not None:
                 i, j = ring.span(lo, hi)
                 if j - i > most:

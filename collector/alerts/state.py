@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from collector.alerts.rules import Condition, Labels
-from collector.store.influxql import InfluxQL, between, select
+from collector.store.influxql import InfluxQL
 from collector.store.lineproto import FieldValue, line
+from collector.store.query import Between, Fn, Select
+from collector.store.schema import ALERT_HISTORY_S
+from probe.wire import NS
 
-NS = 1_000_000_000
-RECOVER_S = 30 * 86400
 #: the label names kept as tags of ``alert``; alertname is the tag ``rule``
 TAGS = ("severity", "region", "target", "topology", "probe", "site")
 
@@ -59,7 +60,9 @@ class States:
     async def recover(self, influx: InfluxQL, at: int) -> int:
         """Alerts whose last state in ``alert`` is firing fire on; how many."""
         result = await influx.one(
-            select("last(value)", "alert", between(at - RECOVER_S * NS, at), "*")
+            Select(
+                "alert", (Fn("last", "value"),), (Between(at - ALERT_HISTORY_S * NS, at),), ("*",)
+            )
         )
         last: dict[Labels, tuple[int, str]] = {}
         for s in result:

@@ -1,25 +1,36 @@
 """What the rules look at: the raw samples of the last window, and each probe's last
-heartbeat, read from InfluxDB in three concurrent queries."""
+heartbeat, read from InfluxDB in concurrent queries (one per kind the rules judge, and
+one for the heartbeats).
+
+Which fields and tags a kind's samples are read with comes from the kind's
+``alerting`` (``collector.kinds``): its value field, whether it carries the anycast
+site, the rcode and the SOA serial.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from collector.store.influxql import InfluxQL, between, select
+from collector.kinds import Kind, alerted
+from collector.store.influxql import InfluxQL
+from collector.store.influxql import Series as Result
+from collector.store.query import Between, Col, Fn, Select
+from probe.wire import NS
 
-NS = 1_000_000_000
 #: rcodes that mean no answer came (the probe's vocabulary, probe/errors.py)
 NO_ANSWER = frozenset({"TIMEOUT", "NETERR"})
 #: a probe silent longer than this falls out of the heartbeat query
 HEARTBEAT_LOOKBACK_S = 86400
+#: the tags every judged series is split by
+SERIES_TAGS = ("probe", "region", "target", "topology", "provider")
 
 
 class Sample(NamedTuple):
-    """One measurement: ``value`` is ``rtt_ms`` (dns) or ``ttfb_ms`` (http), None when
-    there is none; ``rcode`` is the DNS rcode ("" for http); ``site`` the anycast site
-    that answered ("" when none said)."""
+    """One measurement: ``value`` is the kind's value field (``rtt_ms``, ``ttfb_ms``),
+    None when there is none; ``rcode`` the DNS rcode ("" for kinds without one);
+    ``site`` the anycast site that answered ("" when none said)."""
 
     ts: int  # epoch ns of the send
     ok: bool
@@ -33,7 +44,7 @@ class Sample(NamedTuple):
 class Series:
     """One probe's samples of one target, oldest first."""
 
-    kind: str  # "dns" or "http"
+    kind: str  # a key of collector.kinds.BY_NAME
     probe: str
     region: str
     target: str
@@ -44,52 +55,63 @@ class Series:
 
 @dataclass(slots=True)
 class Snapshot:
-    """The window ending at ``at`` (epoch ns): series by (probe, target), and each
+    """The window ending at ``at`` (epoch ns): series by (kind, probe, target), and each
     probe's region and last heartbeat (epoch ns)."""
 
     at: int
     start: int  # samples are in (start, at]
-    series: dict[tuple[str, str], Series]
+    series: dict[tuple[str, str, str], Series]
     heartbeats: dict[str, tuple[str, int]]
+
+
+def samples_query(kind: Kind[Any], start: int, at: int) -> Select:
+    """The raw samples of one judged kind in (start, at]."""
+    a = kind.alerting
+    assert a is not None
+    columns = [Col("ok"), Col(a.value)] + ([Col("serial")] if a.serial else [])
+    split = (("site",) if a.site else ()) + (("rcode",) if a.by_rcode else ())
+    return Select(
+        kind.measurement, tuple(columns), (Between(start, at),), group_by=(*SERIES_TAGS, *split)
+    )
+
+
+def _samples(kind: Kind[Any], s: Result) -> list[Sample]:
+    a = kind.alerting
+    assert a is not None
+    rcode, site = s.tags.get("rcode", ""), s.tags.get("site", "")
+    if a.serial:
+        return [Sample(row[0], bool(row[1]), row[2], rcode, site, row[3]) for row in s.values]
+    return [Sample(row[0], bool(row[1]), row[2], rcode, site, None) for row in s.values]
 
 
 async def fetch(influx: InfluxQL, at: int, start: int) -> Snapshot:
     """The samples in (start, at] and the heartbeats of the last day up to ``at``."""
-    span = between(start, at)
-    dns_q = select(
-        "ok, rtt_ms, serial", "dns", span, "probe, region, target, site, topology, provider, rcode"
+    kinds = alerted()
+    beat_q = Select(
+        "probe",
+        (Fn("last", "uptime_s"),),
+        (Between(at - HEARTBEAT_LOOKBACK_S * NS, at),),
+        group_by=("probe", "region"),
     )
-    http_q = select("ok, ttfb_ms", "http", span, "probe, region, target, topology, provider")
-    beat_q = select(
-        "last(uptime_s)", "probe", between(at - HEARTBEAT_LOOKBACK_S * NS, at), "probe, region"
+    *results, beats = await asyncio.gather(
+        *(influx.one(samples_query(k, start, at)) for k in kinds), influx.one(beat_q)
     )
-    dns, http, beats = await asyncio.gather(
-        influx.one(dns_q), influx.one(http_q), influx.one(beat_q)
-    )
-    series: dict[tuple[str, str], Series] = {}
-    for kind, result in (("dns", dns), ("http", http)):
+    series: dict[tuple[str, str, str], Series] = {}
+    for kind, result in zip(kinds, results, strict=True):
         for s in result:
             t = s.tags
-            key = (t.get("probe", ""), t.get("target", ""))
+            key = (kind.name, t.get("probe", ""), t.get("target", ""))
             one = series.get(key)
             if one is None:
                 one = series[key] = Series(
-                    kind,
-                    key[0],
-                    t.get("region", ""),
+                    kind.name,
                     key[1],
+                    t.get("region", ""),
+                    key[2],
                     t.get("topology", ""),
                     t.get("provider", ""),
                 )
-            rcode, site = t.get("rcode", ""), t.get("site", "")
-            if kind == "dns":
-                one.samples.extend(
-                    Sample(row[0], bool(row[1]), row[2], rcode, site, row[3]) for row in s.values
-                )
-            else:
-                one.samples.extend(
-                    Sample(row[0], bool(row[1]), row[2], "", "", None) for row in s.values
-                )
+            one.samples.extend(_samples(kind, s))
     for one in series.values():
         one.samples.sort(key=lambda x: x.ts)
     heartbeats = {
@@ -100,4 +122,4 @@ async def fetch(influx: InfluxQL, at: int, start: int) -> Snapshot:
     return Snapshot(at, start, series, heartbeats)
 
 
-__all__ = ["NO_ANSWER", "NS", "Sample", "Series", "Snapshot", "fetch"]
+__all__ = ["NO_ANSWER", "NS", "SERIES_TAGS", "Sample", "Series", "Snapshot", "fetch"]

@@ -42,10 +42,9 @@ from collector.store.lineproto import Unrepresentable
 from collector.store.sink import Sink, SinkUnavailable, encode
 from collector.store.spool import Spool, SpoolFull
 from probe.targets import ConfigError
+from probe.wire import NS
 
 log = logging.getLogger("popwatch.collector")
-
-NS = 1_000_000_000
 
 
 @dataclass

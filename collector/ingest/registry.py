@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from collector.ingest.points import Identity
+from collector.identity import Identity
 
 # matched with fullmatch: ``$`` would also match before a trailing newline
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")  # as probe ids: tag-safe

@@ -11,6 +11,7 @@ silently short answer.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import aiohttp
 import msgspec
 
 from collector.store import metrics
+from collector.store.query import Select, statements
 
 
 class QueryError(Exception):
@@ -58,28 +60,6 @@ class Series:
     def rows(self) -> list[dict[str, Any]]:
         """Each row as column -> value, with the series' tags as columns too."""
         return [{**self.tags, **dict(zip(self.columns, v, strict=True))} for v in self.values]
-
-
-def select(what: str, measurement: str, where: str, group_by: str = "", tail: str = "") -> str:
-    """One ``SELECT`` statement. Times in ``where`` are integers (epoch ns) and strings
-    go through ``quote``, so no value read from InfluxDB can change a statement."""
-    group = f" GROUP BY {group_by}" if group_by else ""
-    return f"SELECT {what} FROM {measurement} WHERE {where}{group}{tail}"  # noqa: S608
-
-
-def between(lo: int, hi: int) -> str:
-    """``time`` in (lo, hi], epoch ns."""
-    return f"time > {lo} AND time <= {hi}"
-
-
-def quote(value: str) -> str:
-    """A string literal (a tag value in ``WHERE``)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def ident(name: str) -> str:
-    """A quoted identifier (a measurement or key)."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class InfluxQL:
@@ -132,8 +112,9 @@ class InfluxQL:
         s, self.seconds = self.seconds, 0.0
         return s
 
-    async def query(self, q: str) -> list[list[Series]]:
-        """Run ``q`` (one or more statements, ``;``-separated): each statement's series."""
+    async def query(self, selects: Select | Sequence[Select]) -> list[list[Series]]:
+        """Run one statement or several in one request: each statement's series."""
+        q = selects.render() if isinstance(selects, Select) else statements(selects)
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 headers=self._headers, auth=self._auth, timeout=self._timeout
@@ -179,10 +160,10 @@ class InfluxQL:
             raise QueryError(f"InfluxDB query: HTTP {status}")
         return out
 
-    async def one(self, q: str) -> list[Series]:
+    async def one(self, select: Select) -> list[Series]:
         """The series of one statement."""
-        results = await self.query(q)
+        results = await self.query(select)
         return results[0] if results else []
 
 
-__all__ = ["InfluxQL", "QueryError", "Series", "between", "ident", "quote", "select"]
+__all__ = ["InfluxQL", "QueryError", "Series"]

@@ -1,5 +1,10 @@
-"""What the status page shows, from fixed InfluxQL queries: the probes, latency per region
-and target, the current anycast site per region, DNS's share of TTFB, firing alerts."""
+"""What the status page shows, from fixed queries: the probes, latency per region and
+target, the current anycast site per region, DNS's share of TTFB, firing alerts.
+
+Which kinds feed which section comes from the kinds table (``collector.kinds``): the
+``latency``, ``median`` and ``sites`` sections read each feeding kind's value field, the
+``ttfb`` section its page-fetch phases, ``probes`` its heartbeats.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +13,98 @@ import time
 from collections import defaultdict
 from typing import Any, Final
 
+from collector.kinds import Kind, feeding
 from collector.store.influxql import InfluxQL, Series
+from collector.store.query import Ago, Col, FieldIs, Fn, Select, Tag
+from collector.store.schema import ALERT_HISTORY
 
-#: how far back the page looks for measurements (alerts: ALERTS_SINCE)
+#: how far back the page looks for measurements (alerts: ALERT_HISTORY)
 WINDOW: Final = "15m"
-#: a firing alert's last state change may be this old
-ALERTS_SINCE: Final = "30d"
 
-_QUERIES: Final = {
-    "probes": 'SELECT last("uptime_s") AS "uptime_s", "lat", "lon", "spool_depth" FROM "probe" '
-    'WHERE time > now() - $window GROUP BY "probe", "region", "version"',
-    "probe_latency": 'SELECT median("rtt_ms") AS "median_ms" FROM "dns" '
-    'WHERE time > now() - $window GROUP BY "probe"',
-    "latency": 'SELECT percentile("rtt_ms", 50) AS "p50_ms", percentile("rtt_ms", 95) AS '
-    '"p95_ms", count("ok") AS "queries" FROM "dns" WHERE time > now() - $window '
-    'GROUP BY "region", "target", "topology"',
-    "answered": 'SELECT count("ok") AS "ok" FROM "dns" WHERE "ok" = true AND '
-    'time > now() - $window GROUP BY "region", "target", "topology"',
-    "sites": 'SELECT last("rtt_ms") AS "rtt_ms" FROM "dns" WHERE "topology" = \'anycast\' AND '
-    'time > now() - $window GROUP BY "region", "target", "probe", "site"',
-    "ttfb": 'SELECT median("dns_ms") AS "dns_ms", median("connect_ms") AS "connect_ms", '
-    'median("tls_ms") AS "tls_ms", median("ttfb_ms") AS "ttfb_ms" FROM "http" '
-    'WHERE time > now() - $window GROUP BY "region", "target"',
-    "alerts": 'SELECT last("message") AS "message", "value", "baseline", "probes" FROM "alert" '
-    'WHERE time > now() - $since GROUP BY "rule", "severity", "region", "target", "state"',
-}
-#: the fixed InfluxQL the page runs, by what it is for
-QUERIES: Final = {
-    name: q.replace("$window", WINDOW).replace("$since", ALERTS_SINCE)
-    for name, q in _QUERIES.items()
-}
+
+def _value(kind: Kind[Any]) -> str:
+    if kind.alerting is None:
+        raise ValueError(f"kind {kind.name} feeds a latency section but has no value field")
+    return kind.alerting.value
+
+
+def queries() -> dict[str, list[Select]]:
+    """The fixed queries the page runs, by what they are for (one per feeding kind)."""
+    since = Ago(WINDOW)
+    region = ("region", "target", "topology")
+    return {
+        "probes": [
+            Select(
+                k.measurement,
+                (Fn("last", "uptime_s", "uptime_s"), Col("lat"), Col("lon"), Col("spool_depth")),
+                (since,),
+                group_by=("probe", "region", "version"),
+            )
+            for k in feeding("probes")
+        ],
+        "probe_latency": [
+            Select(
+                k.measurement,
+                (Fn("median", _value(k), "median_ms"),),
+                (since,),
+                group_by=("probe",),
+            )
+            for k in feeding("median")
+        ],
+        "latency": [
+            Select(
+                k.measurement,
+                (
+                    Fn("percentile", _value(k), "p50_ms", 50),
+                    Fn("percentile", _value(k), "p95_ms", 95),
+                    Fn("count", "ok", "queries"),
+                ),
+                (since,),
+                group_by=region,
+            )
+            for k in feeding("latency")
+        ],
+        "answered": [
+            Select(
+                k.measurement,
+                (Fn("count", "ok", "ok"),),
+                (FieldIs("ok", True), since),
+                group_by=region,
+            )
+            for k in feeding("latency")
+        ],
+        "sites": [
+            Select(
+                k.measurement,
+                (Fn("last", _value(k), "rtt_ms"),),
+                (Tag("topology", "anycast"), since),
+                group_by=("region", "target", "probe", "site"),
+            )
+            for k in feeding("sites")
+        ],
+        "ttfb": [
+            Select(
+                k.measurement,
+                (
+                    Fn("median", "dns_ms", "dns_ms"),
+                    Fn("median", "connect_ms", "connect_ms"),
+                    Fn("median", "tls_ms", "tls_ms"),
+                    Fn("median", "ttfb_ms", "ttfb_ms"),
+                ),
+                (since,),
+                group_by=("region", "target"),
+            )
+            for k in feeding("ttfb")
+        ],
+        "alerts": [
+            Select(
+                "alert",
+                (Fn("last", "message", "message"), Col("value"), Col("baseline"), Col("probes")),
+                (Ago(ALERT_HISTORY),),
+                group_by=("rule", "severity", "region", "target", "state"),
+            )
+        ],
+    }
 
 
 def _rows(series: list[Series]) -> list[dict[str, Any]]:
@@ -161,9 +228,12 @@ def firing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def gather(influx: InfluxQL) -> dict[str, Any]:
     """The page's data: every query at once. Raises ``QueryError`` if one fails."""
-    names = list(QUERIES)
-    results = await asyncio.gather(*(influx.one(QUERIES[n]) for n in names))
-    got = {n: _rows(r) for n, r in zip(names, results, strict=True)}
+    wanted = queries()
+    flat = [(name, q) for name, qs in wanted.items() for q in qs]
+    results = await asyncio.gather(*(influx.one(q) for _, q in flat))
+    got: dict[str, list[dict[str, Any]]] = {name: [] for name in wanted}
+    for (name, _), result in zip(flat, results, strict=True):
+        got[name] += _rows(result)
     return {
         "window": WINDOW,
         "generated_ms": int(time.time() * 1000),

@@ -1,0 +1,54 @@
+"""The InfluxDB schema: every measurement popwatch writes, with its tags and fields.
+
+The rows of the probes' records come from their kinds (``collector.kinds``); the rows of
+what the alert engine writes (``alert``, ``event``, ``rollup_5m``) are here. Queries
+built with ``collector.store.query`` are checked against this table when they are made,
+and a test holds it to the table in docs/design.md (and the README's).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from collector.kinds import KINDS
+from collector.kinds.base import words
+
+#: measurement -> (tags, fields) of what the alert engine writes
+ENGINE: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "event": (
+        words("kind probe region target from_site to_site"),
+        words("outage_ms lost flaps_1h serial lag_s message"),
+    ),
+    "alert": (
+        words("rule severity region target topology probe site state"),
+        words("value baseline probes message"),
+    ),
+    # the baselines' 5-minute medians (kind: the record kind, or "done": a bucket's marker)
+    "rollup_5m": (
+        words("kind probe region target site topology provider"),
+        words("p50 n buckets"),
+    ),
+}
+
+#: how far back a firing alert's last state change is looked for (the ``alert``
+#: measurement holds state changes: an alert firing for a week changed state a week ago)
+ALERT_HISTORY_DAYS: Final = 30
+ALERT_HISTORY: Final = f"{ALERT_HISTORY_DAYS}d"  # as an InfluxQL duration
+ALERT_HISTORY_S: Final = ALERT_HISTORY_DAYS * 86400
+
+#: measurement -> (tags, fields)
+SCHEMA: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
+    **{k.measurement: (frozenset(k.tags), frozenset(k.fields)) for k in KINDS},
+    **{m: (frozenset(t), frozenset(f)) for m, (t, f) in ENGINE.items()},
+}
+
+
+def tags(measurement: str) -> frozenset[str]:
+    return SCHEMA[measurement][0]
+
+
+def fields(measurement: str) -> frozenset[str]:
+    return SCHEMA[measurement][1]
+
+
+__all__ = ["ALERT_HISTORY", "ALERT_HISTORY_S", "ENGINE", "SCHEMA", "fields", "tags"]
