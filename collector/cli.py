@@ -33,7 +33,8 @@ from collector.store.sink import GroupCommit, InfluxV1Sink, InfluxV2Sink, Sink, 
 from collector.store.spool import Spool, SpoolingSink
 from collector.web import add_routes as add_status_page
 from dashboards import cli as dashboards_cli
-from probe.targets import load_targets, parse_hostport
+from probe.configfile import parse_hostport
+from probe.targets import load_targets
 
 log = logging.getLogger("popwatch.collector")
 

@@ -5,7 +5,7 @@ default and its meaning are in ``collector/example.yaml`` (``popwatch-collector
 example`` prints it). Keys with units say them: ``_s`` seconds, ``_ms`` milliseconds,
 ``_bytes`` bytes.
 
-A bad setting raises :class:`probe.targets.ConfigError` whose message is one line naming
+A bad setting raises :class:`probe.configfile.ConfigError` whose message is one line naming
 where the value came from and what is wrong: ``FILE: KEY: fault`` for a key of the file,
 ``POPWATCH_KEY: fault`` for a variable. An unknown key is an error, with the nearest
 known key as a hint. A ``POPWATCH_*`` variable that is not a collector setting is an
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import typing
-import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -25,7 +24,15 @@ import msgspec
 
 from collector.alerts.config import VARIABLES as ALERT_VARIABLES
 from collector.alerts.config import AlertsConfig, load_alerts
-from probe.targets import ConfigError, closest, did_you_mean, parse_hostport, read_yaml
+from probe.configfile import (
+    ConfigError,
+    closest,
+    did_you_mean,
+    explain,
+    parse_hostport,
+    read_yaml,
+    url_fault,
+)
 
 
 class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -118,24 +125,6 @@ def variable(key: str) -> str:
     return f"POPWATCH_{key.upper()}"
 
 
-def url_fault(url: str) -> str | None:
-    """Why ``url`` is not an http(s) URL with a host (with a corrected one as a hint), or
-    None when it is one."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        return f"{url!r} is not a URL: {exc}"
-    if parts.scheme in ("http", "https") and parts.hostname:
-        return None
-    why = f"{url!r} is not an http(s) URL with a host"
-    if "://" not in url:
-        fixed = f"http://{url}"
-        if not url_fault(fixed):
-            return f"{why}; did you mean {fixed}?"
-    return why
-
-
 _FIELDS: Final = CollectorConfig.__struct_fields__
 _HINTS: Final = typing.get_type_hints(CollectorConfig, include_extras=True)
 
@@ -163,29 +152,6 @@ def _unknown(data: dict[str, Any], file: str, env: dict[str, str]) -> None:
         near = closest(key, _FIELDS, cutoff=0.8)
         if near:
             raise ConfigError(f"{var}: unknown variable (did you mean {variable(near)}?)")
-
-
-def _fault(exc: msgspec.ValidationError) -> tuple[str | None, str]:
-    """(key, fault) from msgspec's message: ``fault - at `$.key` ``, or ``key: fault``
-    from ``__post_init__``."""
-    text = str(exc)
-    msg, sep, where = text.rpartition(" - at `$.")
-    if sep:
-        return where.rstrip("`").split(".")[0].split("[")[0], msg
-    key, sep, rest = text.partition(": ")
-    if sep and key in _FIELDS:
-        return key, rest
-    return None, text
-
-
-def _explain(key: str | None, msg: str, value: Any) -> str:
-    """msgspec's fault in this project's words."""
-    if key is not None and msg.startswith("Invalid enum value"):
-        return f"{value!r} is not one of {', '.join(_choices(key))}"
-    msg = msg.replace("`", "")
-    if msg.startswith("Expected "):  # the value as given: from a variable it is text
-        msg = f"{msg.partition(', got ')[0]}, got {value!r}"
-    return msg[0].lower() + msg[1:] if msg[:1].isupper() and not msg[:2].isupper() else msg
 
 
 def load_config(
@@ -219,11 +185,14 @@ def load_config(
         cfg.alerts = alerts
         return cfg
     except msgspec.ValidationError as exc:
-        bad, msg = _fault(exc)
-        why = _explain(bad, msg, data.get(bad) if bad else None).replace("\n", " ")
-        if bad is not None and (bad in from_env or path is None):
+        fault = explain(CollectorConfig, data, exc)
+        why, bad = fault.text.replace("\n", " "), fault.top
+        if bad and (bad in from_env or path is None):
+            given = data.get(bad)
+            if ", got " in why and given is not None:
+                why = f"{why.partition(', got ')[0]}, got {given!r}"
             raise ConfigError(f"{variable(bad)}: {why}") from None
-        raise ConfigError(f"{file}: {bad or '(top level)'}: {why}") from None
+        raise ConfigError(f"{file}: {fault.path or '(top level)'}: {why}") from None
 
 
 __all__ = [

@@ -13,15 +13,8 @@ from pathlib import Path
 
 from probe import __version__, net
 from probe.checks import CHECKS, AnyCheck, Job, check
-from probe.config import (
-    ConfigError,
-    ProbeConfig,
-    check_unique,
-    collector_tls,
-    load_config,
-    load_targets,
-    parse_hostport,
-)
+from probe.config import ProbeConfig, check_unique, collector_tls, load_config, load_targets
+from probe.configfile import ConfigError, parse_hostport
 from probe.output import JsonLinesOutput
 from probe.resolve import ResolveError, resolve
 from probe.runner import Prober, run_job

@@ -18,11 +18,10 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from probe.configfile import ConfigError, convert, is_ip, parse_hostport, read_yaml
 from probe.targets import (
     QTYPES,
-    TARGET_KEYS,
     AnyTarget,
-    ConfigError,
     DnsTarget,
     HttpTarget,
     Name,
@@ -31,12 +30,7 @@ from probe.targets import (
     TargetsFile,
     check_unique,
     default_kind,
-    is_ip,
-    keys_of,
     load_targets,
-    one_line,
-    parse_hostport,
-    read_yaml,
 )
 
 
@@ -67,8 +61,6 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 #: the variables whose names are not simply POPWATCH_<KEY>
 ENV_NAMES: Final = {"id": "POPWATCH_PROBE_ID", "targets_file": "POPWATCH_TARGETS"}
-#: every key a probe config file may hold, its targets' included
-CONFIG_KEYS: Final = keys_of(ProbeConfig) | TARGET_KEYS
 
 
 def _check_shipping(cfg: ProbeConfig, where: Callable[[str], str]) -> None:
@@ -179,10 +171,7 @@ def load_config(
             data[key] = env[var].lower() if key == "log_level" else env[var]
             from_env[key] = var
     default_kind(data)
-    try:
-        cfg = msgspec.convert(data, ProbeConfig, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(one_line(source, exc, CONFIG_KEYS, from_env)) from None
+    cfg: ProbeConfig = convert(data, ProbeConfig, source, from_env)
     check_unique(source, cfg.targets)
     _check_shipping(cfg, lambda key: from_env.get(key) or f"{source}: {key}")
     if cfg.targets_file:
@@ -211,7 +200,6 @@ __all__ = [
     "is_ip",
     "load_config",
     "load_targets",
-    "one_line",
     "parse_hostport",
     "read_yaml",
 ]

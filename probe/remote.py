@@ -22,6 +22,7 @@ import msgspec
 
 from probe import USER_AGENT, __version__
 from probe.config import AnyTarget, TargetsFile, check_unique, default_kind
+from probe.configfile import ConfigError, explain
 from probe.runner import Prober
 from probe.shipper import Shipper, TooLarge, read_bounded
 from probe.wire import ProbeRecord
@@ -156,8 +157,12 @@ async def _pull_once(
     default_kind(data)
     try:
         served = msgspec.convert(data, TargetsFile, strict=False).targets
+    except msgspec.ValidationError as exc:
+        fault = explain(TargetsFile, data, exc)
+        raise _Unusable(f"target list is not valid: {fault.path}: {fault.text}") from None
+    try:
         check_unique(url, served)
-    except (msgspec.ValidationError, ValueError) as exc:
+    except ConfigError as exc:
         raise _Unusable(f"target list is not valid: {exc}") from None
     names = {t.name for t in local}
     clash = [t.name for t in served if t.name in names]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from probe.config import is_ip
+from probe.configfile import is_ip
 
 log = logging.getLogger("popwatch.probe.resolve")
 

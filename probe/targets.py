@@ -4,24 +4,23 @@ Part of the contract between probe and collector (with :mod:`probe.wire`): stdli
 msgspec, PyYAML and dnspython's name parser only. The collector validates the targets
 file it serves with this module; the probe validates what it is served with it too.
 
-A bad file raises :class:`ConfigError` whose message is one line:
-``FILE: KEY.PATH: what is wrong``.
+A bad file raises :class:`probe.configfile.ConfigError` whose message is one line,
+``FILE: KEY.PATH: what is wrong`` (:mod:`probe.configfile` explains the faults).
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import dns.name
 import dns.rdatatype
 import msgspec
-import yaml
+
+from probe.configfile import ConfigError, convert, is_ip, parse_hostport, read_yaml
 
 QTYPES: Final = ("A", "AAAA", "NS", "SOA", "TXT", "CNAME", "MX", "CAA", "HTTPS", "DNSKEY")
 QType = Literal["A", "AAAA", "NS", "SOA", "TXT", "CNAME", "MX", "CAA", "HTTPS", "DNSKEY"]
@@ -36,10 +35,6 @@ _HOSTNAME_RE: Final = re.compile(
     r"^(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
     r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?$"
 )
-
-
-class ConfigError(Exception):
-    """A configuration file is wrong. ``str()`` is the one-line message for the user."""
 
 
 class Query(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -237,92 +232,6 @@ def default_kind(data: dict[str, Any]) -> None:
                         query["qtype"] = query["qtype"].upper()
 
 
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-_AT_RE: Final = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$", re.S)
-_MISSING_RE: Final = re.compile(r"^Object missing required field `(?P<f>[^`]+)`$")
-_UNKNOWN_RE: Final = re.compile(r"^Object contains unknown field `(?P<f>[^`]+)`$")
-
-
-def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
-    """The choice nearest ``word`` (a misspelt key), or None when none is near."""
-    near = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=cutoff)
-    return near[0] if near else None
-
-
-def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
-    """`` (did you mean X?)`` for the choice nearest ``word``, or ``""`` when none is near."""
-    near = closest(word, choices, cutoff)
-    return f" (did you mean {near}?)" if near else ""
-
-
-def keys_of(*types: type[msgspec.Struct]) -> frozenset[str]:
-    """Every key the structs ``types`` accept: what an unknown key is compared with."""
-    return frozenset(name for t in types for name in t.__struct_fields__)
-
-
-#: the keys of a target, any kind, and of its queries
-TARGET_KEYS: Final = keys_of(DnsTarget, HttpTarget, PingTarget, Query) | {"kind"}
-
-
-def one_line(
-    file: str,
-    err: msgspec.ValidationError,
-    known: Iterable[str] = TARGET_KEYS,
-    env: Mapping[str, str] | None = None,
-) -> str:
-    """``FILE: key.path: fault`` from msgspec's ``fault - at `$.key.path` ``.
-
-    An unknown key gets the nearest of ``known`` as a suggestion. Where the top-level key
-    came from an environment variable (``env``: key -> variable), the line names the
-    variable instead of the file and key: ``POPWATCH_CONCURRENCY: fault``.
-    """
-    text = str(err)
-    m = _AT_RE.match(text)
-    msg, path = (m.group("msg"), m.group("path")) if m else (text, "")
-    path = path.lstrip(".")
-    if mm := _MISSING_RE.match(msg):
-        path = f"{path}.{mm.group('f')}" if path else mm.group("f")
-        msg = "required key is missing"
-    elif mm := _UNKNOWN_RE.match(msg):
-        path = f"{path}.{mm.group('f')}" if path else mm.group("f")
-        # a key of another target kind (an http target's "server") is not a typo
-        msg = "unknown key" + did_you_mean(mm.group("f"), set(known) - {mm.group("f")})
-    msg = msg.replace("`", "")
-    if msg[:1].isupper() and not msg[:2].isupper():
-        msg = msg[0].lower() + msg[1:]
-    top = re.split(r"[.\[]", path, maxsplit=1)[0]
-    if env and top in env:
-        return f"{env[top]}: {msg}".replace("\n", " ")
-    return f"{file}: {path or '(top level)'}: {msg}".replace("\n", " ")
-
-
-def read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}" if mark else "(document)"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: {where}: not valid YAML: {problem}") from None
-    if not isinstance(data, dict):
-        kind = "empty" if data is None else f"a {type(data).__name__}"
-        raise ConfigError(f"{path}: (top level): expected a mapping of keys, got {kind}")
-    return data
-
-
 def check_unique(file: str, targets: list[AnyTarget], key: str = "targets") -> None:
     """Target names are series identities: two targets may not share one."""
     seen: dict[str, int] = {}
@@ -339,46 +248,9 @@ def load_targets(path: str | os.PathLike[str]) -> list[AnyTarget]:
     p = Path(path)
     data = read_yaml(p)
     default_kind(data)
-    try:
-        parsed = msgspec.convert(data, TargetsFile, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(one_line(str(p), exc)) from None
+    parsed: TargetsFile = convert(data, TargetsFile, str(p))
     check_unique(str(p), parsed.targets)
     return parsed.targets
-
-
-def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
-    """``"IP"``, ``"IP:PORT"``, ``"[v6]:PORT"``, ``"v6"`` or ``"host:port"`` to (host, port).
-
-    A bare IPv6 address whose last group could be a port (``::1:5300``) is refused as
-    ambiguous: ``[::1]:5300`` means the port, ``[::1:5300]`` the address.
-    """
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError(f"{text!r}: missing ']'")
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"{text!r}: expected ':PORT' after ']'")
-        port_text = rest[1:] if rest else ""
-    elif text.count(":") > 1:  # a bare IPv6 address
-        host, port_text = text, ""
-        head, _, last = text.rpartition(":")
-        if last.isdigit() and is_ip(head) and is_ip(text):
-            raise ValueError(
-                f"{text!r} is ambiguous: write [{head}]:{last} for port {last} of {head}, "
-                f"or [{text}] for the address {text}"
-            )
-    else:
-        host, _, port_text = text.partition(":")
-    if not host:
-        raise ValueError(f"{text!r}: no host")
-    port = default_port
-    if port_text:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise ValueError(f"{text!r}: port must be 1-65535")
-        port = int(port_text)
-    return host, port
 
 
 def derived_targets(targets: list[AnyTarget]) -> list[AnyTarget]:

@@ -35,7 +35,7 @@ from collector.config import load_config
 from collector.ingest.registry import Registry
 from collector.store.influxql import InfluxQL
 from collector.store.sink import InfluxV1Sink
-from probe.targets import ConfigError
+from probe.configfile import ConfigError
 
 NS = 1_000_000_000
 COLLECTOR = str(Path(sys.executable).parent / "popwatch-collector")
@@ -632,7 +632,8 @@ def test_alerts_check_names_a_bad_rule_config_and_exits_2() -> None:
     assert out.returncode == 2
     assert (
         out.stderr
-        == f"popwatch-collector: {path}: alerts.rules.latency.factor: expected float > 1.0\n"
+        == f"popwatch-collector: {path}: alerts.rules.latency.factor: expected a number > 1, "
+        "got 0.5\n"
     )
 
 
@@ -653,7 +654,10 @@ def test_the_variables_set_the_section() -> None:
         3,
         30,
     )
-    with pytest.raises(ConfigError, match=r"^POPWATCH_ALERTS_QUORUM: expected int, got 'two'$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^POPWATCH_ALERTS_QUORUM: expected an integer from 1 to 1000, got 'two'$",
+    ):
         load_alerts({}, env={"POPWATCH_ALERTS_QUORUM": "two"})
     assert load_alerts(None) == AlertsConfig()
 

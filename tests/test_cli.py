@@ -118,7 +118,10 @@ def test_run_bad_targets_file_is_one_line(tmp_path: Path) -> None:
     bad = Path(__file__).parent / "data" / "config" / "invalid-port.yaml"
     out = run("run", "--targets", str(bad))
     assert out.returncode == 2
-    assert out.stderr.strip() == f"popwatch-probe: {bad}: targets[0].port: expected int <= 65535"
+    assert (
+        out.stderr.strip()
+        == f"popwatch-probe: {bad}: targets[0].port: expected an integer <= 65535, got 70000"
+    )
 
 
 def test_run_schedules_host_name_per_family_and_stops_on_sigterm(

@@ -102,7 +102,10 @@ def test_a_misspelt_variable_gets_a_hint_and_the_probes_are_left_alone() -> None
             "POPWATCH_LISTEN: '127.0.0.1:99999': port must be 1-65535 "
             "(expected host:port, e.g. 0.0.0.0:8080)",
         ),
-        ({"POPWATCH_SPOOL_MAX_BYTES": "1GB"}, "POPWATCH_SPOOL_MAX_BYTES: expected int, got '1GB'"),
+        (
+            {"POPWATCH_SPOOL_MAX_BYTES": "1GB"},
+            "POPWATCH_SPOOL_MAX_BYTES: expected an integer >= 1024, got '1GB'",
+        ),
         ({"POPWATCH_INFLUXDB_API": "v3"}, "POPWATCH_INFLUXDB_API: 'v3' is not one of auto, v1, v2"),
         (
             {"POPWATCH_INFLUXDB_URL": "127.0.0.1:8086"},

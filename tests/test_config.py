@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from probe.config import ConfigError, Target, load_config, load_targets, parse_hostport
+from probe.config import Target, load_config, load_targets
+from probe.configfile import ConfigError, parse_hostport
 
 DATA = Path(__file__).parent / "data" / "config"
 EXAMPLE = Path(__file__).parent.parent / "probe" / "example.yaml"
@@ -121,7 +122,7 @@ def test_bad_probe_config_key(tmp_path: Path) -> None:
     conf.write_text("concurrency: 0\n")
     with pytest.raises(ConfigError) as info:
         load_config(conf, env={})
-    assert str(info.value) == f"{conf}: concurrency: expected int >= 1"
+    assert str(info.value) == f"{conf}: concurrency: expected an integer >= 1, got 0"
 
 
 @pytest.mark.parametrize(
@@ -151,7 +152,9 @@ def test_a_bad_variable_is_named_not_its_key() -> None:
     the name the user wrote (was: the key, which appears nowhere in their setup)."""
     with pytest.raises(ConfigError) as info:
         load_config(None, env={"POPWATCH_CONCURRENCY": "lots"})
-    assert str(info.value) == "POPWATCH_CONCURRENCY: expected int, got str"
+    assert (
+        str(info.value) == "POPWATCH_CONCURRENCY: expected an integer from 1 to 100000, got 'lots'"
+    )
 
 
 def test_every_key_has_its_variable(tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
 """The contract between probe and collector holds in the code, not only in the docs.
 
 The collector may import from ``probe`` only the contract modules: ``probe.wire`` (the
-records and the batch), ``probe.targets`` (the targets schema it serves) and
-``probe.files`` (the durable write both spools use). The probe never imports the
-collector.
+records and the batch), ``probe.targets`` (the targets schema it serves),
+``probe.configfile`` (config files and their faults, in our words) and ``probe.files``
+(the durable write both spools use). The other boundaries: the probe never imports the
+collector or the dashboards; the collector's public API (``collector.ingest``) never
+imports the alert engine; nothing outside ``tests/`` and ``bench/`` imports the test
+support package (``tests/support``, imported as ``support``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import msgspec
 from probe import wire
 
 ROOT = Path(__file__).parent.parent
-CONTRACT = frozenset({"probe.wire", "probe.targets", "probe.files"})
+CONTRACT = frozenset({"probe.wire", "probe.targets", "probe.configfile", "probe.files"})
+#: the installed packages: what may not import the test support
+PACKAGES = ("probe", "collector", "dashboards", "popwatch_lab")
 
 
 def modules(package: str) -> list[Path]:
@@ -62,22 +67,53 @@ def test_collector_imports_only_the_contract_from_probe() -> None:
 
 
 def test_the_contract_modules_stand_alone() -> None:
-    """The contract modules import no other probe module, so the collector gets nothing
-    else through them."""
+    """The contract modules import no probe module outside the contract, so the
+    collector gets nothing else through them."""
     for name in sorted(CONTRACT):
         path = ROOT / (name.replace(".", "/") + ".py")
-        assert probe_imports(path) <= {name}, (name, probe_imports(path))
+        assert probe_imports(path) <= CONTRACT, (name, probe_imports(path))
 
 
-def test_probe_never_imports_the_collector() -> None:
-    """No module under probe/ imports collector."""
-    bad = {
-        str(path.relative_to(ROOT)): sorted(
-            n for n in imported(path) if n.split(".")[0] == "collector"
+def offenders(package: str, forbidden: set[str]) -> dict[str, list[str]]:
+    """The modules under ``package`` that import a module under one of ``forbidden``
+    (dotted prefixes), with what they import."""
+    out = {}
+    for path in modules(package):
+        hits = sorted(
+            n for n in imported(path) if any(n == f or n.startswith(f + ".") for f in forbidden)
         )
-        for path in modules("probe")
-    }
-    assert not {k: v for k, v in bad.items() if v}
+        if hits:
+            out[str(path.relative_to(ROOT))] = hits
+    return out
+
+
+def test_probe_never_imports_the_collector_or_the_dashboards() -> None:
+    """No module under probe/ imports collector or dashboards."""
+    assert len(modules("probe")) >= 10
+    assert offenders("probe", {"collector", "dashboards"}) == {}
+
+
+def test_ingest_never_imports_the_alert_engine() -> None:
+    """The public API works without the alert engine: collector/ingest/ imports nothing
+    of collector.alerts (nor the status page)."""
+    assert len(modules("collector/ingest")) >= 5
+    assert offenders("collector/ingest", {"collector.alerts", "collector.web"}) == {}
+
+
+def test_only_tests_and_benchmarks_import_the_test_support() -> None:
+    """No installed package imports the test support package (``support``, the
+    ``tests/support`` directory) or ``tests``; the benchmarks may."""
+    for package in PACKAGES:
+        assert offenders(package, {"support", "tests"}) == {}, package
+    assert offenders("bench", {"support"}), "the benchmarks use tests/support"
+
+
+def test_the_boundary_check_sees_a_forbidden_import(tmp_path: Path) -> None:
+    """The walk that the boundary tests rely on finds a forbidden import when there is
+    one (so the tests above can fail)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from collector.alerts.engine import Engine\nimport support.servers\n")
+    assert imported(bad) == {"collector.alerts.engine", "support.servers"}
 
 
 def test_importing_the_whole_collector_loads_only_the_contract() -> None:

@@ -384,7 +384,7 @@ def test_ping_targets_are_validated_when_loaded(tmp_path: Path) -> None:
         ("method: udp", "targets[0].method: invalid enum value 'udp'"),
         ("timeout: 5", "targets[0]: timeout (5s) must be shorter than interval (2s)"),
         ("families: [4, 4]", "targets[0]: families lists a value twice: [4, 4]"),
-        ("port: 0", "targets[0].port: expected int >= 1"),
+        ("port: 0", "targets[0].port: expected an integer >= 1, got 0"),
     ):
         interval = "interval: 2, " if bad.startswith("timeout") else ""
         path.write_text(

@@ -26,7 +26,8 @@ from support import servers
 from support.influx import InfluxDB
 from support.procs import COLLECTOR, PROBE, Collector, probe_env, register, stored, targets_file
 
-from probe.config import ConfigError, load_config
+from probe.config import load_config
+from probe.configfile import ConfigError
 from probe.healthcheck import health_url
 
 

@@ -19,7 +19,7 @@ from collector.alerts.config import AlertsConfig
 from collector.alerts.engine import Engine
 from collector.alerts.rules import annotate
 from collector.store.influxql import InfluxQL
-from probe.targets import ConfigError
+from probe.configfile import ConfigError
 from probe.wire import NS
 
 

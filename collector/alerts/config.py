@@ -5,7 +5,7 @@ for every target (``alerts.rules``, ``alerts.quorum``, ``alerts.for``,
 ``alerts.keep_firing_for``), and a ``group`` of targets (matched by name, topology or
 provider) may override any of them for its targets.
 
-A bad section raises :class:`probe.targets.ConfigError` with one line naming the key
+A bad section raises :class:`probe.configfile.ConfigError` with one line naming the key
 path and the fault, ``FILE: alerts.rules.latency.factor: expected float > 1.0``, or the
 variable it came from, ``POPWATCH_ALERTMANAGER_URL: ...``. Top-level keys of the
 section are also variables: ``POPWATCH_ALERTS_<KEY>`` (``POPWATCH_ALERTS_ENABLED=1``),
@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import re
-import urllib.parse
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
@@ -25,7 +24,7 @@ import msgspec
 
 from collector.alerts.rules import RULES, TargetSettings
 from collector.alerts.rules.base import AnyRule
-from probe.targets import ConfigError, keys_of
+from probe.configfile import ConfigError, explain, keys_of, url_fault
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 
@@ -146,18 +145,6 @@ def settings_for(cfg: AlertsConfig, target: str, topology: str, provider: str) -
     )
 
 
-def url_fault(url: str) -> str | None:
-    """Why ``url`` is not an http(s) URL with a host, or None."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        return f"{url!r} is not a URL: {exc}"
-    if parts.scheme in ("http", "https") and parts.hostname:
-        return None
-    return f"{url!r} is not an http(s) URL with a host"
-
-
 #: every key of the section, at any depth: what an unknown key is compared with
 ALERT_KEYS: Final = keys_of(AlertsConfig, Rules, Group, Webhook, *(r.settings for r in RULES)) | {
     "for"
@@ -184,10 +171,6 @@ VARIABLES: Final = {
 _BOOLS: Final = {"1": True, "true": True, "yes": True, "on": True}
 _BOOLS.update({"0": False, "false": False, "no": False, "off": False, "": False})
 
-_CHOICES: Final = {"format": "json, slack", "topologies": "unicast, anycast, resolver"}
-
-_AT_RE: Final = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$", re.S)
-
 
 def _deep_merge(base: Any, over: Any) -> Any:
     """``over``'s keys over ``base``'s, mappings merged key by key."""
@@ -201,40 +184,21 @@ def _deep_merge(base: Any, over: Any) -> Any:
 
 def _explain(
     err: msgspec.ValidationError,
+    section: dict[str, Any],
     file: str,
     env_keys: Mapping[str, str],
-    values: Mapping[str, Any],
 ) -> str:
     """One line, ``FILE: alerts.key.path: fault`` (or ``VARIABLE: fault``)."""
-    text = str(err)
-    m = _AT_RE.match(text)
-    msg, path = (m.group("msg"), m.group("path")) if m else (text, "")
-    path = path.lstrip(".")
-    if mm := re.match(r"^Object missing required field `(?P<f>[^`]+)`$", msg):
-        path, msg = f"{path}.{mm.group('f')}", "required key is missing"
-    elif mm := re.match(r"^Object contains unknown field `(?P<f>[^`]+)`$", msg):
-        import difflib
-
-        key = mm.group("f")
-        path, msg = f"{path}.{key}", "unknown key"
-        if re.search(r"groups\[\d+\]\.rules$", path.rpartition(".")[0]) and key in ALERT_KEYS:
-            msg += f" here: a group sets only {', '.join(TARGET_RULES)}"
-        elif near := difflib.get_close_matches(key, sorted(ALERT_KEYS), n=1, cutoff=0.6):
-            msg += f" (did you mean {near[0]}?)"
-    elif mm := re.match(r"^(?P<key>[a-z_]+): (?P<rest>.*)$", msg, re.S):
-        # __post_init__ names the key it faults: move it onto the path
-        path, msg = f"{path}.{mm.group('key')}", mm.group("rest")
-    msg = msg.replace("`", "").replace("\n", " ")
-    last = re.sub(r"\[\d+\]$", "", path.rpartition(".")[2])
-    if msg.startswith("Invalid enum value") and last in _CHOICES:
-        msg = f"{msg.partition('value ')[2]} is not one of {_CHOICES[last]}"
+    fault = explain(_Section, {"alerts": section}, err)
+    msg, path = fault.text.replace("\n", " "), fault.path
+    in_group = re.search(r"groups\[\d+\]\.rules$", path.rpartition(".")[0])
+    if fault.unknown is not None and in_group and fault.unknown in ALERT_KEYS:
+        msg = f"unknown key here: a group sets only {', '.join(TARGET_RULES)}"
     parts = path.split(".")
-    from_env = len(parts) == 2 and parts[0] == "alerts" and parts[1] in env_keys
-    if from_env and msg.startswith("Expected "):  # from a variable the value is text: show it
-        msg = f"{msg.partition(', got ')[0]}, got {values.get(parts[1])!r}"
-    if msg[:1].isupper() and not msg[:2].isupper():
-        msg = msg[0].lower() + msg[1:]
-    if from_env:
+    if len(parts) == 2 and parts[0] == "alerts" and parts[1] in env_keys:
+        given = section.get(parts[1])
+        if ", got " in msg and given is not None:
+            msg = f"{msg.partition(', got ')[0]}, got {given!r}"
         return f"{env_keys[parts[1]]}: {msg}"
     return f"{file}: {path}: {msg}"
 
@@ -284,7 +248,7 @@ def load_alerts(
             data = {**data, "groups": merged}
         return msgspec.convert({"alerts": data}, _Section, strict=False).alerts
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(exc, file, from_env, data)) from None
+        raise ConfigError(_explain(exc, data, file, from_env)) from None
 
 
 __all__ = [

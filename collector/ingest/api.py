@@ -41,7 +41,7 @@ from collector.ingest.validate import NotABatch, decode
 from collector.store.lineproto import Unrepresentable
 from collector.store.sink import Sink, SinkUnavailable, encode
 from collector.store.spool import Spool, SpoolFull
-from probe.targets import ConfigError
+from probe.configfile import ConfigError
 from probe.wire import NS
 
 log = logging.getLogger("popwatch.collector")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import msgspec
 
-from probe.targets import ConfigError, load_targets
+from probe.configfile import ConfigError
+from probe.targets import load_targets
 
 log = logging.getLogger("popwatch.collector")
 

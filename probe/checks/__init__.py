@@ -22,6 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
+from probe.configfile import explain
 from probe.targets import AnyTarget
 from probe.wire import Measurement
 
@@ -128,11 +129,12 @@ def check_for(target: AnyTarget) -> AnyCheck:
 
 def target_from_flags(spec: dict[str, Any], kind: type[T]) -> T:
     """The target a ``once`` command line describes (``spec``: its keys), or ValueError
-    with msgspec's reason, without the key path (the flags have no such path)."""
+    naming the key and the fault (``probe.configfile.explain``)."""
     try:
         return msgspec.convert(spec, kind)
     except msgspec.ValidationError as exc:
-        raise ValueError(str(exc).split(" - at ")[0]) from None
+        fault = explain(kind, spec, exc)
+        raise ValueError(f"{fault.path}: {fault.text}" if fault.path else fault.text) from None
 
 
 def ms(ns: int | None) -> float | None:

@@ -32,7 +32,8 @@ import dns.rdatatype
 
 from probe import dnswire, doh, errors, net
 from probe.checks import Addresses, Check, Once, fmt_ms, ms, rtt_summary, target_from_flags
-from probe.targets import QTYPES, DnsTarget, is_ip, parse_hostport
+from probe.configfile import is_ip, parse_hostport
+from probe.targets import QTYPES, DnsTarget
 from probe.wire import DnsRecord
 
 _CHAOS_NAMES: Final = ("id.server.", "hostname.bind.")

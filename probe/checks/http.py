@@ -45,8 +45,9 @@ from aiohttp.resolver import AsyncResolver
 
 from probe import USER_AGENT, net
 from probe.checks import Addresses, Check, Once, fmt_ms, ms, target_from_flags
+from probe.configfile import parse_hostport
 from probe.errors import HttpCheckError, classify_http
-from probe.targets import HttpTarget, parse_hostport
+from probe.targets import HttpTarget
 from probe.wire import HttpRecord
 
 _FAMILY: Final = {4: socket.AF_INET, 6: socket.AF_INET6, None: socket.AF_UNSPEC}

@@ -32,7 +32,8 @@ from typing import Any, Final
 
 from probe import errors, net
 from probe.checks import Addresses, Check, Once, fmt_ms, ms, rtt_summary, target_from_flags
-from probe.targets import PingTarget, parse_hostport
+from probe.configfile import parse_hostport
+from probe.targets import PingTarget
 from probe.wire import PingRecord, Timestamping
 
 #: family -> (socket family, protocol, echo request type, echo reply type)
