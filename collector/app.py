@@ -100,7 +100,7 @@ def create_app(state: CollectorState, data_dir: Path) -> web.Application:
         app[SERVED] = ServedTargets(state.targets_file)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        app[SEEN] = SeenBatches(data_dir / "batches.sqlite")
+        app[SEEN] = SeenBatches(data_dir / "batches.sqlite", keep_s=limits.max_age_s)
         await state.sink.start()
         yield
         await state.sink.close()

@@ -23,8 +23,8 @@ from aiohttp import web
 
 from collector import __version__, certs
 from collector.alerts import cli as alerts_cli
-from collector.app import CollectorState, Limits, create_admin_app, create_app
-from collector.config import MEANING, CollectorConfig, ConfigError, load_config, variable
+from collector.app import CollectorState, create_admin_app, create_app
+from collector.config import MEANING, SECTIONS, CollectorConfig, ConfigError, load_config, variable
 from collector.ingest.gate import GatedSite
 from collector.ingest.registry import Registry, RegistryError, check_identity
 from collector.store.detect import Api, Deferred, Mismatch, Target, Unreachable, choose
@@ -54,8 +54,9 @@ def _settings() -> str:
             if isinstance(default, float)
             else default
         )
-        if key == "alerts":  # a section: its keys are in `popwatch-collector example`
-            lines.append(f"  alerts  (POPWATCH_ALERTS_<KEY>)\n      {MEANING[key]}")
+        if key in SECTIONS:  # a section: its keys are in `popwatch-collector example`
+            var = f"POPWATCH_{key.upper()}_<KEY>"
+            lines.append(f"  {key}  ({var})\n      {MEANING[key]}")
             continue
         lines.append(f"  {key}  ({variable(key)}, default {shown})\n      {MEANING[key]}")
     return "\n".join(lines) + "\n"
@@ -279,12 +280,7 @@ async def _run(cfg: CollectorConfig) -> None:
             registry=registry,
             sink=GroupCommit(SpoolingSink(sink, spool, cfg.spool_after_ms / 1000)),
             spool=spool,
-            limits=Limits(
-                max_body_bytes=cfg.max_body_bytes,
-                max_decoded_bytes=cfg.max_decoded_bytes,
-                records_per_second=cfg.records_per_second,
-                burst_records=cfg.burst_records,
-            ),
+            limits=cfg.limits,
             targets_file=Path(cfg.targets) if cfg.targets else None,
         )
         runner = web.AppRunner(create_app(state, data_dir), access_log=None)

@@ -15,6 +15,7 @@ alone, since the probe's variables (``POPWATCH_TOKEN``, ...) may share the envir
 
 from __future__ import annotations
 
+import logging
 import os
 import typing
 from pathlib import Path
@@ -24,6 +25,7 @@ import msgspec
 
 from collector.alerts.config import VARIABLES as ALERT_VARIABLES
 from collector.alerts.config import AlertsConfig, load_alerts
+from collector.ingest.limits import Limits
 from probe.configfile import (
     ConfigError,
     closest,
@@ -33,6 +35,8 @@ from probe.configfile import (
     read_yaml,
     url_fault,
 )
+
+log = logging.getLogger("popwatch.collector")
 
 
 class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -56,10 +60,8 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tls_cert: str | None = None
     tls_key: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000  # as sent
-    max_decoded_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 20_000_000  # once inflated
-    records_per_second: Annotated[float, msgspec.Meta(gt=0)] = 2_000.0  # per probe
-    burst_records: Annotated[float, msgspec.Meta(gt=0)] = 200_000.0  # per probe
+    # the public API's bounds: a section of its own (collector/ingest/limits.py)
+    limits: Limits = msgspec.field(default_factory=Limits)
     # the alert engine: its own keys and variables (collector/alerts/config.py)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
 
@@ -100,10 +102,7 @@ MEANING: Final = {
     "tls_cert": "serve HTTPS with this certificate chain (PEM), with tls_key",
     "tls_key": "the private key of tls_cert (PEM)",
     "log_level": "debug, info, warning or error",
-    "max_body_bytes": "413 for a body over this, as sent",
-    "max_decoded_bytes": "413 for a body over this, once inflated",
-    "records_per_second": "per probe: the refill rate of its token bucket (429 past it)",
-    "burst_records": "per probe: what its token bucket holds",
+    "limits": "what one client may send and hold (a section: see `popwatch-collector example`)",
     "alerts": "the alert engine (a section of its own: see `popwatch-collector example`)",
 }
 
@@ -126,6 +125,18 @@ def variable(key: str) -> str:
 
 
 _FIELDS: Final = CollectorConfig.__struct_fields__
+#: keys that are sections: their keys are set in the section, or by POPWATCH_<SECTION>_<KEY>
+SECTIONS: Final = ("alerts", "limits")
+LIMIT_KEYS: Final = Limits.__struct_fields__
+#: keys that were top-level before the limits: section; the old names still work
+MOVED: Final = ("max_body_bytes", "max_decoded_bytes", "records_per_second", "burst_records")
+
+
+def limit_variable(key: str) -> str:
+    """The variable of a ``limits:`` key: ``max_records`` is ``POPWATCH_LIMITS_MAX_RECORDS``."""
+    return f"POPWATCH_LIMITS_{key.upper()}"
+
+
 _HINTS: Final = typing.get_type_hints(CollectorConfig, include_extras=True)
 
 
@@ -138,7 +149,7 @@ def _choices(key: str) -> tuple[str, ...]:
 def _unknown(data: dict[str, Any], file: str, env: dict[str, str]) -> None:
     """An unknown key in the file, or a near miss of a variable, is one line with a hint."""
     for key in data:
-        if key not in _FIELDS:
+        if key not in _FIELDS and key not in MOVED:
             raise ConfigError(f"{file}: {key}: unknown key{did_you_mean(str(key), _FIELDS)}")
     for var in sorted(env):
         if not var.startswith("POPWATCH_") or var in PROBE_VARIABLES:
@@ -146,12 +157,44 @@ def _unknown(data: dict[str, Any], file: str, env: dict[str, str]) -> None:
         if var in ALERT_VARIABLES.values():
             continue
         key = var.removeprefix("POPWATCH_").lower()
-        if key in _FIELDS:
+        if key in _FIELDS or key in MOVED:
+            continue
+        if key.startswith("limits_"):
+            sub = key.removeprefix("limits_")
+            if sub not in LIMIT_KEYS:
+                near = closest(sub, LIMIT_KEYS)
+                hint = f" (did you mean {limit_variable(near)}?)" if near else ""
+                raise ConfigError(f"{var}: unknown variable{hint}")
             continue
         # compared without the shared prefix, which would make every pair look alike
         near = closest(key, _FIELDS, cutoff=0.8)
         if near:
             raise ConfigError(f"{var}: unknown variable (did you mean {variable(near)}?)")
+
+
+def _limits(data: dict[str, Any], file: str, env: dict[str, str]) -> dict[str, str]:
+    """Put the ``limits:`` keys given by variables (and by the old top-level names) into
+    ``data["limits"]``; the keys a variable set, and the variable."""
+    section = data.get("limits", {})
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: limits: expected a mapping of keys, got {section!r}")
+    section = dict(section)
+    from_env: dict[str, str] = {}
+    for key in MOVED:  # the old names: a file key, or POPWATCH_<KEY>
+        if key in data:
+            log.warning("%s: %s is now limits.%s; the old name still works", file, key, key)
+            section.setdefault(key, data.pop(key))
+        if variable(key) in env:
+            section[key] = env[variable(key)]
+            from_env[key] = variable(key)
+    for key in LIMIT_KEYS:
+        if limit_variable(key) in env:
+            section[key] = env[limit_variable(key)]
+            from_env[key] = limit_variable(key)
+    data["limits"] = section
+    return from_env
 
 
 def load_config(
@@ -170,8 +213,11 @@ def load_config(
         data = read_yaml(Path(path))
     _unknown(data, file, env)
     from_env: set[str] = set()
+    limits = _limits(data, file, env)
     defaults = CollectorConfig.__struct_defaults__
     for key, default in zip(_FIELDS, defaults, strict=True):
+        if key in SECTIONS:
+            continue
         var = variable(key)
         if var in env:
             data[key] = env[var] if env[var] or default is not None else None
@@ -187,6 +233,12 @@ def load_config(
     except msgspec.ValidationError as exc:
         fault = explain(CollectorConfig, data, exc)
         why, bad = fault.text.replace("\n", " "), fault.top
+        sub = fault.path.removeprefix("limits.")
+        if bad == "limits" and sub in limits:
+            given = data["limits"].get(sub)
+            if ", got " in why and given is not None:
+                why = f"{why.partition(', got ')[0]}, got {given!r}"
+            raise ConfigError(f"{limits[sub]}: {why}") from None
         if bad and (bad in from_env or path is None):
             given = data.get(bad)
             if ", got " in why and given is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from collector.config import CollectorConfig, ConfigError, load_config
+from collector.ingest.limits import Limits
 
 EXAMPLE = Path(__file__).parent.parent / "collector" / "example.yaml"
 COLLECTOR = str(Path(sys.executable).parent / "popwatch-collector")
@@ -23,6 +24,10 @@ def test_example_lists_every_key_at_its_default() -> None:
     text = EXAMPLE.read_text()
     keys = re.findall(r"^(\w+):", text, re.MULTILINE)
     assert sorted(keys) == sorted(CollectorConfig.__struct_fields__)
+    limits = text[text.index("\nlimits:\n") :].split("\n\n")[0]
+    assert sorted(re.findall(r"^  (\w+):", limits, re.MULTILINE)) == sorted(
+        Limits.__struct_fields__
+    ), "collector/example.yaml's limits: lists every key of Limits"
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if re.match(r"^\w+:", line):  # a key: a comment above it, or a sibling key above
@@ -151,3 +156,48 @@ def test_the_api_defaults_to_auto_and_values_ignore_case() -> None:
         env={"POPWATCH_INFLUXDB_API": "V1", "POPWATCH_LOG_LEVEL": "INFO", "POPWATCH_TARGETS": ""},
     )
     assert (cfg.influxdb_api, cfg.log_level, cfg.targets) == ("v1", "info", None)
+
+
+def test_limits_are_a_section_with_variables_and_the_old_names(tmp_path: Path) -> None:
+    """limits: keys come from the file, from POPWATCH_LIMITS_<KEY> (which wins), or by
+    their old top-level names; a bad one is named where it came from, and bounds that
+    contradict each other are refused."""
+    conf = tmp_path / "c.yaml"
+    conf.write_text("limits:\n  max_records: 500\nrecords_per_second: 30\n")
+    cfg = load_config(conf, env={"POPWATCH_LIMITS_MAX_HEADERS": "40"})
+    assert (cfg.limits.max_records, cfg.limits.records_per_second) == (500, 30.0)
+    assert cfg.limits.max_headers == 40
+    old = load_config(None, env={"POPWATCH_BURST_RECORDS": "7"})
+    assert old.limits.burst_records == 7.0
+    with pytest.raises(ConfigError) as err:
+        load_config(conf, env={"POPWATCH_LIMITS_MAX_RECORDS": "lots"})
+    assert str(err.value) == "POPWATCH_LIMITS_MAX_RECORDS: expected an integer >= 1, got 'lots'"
+    conf.write_text("limits:\n  max_body_bytes: 9000000\n  max_decoded_bytes: 8000000\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf, env={})
+    assert str(err.value).startswith(
+        f"{conf}: limits.max_decoded_bytes: 8000000 is less than max_body_bytes"
+    )
+    with pytest.raises(ConfigError, match=r"did you mean POPWATCH_LIMITS_MAX_RECORDS\?"):
+        load_config(None, env={"POPWATCH_LIMITS_MAX_RECORD": "5"})
+
+
+async def test_batch_ids_are_kept_as_long_as_records_are_taken(tmp_path: Path) -> None:
+    """The batch-id table prunes what is older than limits.max_age_s, not a constant of
+    its own: a batch retried within the age a record may have is still a duplicate."""
+    from collector.ingest.batches import SeenBatches
+
+    cfg = load_config(None, env={"POPWATCH_LIMITS_MAX_AGE_S": "1000"})
+    seen = SeenBatches(tmp_path / "b.sqlite", keep_s=cfg.limits.max_age_s)
+    t0 = 1_000_000.0
+    seen.add("p", "old", t0)
+    seen.add("p", "kept", t0 + 500)
+    seen.flush()
+    seen.add("p", "new", t0 + 1200)  # 1,200 s on: "old" is past max_age_s, "kept" is not
+    seen.flush()
+    assert (seen.seen("p", "old"), seen.seen("p", "kept"), seen.seen("p", "new")) == (
+        False,
+        True,
+        True,
+    )
+    seen.close()

@@ -14,8 +14,6 @@ from pathlib import Path
 
 log = logging.getLogger("popwatch.collector")
 
-KEEP_S = 7 * 86400  # ids older than this are pruned (a probe's spool holds days, not weeks)
-
 
 class SeenBatches:
     """The batch ids already written, per probe (SQLite).
@@ -28,7 +26,10 @@ class SeenBatches:
     are pruned once a minute, not on every request.
     """
 
-    def __init__(self, path: Path, flush_s: float = 0.2) -> None:
+    def __init__(self, path: Path, keep_s: float, flush_s: float = 0.2) -> None:
+        #: ids older than this are pruned: the oldest record the collector still takes
+        #: (``limits.max_age_s``), so a batch it takes is never written twice
+        self.keep_s = keep_s
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -67,7 +68,7 @@ class SeenBatches:
             self._db.executemany("INSERT OR IGNORE INTO batches VALUES (?, ?, ?)", rows)
             now = rows[-1][2]
             if now - self._pruned > 60:
-                self._db.execute("DELETE FROM batches WHERE at < ?", (now - KEEP_S,))
+                self._db.execute("DELETE FROM batches WHERE at < ?", (now - self.keep_s,))
                 self._pruned = now
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:

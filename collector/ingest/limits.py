@@ -1,37 +1,61 @@
-"""What one client may send and hold: the bounds of the public API, in one place."""
+"""What one client may send and hold: the bounds of the public API, in one place.
+
+:class:`Limits` is the collector config's ``limits:`` section: every bound is a key, with
+its default and its range here and nowhere else (``collector/example.yaml`` lists them,
+and a test holds it to this struct). What follows from a bound is derived from it, not
+restated: batch ids are kept as long as a record may be old (``max_age_s``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
+
+import msgspec
+
+Bytes = Annotated[int, msgspec.Meta(ge=1024)]
+Rate = Annotated[float, msgspec.Meta(gt=0)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
-@dataclass
-class Limits:
+class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """What one request may carry, and how fast one probe may send."""
 
-    max_body_bytes: int = 5_000_000  # as sent (compressed)
-    max_decoded_bytes: int = 20_000_000  # after gzip: a bomb stops here
-    max_records: int = 20_000
-    max_age_s: float = 7 * 86400  # older records are rejected
-    max_future_s: float = 300  # records further ahead of our clock are rejected
+    max_body_bytes: Bytes = 5_000_000  # as sent (compressed): 413 past it
+    max_decoded_bytes: Bytes = 20_000_000  # after gzip: a bomb stops here (413)
+    max_records: Count = 20_000  # records in one batch (413 past it)
+    # records older than this are rejected; batch ids are kept this long, so a batch
+    # retried within it is still known as a duplicate
+    max_age_s: Annotated[float, msgspec.Meta(gt=0, le=366 * 86400)] = 7 * 86400.0
+    max_future_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0  # ahead of our clock
     # per probe: a token bucket of records. A probe at 1,000 targets every 10 s sends
     # 100 records/s; the default leaves ample room and stops a runaway or a replay storm.
-    records_per_second: float = 2_000
-    burst_records: float = 200_000  # a probe coming back with a full spool catches up
+    records_per_second: Rate = 2_000.0
+    burst_records: Rate = 200_000.0  # a probe coming back with a full spool catches up
     # and a bucket of requests: a probe sends a batch every few seconds, and catches up
     # on a backlog one batch after the other; empty batches cost a request each
-    requests_per_second: float = 20
-    burst_requests: float = 2_000
-    body_timeout_s: float = 60  # the whole body must have come by then (408)
-    max_inflating: int = 2  # gzip bodies inflated at once, each in a thread
+    requests_per_second: Rate = 20.0
+    burst_requests: Rate = 2_000.0
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0  # then 408
+    max_inflating: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2  # gzip bodies at once
     # the public listener (collector.ingest.gate, and aiohttp's own per-request bounds)
-    max_connections: int = 4096
-    max_connections_per_address: int = 512  # an IPv6 /64 counts as one address
-    max_head_bytes: int = 32_768  # request line and headers of one request (nginx's too)
-    max_waiting_bytes: int = 16_000_000  # heads not yet handled, over all connections
-    max_line_size: int = 4096  # the request line
-    max_field_size: int = 4096  # one header
-    max_headers: int = 32
+    max_connections: Count = 4096
+    max_connections_per_address: Count = 512  # an IPv6 /64 counts as one address
+    max_head_bytes: Bytes = 32_768  # request line and headers of one request (nginx's too)
+    max_waiting_bytes: Bytes = 16_000_000  # heads not yet handled, over all connections
+    max_line_size: Annotated[int, msgspec.Meta(ge=256)] = 4096  # the request line
+    max_field_size: Annotated[int, msgspec.Meta(ge=256)] = 4096  # one header
+    max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 32
+
+    def __post_init__(self) -> None:
+        if self.max_decoded_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_decoded_bytes: {self.max_decoded_bytes} is less than max_body_bytes "
+                f"({self.max_body_bytes}): a body is never smaller once inflated"
+            )
+        if self.max_connections_per_address > self.max_connections:
+            raise ValueError(
+                f"max_connections_per_address: more than max_connections ({self.max_connections})"
+            )
 
 
 __all__ = ["Limits"]
