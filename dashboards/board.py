@@ -74,6 +74,27 @@ PanelBuilder = (
 )
 
 
+@dataclass(frozen=True)
+class Target:
+    """One query of a panel: its statement, how Grafana lays out its rows (``fmt``), and
+    the legend of its series (``$tag_region``, ``$col``; empty for Grafana's own)."""
+
+    select: Select
+    fmt: Format
+    legend: str = ""
+
+
+def Table(select: Select) -> Target:
+    """A table-format query: one row per series, the grouping tags as columns (what
+    tables, geomaps and bar gauges read)."""
+    return Target(select, "table")
+
+
+def TimeSeries(select: Select, legend: str = "") -> Target:
+    """A time-series query, its series named by ``legend``."""
+    return Target(select, "time_series", legend)
+
+
 def transform(kind: str, **options: Any) -> model.DataTransformerConfig:
     """A Grafana transformation (``merge``, ``calculateField``, ``groupBy``...)."""
     return model.DataTransformerConfig(id_val=kind, options=options)
@@ -126,14 +147,14 @@ class Board:
         panel: PanelBuilder,
         title: str,
         description: str,
-        queries: list[tuple[Select, Format, str]],
+        queries: list[Target],
         w: int,
         h: int = 8,
         uses: dict[str, tuple[str, ...]] | None = None,
         time_series: bool = False,
         catchment: bool = False,
     ) -> Board:
-        """Add ``panel`` with ``queries`` (select, format, alias), refIds A, B, ...
+        """Add ``panel`` with ``queries``, refIds A, B, ...
 
         ``uses`` overrides, per refId, the columns the panel reads (by default every
         column the query selects and groups by)."""
@@ -141,11 +162,11 @@ class Board:
         self._next_id += 1
         panel.id(pid).title(title).description(description).datasource(datasource())
         panel.height(h).span(w)
-        for i, (select, fmt, alias) in enumerate(queries):
+        for i, q in enumerate(queries):
             ref = chr(ord("A") + i)
-            panel.with_target(Query(select, ref, fmt, alias))
-            read = (uses or {}).get(ref, select.outputs)
-            self.queries.append(PanelQuery(self.uid, pid, title, ref, select, fmt, read))
+            panel.with_target(Query(q.select, ref, q.fmt, q.legend))
+            read = (uses or {}).get(ref, q.select.outputs)
+            self.queries.append(PanelQuery(self.uid, pid, title, ref, q.select, q.fmt, read))
         self.builder.with_panel(panel)
         if time_series:
             self.time_series.append(pid)
@@ -225,6 +246,9 @@ __all__ = [
     "FOLDER",
     "Board",
     "PanelQuery",
+    "Table",
+    "Target",
+    "TimeSeries",
     "transform",
     "variable_query",
 ]

@@ -1,0 +1,142 @@
+"""The Anycast catchment dashboard: which site serves whom, how that changes, and what a
+failover cost."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import (
+    statetimeline,
+    table,
+)
+from grafana_foundation_sdk.models import dashboard as model
+
+from dashboards.board import Board, Table, TimeSeries, transform
+from dashboards.influxql import Col, Fn, Select
+from dashboards.panels import ANYCAST, CATCHMENT, bars, series
+
+
+def _site_timeline(by: str) -> Select:
+    return Select("dns", (Col("site"), Col("rtt_ms")), where=(ANYCAST,), group_by=(by, "target"))
+
+
+def build() -> Board:
+    b = Board(
+        "popwatch-catchment",
+        "popwatch / Anycast catchment",
+        "Which anycast site serves each region and each probe, how that changes, and what "
+        "a failover cost.",
+    )
+    only_site = transform("filterFieldsByName", include={"pattern": ".* site$"})
+    b.add(
+        statetimeline.Panel().with_transformation(only_site).merge_values(True),
+        "Site per region",
+        "The anycast site that answered each region's queries, per target (a region whose "
+        "probes disagree shows both).",
+        [TimeSeries(_site_timeline("region"), "$tag_region $tag_target $col")],
+        w=24,
+        uses={"A": ("site",)},
+        catchment=True,
+    )
+    b.add(
+        statetimeline.Panel().with_transformation(only_site).merge_values(True),
+        "Site per probe",
+        "The anycast site that answered each probe, per target.",
+        [TimeSeries(_site_timeline("probe"), "$tag_probe $tag_target $col")],
+        w=24,
+        h=10,
+        uses={"A": ("site",)},
+        catchment=True,
+    )
+    b.add(
+        bars("none").with_transformation(
+            transform(
+                "groupBy",
+                fields={
+                    "site": {"aggregations": [], "operation": "groupby"},
+                    "probe": {"aggregations": ["distinctCount"], "operation": "aggregate"},
+                },
+            )
+        ),
+        "Each site's share of probes",
+        "How many probes each site answered over the time range.",
+        [
+            Table(
+                Select(
+                    "dns",
+                    (Fn("last", "rtt_ms", "rtt_ms"),),
+                    where=(ANYCAST,),
+                    group_by=("probe", "site"),
+                )
+            )
+        ],
+        w=8,
+        uses={"A": ("probe", "site")},
+    )
+    b.add(
+        bars("none"),
+        "Flips per region",
+        "Catchment changes (a probe's site changing on a target) per region.",
+        [
+            Table(
+                Select(
+                    "event",
+                    (Fn("count", "outage_ms", "flips"),),
+                    where=(CATCHMENT,),
+                    group_by=("region",),
+                )
+            )
+        ],
+        w=8,
+    )
+    b.add(
+        series(),
+        "Latency per site",
+        "Median round trip of the answers each anycast site gave.",
+        [
+            TimeSeries(
+                Select(
+                    "dns",
+                    (Fn("median", "rtt_ms", "median_ms"),),
+                    where=(ANYCAST,),
+                    group_by=("site",),
+                    every=True,
+                    fill="none",
+                ),
+                "$tag_site",
+            )
+        ],
+        w=8,
+        time_series=True,
+        catchment=True,
+    )
+    b.add(
+        table.Panel()
+        .override_by_name("outage_ms", [model.DynamicConfigValue("unit", "ms")])
+        .sort_by([cb.TableSortByFieldState().display_name("Time").desc(True)]),
+        "Failover outages",
+        "Each catchment change: from which site to which, the time from the last answer "
+        "of the old site to the first of the new (outage_ms), and the queries lost.",
+        [
+            Table(
+                Select(
+                    "event",
+                    (
+                        Col("outage_ms"),
+                        Col("lost"),
+                        Col("from_site"),
+                        Col("to_site"),
+                        Col("probe"),
+                        Col("region"),
+                        Col("target"),
+                        Col("message"),
+                    ),
+                    where=(CATCHMENT,),
+                )
+            )
+        ],
+        w=24,
+    )
+    return b
+
+
+__all__ = ["build"]
