@@ -1,4 +1,5 @@
-"""The Zone propagation dashboard: the SOA serial each anycast site serves, and how far each lags."""
+"""The Zone propagation dashboard: the SOA serial each anycast site serves, and how far
+each lags."""
 
 from __future__ import annotations
 
