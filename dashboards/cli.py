@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import textwrap
 from pathlib import Path
@@ -97,8 +98,36 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
 
 
+#: the packages of the optional extra ``popwatch[dashboards]``, by the command needing them
+EXTRA: dict[str, tuple[str, ...]] = {
+    "build": ("grafana_foundation_sdk",),
+    "push": ("grafana_foundation_sdk", "grafana_client"),
+}
+
+
+def missing(command: str) -> list[str]:
+    """The packages of the dashboards extra ``command`` needs that cannot be imported."""
+    out = []
+    for name in EXTRA[command]:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            out.append(name)
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``dashboards build`` or ``dashboards push``; the exit status."""
+    if gone := missing(args.dashboards_cmd):
+        print(
+            f"popwatch-collector dashboards {args.dashboards_cmd}: needs the dashboards "
+            f"extra ({', '.join(gone)} is not installed): pip install 'popwatch[dashboards]', "
+            "or from a clone, pip install --require-hashes -r requirements-dashboards.lock",
+            file=sys.stderr,
+        )
+        return 2
     if args.dashboards_cmd == "build":
         from dashboards.build import stale, write
 

@@ -257,3 +257,26 @@ def test_the_cli_builds_and_checks_the_json(tmp_path: Path) -> None:
     (out / "fleet.json").write_text("{}")
     bad = subprocess.run([*argv, str(out)], capture_output=True, text=True)
     assert bad.returncode == 1 and "fleet.json: differs" in bad.stderr
+
+
+def test_without_the_dashboards_extra_the_commands_say_how_to_install_it() -> None:
+    """`dashboards build` and `push` where the Grafana libraries are not installed (the
+    probe image, a plain install): one line naming the extra, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['grafana_foundation_sdk'] = None; "
+        "sys.modules['grafana_client'] = None; "
+        "from collector.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    for cmd in (
+        ["dashboards", "build", "--out", "/nonexistent"],
+        ["dashboards", "push", "--grafana-url", "http://127.0.0.1:9"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", code, *cmd], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "pip install 'popwatch[dashboards]'" in lines[0], out.stderr
