@@ -201,3 +201,25 @@ async def test_batch_ids_are_kept_as_long_as_records_are_taken(tmp_path: Path) -
         True,
     )
     seen.close()
+
+
+def test_every_rule_is_in_the_example_and_the_readme() -> None:
+    """The rules table (collector/alerts/rules) is what the docs list: example.yaml's
+    alerts.rules has one block per rule, each with every key of its settings (at their
+    defaults: the example loads as the defaults), and the README's Alerts section names
+    each rule, and says which ones a group may set."""
+    import yaml
+
+    from collector.alerts.config import TARGET_RULES
+    from collector.alerts.rules import RULES
+
+    example = yaml.safe_load(EXAMPLE.read_text())["alerts"]["rules"]
+    assert list(example) == [r.name for r in RULES]
+    for rule in RULES:
+        assert set(example[rule.name]) == set(rule.settings.__struct_fields__), rule.name
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    alerts = readme[readme.index("\n## Alerts\n") :]
+    alerts = alerts[: alerts.index("\n## ", 1)]
+    for rule in RULES:
+        assert f"**`{rule.name}`**" in alerts, rule.name
+    assert ", ".join(f"`{name}`" for name in TARGET_RULES) in alerts

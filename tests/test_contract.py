@@ -150,3 +150,40 @@ def test_the_envelope_has_the_batch_constraints() -> None:
                 continue
             raise AssertionError(f"{cls.__name__} took {body}")
     assert wire.SCHEMA_VERSION == 1
+
+
+def kind_branches(path: Path, names: set[str]) -> list[str]:
+    """Where ``path`` branches on a record kind's name: a comparison with one
+    (``kind == "dns"``, ``kind in ("dns", "http")``) or a mapping keyed by one."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        consts: list[ast.expr] = []
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                consts += side.elts if isinstance(side, ast.Tuple | ast.List | ast.Set) else [side]
+        elif isinstance(node, ast.Dict):
+            consts += [k for k in node.keys if k is not None]
+        for c in consts:
+            if isinstance(c, ast.Constant) and c.value in names:
+                found.append(f"{path}:{node.lineno}: {c.value!r}")
+    return found
+
+
+def test_only_a_kinds_own_module_branches_on_it() -> None:
+    """The check seam holds on the collector's side: outside collector/kinds/, no module
+    compares with a record kind's name or keys a table by one (they read the kinds
+    table instead)."""
+    from collector.kinds import KINDS
+
+    # "probe" (the heartbeat's kind) is also every point's tag key: not a kind's name here
+    names = ({k.name for k in KINDS} | {k.measurement for k in KINDS}) - {"probe"}
+    outside = [p for p in modules("collector") if "kinds" not in p.parts]
+    assert len(outside) > 20
+    assert [hit for p in outside for hit in kind_branches(p, names)] == []
+
+
+def test_the_branch_check_finds_a_branch(tmp_path: Path) -> None:
+    """The walk behind the test above finds what it forbids."""
+    bad = tmp_path / "bad.py"
+    bad.write_text('if s.kind == "dns":\n    pass\nx = {"http": 1}\ny = k in ("ping",)\n')
+    assert len(kind_branches(bad, {"dns", "http", "ping"})) == 3
