@@ -106,7 +106,7 @@ MEANING: Final = {
     "alerts": "the alert engine (a section of its own: see `popwatch-collector example`)",
 }
 
-#: the probe's variables (DESIGN.md): never taken for a misspelt collector setting
+#: the probe's variables (docs/design.md): never taken for a misspelt collector setting
 PROBE_VARIABLES: Final = frozenset(
     {
         "POPWATCH_PROBE_ID",
