@@ -263,23 +263,25 @@ def _expected(t: Any) -> str:
     return "another value"
 
 
-def _coerce(t: Any, v: Any) -> Any:
+def _coerce(t: Any, v: Any, strict: bool = False) -> Any:
     """``v`` as type ``t`` takes it (a string for a number or a boolean, as a file or a
-    variable writes it: msgspec's ``strict=False``), or ``_MISSING`` when it does not."""
+    variable writes it: msgspec's ``strict=False``; ``strict``: only its own JSON type),
+    or ``_MISSING`` when it does not."""
     if isinstance(t, mi.Metadata):
-        return _coerce(t.type, v)
+        return _coerce(t.type, v, strict)
+    lax = not strict
     if isinstance(t, mi.IntType):
         if isinstance(v, int) and not isinstance(v, bool):
             return v
-        if isinstance(v, float) and v.is_integer():
+        if isinstance(v, float) and v.is_integer() and not strict:
             return int(v)
-        if isinstance(v, str) and re.fullmatch(r"\s*[-+]?\d+\s*", v):
+        if lax and isinstance(v, str) and re.fullmatch(r"\s*[-+]?\d+\s*", v):
             return int(v)
         return _MISSING
     if isinstance(t, mi.FloatType):
         if isinstance(v, int | float) and not isinstance(v, bool):
             return float(v)
-        if isinstance(v, str):
+        if lax and isinstance(v, str):
             try:
                 return float(v)
             except ValueError:
@@ -290,11 +292,11 @@ def _coerce(t: Any, v: Any) -> Any:
     if isinstance(t, mi.BoolType):
         if isinstance(v, bool):
             return v
-        if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0"):
+        if lax and isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0"):
             return v.strip().lower() in ("true", "1")
         return _MISSING
     if isinstance(t, mi.NoneType):
-        return None if v is None or (isinstance(v, str) and v.strip() == "null") else _MISSING
+        return None if v is None or (lax and v == "null") else _MISSING
     if isinstance(t, mi.LiteralType):
         return v if v in t.values else _MISSING
     if isinstance(t, _LISTS):
@@ -303,13 +305,13 @@ def _coerce(t: Any, v: Any) -> Any:
         return v if isinstance(v, dict) else _MISSING
     if isinstance(t, mi.UnionType):
         for m in t.types:
-            if (c := _coerce(m, v)) is not _MISSING:
+            if (c := _coerce(m, v, strict)) is not _MISSING:
                 return c
         return _MISSING
     return v
 
 
-def _member(t: mi.UnionType, v: Any) -> Any:
+def _member(t: mi.UnionType, v: Any, strict: bool = False) -> Any:
     """The member of a union a value is meant for: a tagged struct by its tag (None when
     the tag is wrong), else the first that takes the value, else the first not null."""
     structs = [m for m in t.types if isinstance(m, mi.StructType) and m.tag_field]
@@ -317,24 +319,24 @@ def _member(t: mi.UnionType, v: Any) -> Any:
         field = structs[0].tag_field
         return next((m for m in structs if v.get(field) == m.tag), None)
     for m in t.types:
-        if _coerce(m, v) is not _MISSING:
+        if _coerce(m, v, strict) is not _MISSING:
             return m
     return next((m for m in t.types if not isinstance(m, mi.NoneType)), t.types[0])
 
 
-def _value_fault(t: Any, v: Any) -> str | None:
+def _value_fault(t: Any, v: Any, strict: bool = False) -> str | None:
     """What is wrong with value ``v`` for type ``t`` itself (not inside it), or None."""
     if isinstance(t, mi.Metadata):
-        return _value_fault(t.type, v)
-    x = _coerce(t, v)
+        return _value_fault(t.type, v, strict)
+    x = _coerce(t, v, strict)
     if x is _MISSING:
         if isinstance(t, mi.LiteralType):
             shown = v if isinstance(v, str) else msgspec.json.encode(v).decode()
             return f"{shown!r} is not one of {', '.join(str(c) for c in t.values)}"
         return f"expected {_expected(t)}, got {_a(v)}"
     if isinstance(t, mi.UnionType):
-        m = _member(t, v)
-        return None if m is None else _value_fault(m, v)
+        m = _member(t, v, strict)
+        return None if m is None else _value_fault(m, v, strict)
     if isinstance(t, mi.IntType | mi.FloatType):
         if isinstance(t, mi.FloatType) and not math.isfinite(x):
             return f"expected a finite number, got {v}"
@@ -361,10 +363,7 @@ def _value_fault(t: Any, v: Any) -> str | None:
 def _struct_fault(t: mi.StructType, v: dict[str, Any], here: list[str | int]) -> Fault | None:
     """A missing required key or an unknown key of a struct."""
     names = [f.encode_name for f in t.fields]
-    for f in t.fields:
-        if f.required and f.encode_name not in v:
-            return Fault(_render([*here, f.encode_name]), "required key is missing")
-    if t.forbid_unknown_fields:
+    if t.forbid_unknown_fields:  # first: a misspelt key is why a required one is missing
         for key in v:
             if key not in names and key != t.tag_field:
                 return Fault(
@@ -372,10 +371,13 @@ def _struct_fault(t: mi.StructType, v: dict[str, Any], here: list[str | int]) ->
                     "unknown key" + did_you_mean(str(key), names),
                     unknown=str(key),
                 )
+    for f in t.fields:
+        if f.required and f.encode_name not in v:
+            return Fault(_render([*here, f.encode_name]), "required key is missing")
     return None
 
 
-def _walk(t: Any, v: Any, steps: list[str | int]) -> tuple[Fault | None, Any]:
+def _walk(t: Any, v: Any, steps: list[str | int], strict: bool = False) -> tuple[Fault | None, Any]:
     """Follow ``steps`` from type ``t`` and value ``v``: the fault at the end (a value of
     the wrong type or out of bounds on the way, a missing or unknown key at the end), or
     None when the types find nothing wrong; and the type reached."""
@@ -384,9 +386,9 @@ def _walk(t: Any, v: Any, steps: list[str | int]) -> tuple[Fault | None, Any]:
         while isinstance(t, mi.Metadata):
             t = t.type
         if isinstance(t, mi.UnionType):
-            if _coerce(t, v) is _MISSING:
+            if _coerce(t, v, strict) is _MISSING:
                 return Fault(_render(here), f"expected {_expected(t)}, got {_a(v)}"), t
-            m = _member(t, v)
+            m = _member(t, v, strict)
             if m is None:  # a tagged union, and the tag is not one of its tags
                 structs = [s for s in t.types if isinstance(s, mi.StructType)]
                 field = structs[0].tag_field or "kind"
@@ -397,7 +399,7 @@ def _walk(t: Any, v: Any, steps: list[str | int]) -> tuple[Fault | None, Any]:
             t = m
             while isinstance(t, mi.Metadata):
                 t = t.type
-        wrong = _value_fault(t, v)
+        wrong = _value_fault(t, v, strict)
         if wrong is not None:
             return Fault(_render(here), wrong), t
         if i == len(steps):
@@ -422,15 +424,16 @@ def _walk(t: Any, v: Any, steps: list[str | int]) -> tuple[Fault | None, Any]:
     return None, t
 
 
-def explain(root: Any, data: Any, exc: msgspec.ValidationError) -> Fault:
+def explain(root: Any, data: Any, exc: msgspec.ValidationError, strict: bool = False) -> Fault:
     """What is wrong with ``data`` as a ``root`` (a type msgspec converts to), from the
     path of msgspec's error: the type and the value there, in our words. A fault the
     types do not show is a struct's own ``__post_init__`` (our text), kept as it is; one
-    that starts with a key of that struct (``"key: fault"``) is put at that key."""
+    that starts with a key of that struct (``"key: fault"``) is put at that key.
+    ``strict``: ``data`` was converted strictly (JSON records), not as a file's text."""
     text = str(exc)
     m = _AT.search(text)
     steps = _steps(m.group("path")) if m else []
-    found, at = _walk(mi.type_info(root), data, steps)
+    found, at = _walk(mi.type_info(root), data, steps, strict)
     if found is not None:
         return found
     # what the types do not show is a struct's __post_init__ fault (a struct at the top

@@ -499,8 +499,8 @@ def test_run_help_lists_every_setting_with_its_variable() -> None:
         [COLLECTOR, "run", "--help"], capture_output=True, text=True, check=True, timeout=30
     ).stdout
     for key in CollectorConfig.__struct_fields__:
-        if key == "alerts":  # a section: its keys are POPWATCH_ALERTS_<KEY>
-            assert "  alerts  (POPWATCH_ALERTS_<KEY>)" in out
+        if key in ("alerts", "limits"):  # a section: its keys are POPWATCH_<SECTION>_<KEY>
+            assert f"  {key}  (POPWATCH_{key.upper()}_<KEY>)" in out
             continue
         assert f"  {key}  (POPWATCH_{key.upper()}, default " in out, key
     assert "influxdb_api  (POPWATCH_INFLUXDB_API, default auto)" in out

@@ -85,7 +85,7 @@ def _invalid(root: Any, raw: bytes, exc: msgspec.ValidationError, noun: str) -> 
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as bad:  # bad UTF-8 inside a string, say
         return _undecodable(raw, bad, noun)
-    fault = explain(root, data, exc)
+    fault = explain(root, data, exc, strict=True)
     why = f"{fault.path}: {fault.text}" if fault.path else fault.text
     return why if noun == "record" else f"not a {noun}: {why}"
 

@@ -133,7 +133,7 @@ def target_from_flags(spec: dict[str, Any], kind: type[T]) -> T:
     try:
         return msgspec.convert(spec, kind)
     except msgspec.ValidationError as exc:
-        fault = explain(kind, spec, exc)
+        fault = explain(kind, spec, exc, strict=True)
         raise ValueError(f"{fault.path}: {fault.text}" if fault.path else fault.text) from None
 
 
