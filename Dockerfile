@@ -11,14 +11,23 @@ FROM ${BASE} AS build
 # where the package index is reached through a proxy with its own CA, mount the CA bundle
 # into the build and name it: --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 ARG PIP_CERT
-# the dependencies are pinned, with hashes, in requirements.lock (pip-compile); the HTTP
-# check relies on aiohttp internals (tests/test_aiohttp_internals.py), so no drift
-COPY requirements.lock /src/requirements.lock
-RUN python3 -m venv /opt/popwatch \
-    && /opt/popwatch/bin/pip install --no-cache-dir --require-hashes -r /src/requirements.lock
+# EXTRAS=dashboards adds the Grafana libraries, for `popwatch-collector dashboards push`
+# from a collector image (docker build --build-arg EXTRAS=dashboards); the default image,
+# probes and collectors alike, runs without them
+ARG EXTRAS=
+# the dependencies are pinned, with hashes, in requirements.lock (pip-compile; the
+# dashboards extra in requirements-dashboards.lock, over it); the HTTP check relies on
+# aiohttp internals (tests/test_aiohttp_internals.py), so no drift
+COPY requirements.lock requirements-dashboards.lock /src/
+RUN case "$EXTRAS" in ""|dashboards) ;; *) echo "EXTRAS is empty or dashboards" >&2; exit 2;; esac \
+    && python3 -m venv /opt/popwatch \
+    && /opt/popwatch/bin/pip install --no-cache-dir --require-hashes -r /src/requirements.lock \
+        ${EXTRAS:+-r /src/requirements-${EXTRAS}.lock}
 COPY pyproject.toml README.md /src/
 COPY probe /src/probe
 COPY collector /src/collector
+COPY dashboards /src/dashboards
+COPY popwatch_lab /src/popwatch_lab
 RUN /opt/popwatch/bin/pip install --no-cache-dir --no-deps /src
 
 FROM ${BASE}

@@ -479,26 +479,88 @@ def test_the_kubernetes_layout(manifests: list[dict[str, Any]]) -> None:
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
-def test_the_lock_pins_every_dependency_with_hashes() -> None:
-    """requirements.lock (what the image installs) pins every runtime dependency of
-    pyproject.toml, at a version its range admits, with hashes: a dependency added to
-    pyproject but not to the lock would be missing from the image."""
+#: each lock and what it pins: the core (what the image installs), then each layer over it
+LOCKS = {
+    "requirements.lock": None,  # [project].dependencies
+    "requirements-dashboards.lock": "dashboards",  # the extra, constrained by the core
+    "requirements-test.lock": "test",  # the extra, constrained by both
+}
+#: what `popwatch[dashboards]` brings, and the core (the probe image) must not
+GRAFANA = {"grafana-foundation-sdk", "grafana-client", "requests"}
+
+
+def read_lock(name: str) -> tuple[str, dict[str, str]]:
+    """A lock's text, and its pins (canonical name: version); every pin has hashes."""
+    from packaging.utils import canonicalize_name
+
+    text = (ROOT / name).read_text()
+    pins = {
+        canonicalize_name(m.group(1)): m.group(2)
+        for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", text, re.M)
+    }
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", text)[1:]  # [0] is the header comment
+    assert len(blocks) == len(pins), f"{name}: a requirement that is not pinned with =="
+    assert all("--hash=sha256:" in b for b in blocks), f"{name}: a pin without hashes"
+    return text, pins
+
+
+def test_the_locks_pin_every_dependency_with_hashes() -> None:
+    """The three locks (pip-compile --generate-hashes) pin, with hashes, every
+    requirement of their part of pyproject.toml, at a version its range admits: the
+    core in requirements.lock (what the image installs), the `dashboards` extra in
+    requirements-dashboards.lock, the `test` extra in requirements-test.lock. A
+    dependency added to pyproject but not to its lock would be missing from the image or
+    from `.ci/run`'s install. No package is pinned twice at different versions (the
+    layers are compiled with the ones below as constraints), the core holds none of the
+    Grafana libraries, and each lock's header names the command that made it, which the
+    README gives too."""
     import tomllib
 
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    text = (ROOT / "requirements.lock").read_text()
-    pins = {
-        canonicalize_name(m.group(1)): m.group(2)
-        for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", text, re.M)
-    }
-    for dep in project["dependencies"]:
-        req = Requirement(dep)
-        name = canonicalize_name(req.name)
-        assert name in pins, f"{req.name} is in pyproject.toml but not in requirements.lock"
-        assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
-    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", text)[1:]  # [0] is the header comment
-    assert len(blocks) == len(pins)
-    assert all("--hash=sha256:" in b for b in blocks)
+    extras = project["optional-dependencies"]
+    assert set(extras) == {e for e in LOCKS.values() if e}, "an extra without a lock"
+    readme = (ROOT / "README.md").read_text()
+    seen: dict[str, tuple[str, str]] = {}  # package: (version, the lock that pins it)
+    for name, extra in LOCKS.items():
+        text, pins = read_lock(name)
+        for dep in project["dependencies"] if extra is None else extras[extra]:
+            req = Requirement(dep)
+            if req.marker is not None and not req.marker.evaluate():
+                continue
+            pkg = canonicalize_name(req.name)
+            assert pkg in pins, f"{req.name} is in pyproject.toml but not in {name}"
+            assert req.specifier.contains(pins[pkg], prereleases=True), (name, req, pins[pkg])
+        for pkg, version in pins.items():
+            other = seen.setdefault(pkg, (version, name))
+            assert other[0] == version, f"{pkg}: {version} in {name}, {other[0]} in {other[1]}"
+        command = re.search(r"^#    (.+)$", text, re.M)
+        assert command and f"-o {name} " in command.group(1), f"{name}: no command in its header"
+        assert command.group(1) in readme, f"the README does not give {name}'s command"
+        if extra is None:
+            assert not GRAFANA & set(pins), f"{name} (the image) pins {GRAFANA & set(pins)}"
+        else:
+            below = list(LOCKS)[: list(LOCKS).index(name)]
+            assert all(f"-c {b} " in command.group(1) for b in below), (name, below)
+    assert set(read_lock("requirements-dashboards.lock")[1]) >= GRAFANA
+
+
+def test_the_image_copies_every_package_and_leaves_the_tests_out() -> None:
+    """The Dockerfile copies every package the wheel holds into its build stage (a
+    package left out would be missing from the image), installs the core lock and, with
+    EXTRAS=dashboards, the dashboards lock; .dockerignore keeps the tests, the
+    benchmarks and secrets out of the build context."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = re.findall(r"^COPY (\S+) /src/\1$", dockerfile, re.M)
+    assert sorted(copied) == sorted(packages), (copied, packages)
+    assert "--require-hashes -r /src/requirements.lock" in dockerfile
+    assert "requirements-dashboards.lock" in dockerfile and "ARG EXTRAS=" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert {"tests", "bench", ".env", ".venv", ".git"} <= set(ignored)
+    assert all((ROOT / p).is_dir() for p in packages)
