@@ -13,7 +13,6 @@ By hand: ``python tests/support/alertmanager.py`` starts both and prints what ar
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import Any
 if __package__ in (None, ""):  # run by hand: python tests/support/alertmanager.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from support.need import need
 from support.servers import Server
 
 BINARY = "prometheus-alertmanager"
@@ -105,8 +105,7 @@ class Alertmanager(Server):
     name = "alertmanager"
 
     def __init__(self, webhook: str, repeat_interval: str = "1h") -> None:
-        if shutil.which(BINARY) is None:  # pragma: no cover - CI installs it
-            raise RuntimeError(f"{BINARY} is not installed: run .ci/run, or apt-get install it")
+        need(BINARY)
         super().__init__(nsid="", identity="")
         self.webhook = webhook
         self.repeat_interval = repeat_interval

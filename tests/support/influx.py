@@ -11,6 +11,7 @@ import subprocess
 from typing import Any
 
 from popwatch_lab import influx as influxconf
+from support.need import need
 from support.servers import Server, free_port
 
 
@@ -28,6 +29,7 @@ class InfluxDB(Server):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> InfluxDB:
+        need("influxd")
         d = self.dir
         (d / "influxdb.conf").write_text(
             influxconf.config(d, f"127.0.0.1:{self.port}", f"127.0.0.1:{self.rpc_port}")

@@ -20,13 +20,18 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+if __package__ in (None, ""):  # run by hand: python tests/support/servers.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from popwatch_lab import knot as knotconf
 from popwatch_lab.certs import make_cert
+from support.need import need
 
 # The daemons (knotd, nsd, influxd...) live in sbin, which a plain user's PATH lacks:
 # the README's quick start runs this as one.
@@ -152,6 +157,7 @@ class Knot(Server):
     name = "knot"
 
     def start(self, extra_records: str = "") -> Knot:
+        need("knotd", "knotc")
         (self.dir / "example.test.zone").write_text(ZONE_TEXT + extra_records)
         (self.dir / "knot.conf").write_text(
             knotconf.config(
@@ -178,6 +184,7 @@ class Nsd(Server):
     name = "nsd"
 
     def start(self) -> Nsd:
+        need("nsd", "nsd-control", "nsd-control-setup", "openssl")
         (self.dir / "example.test.zone").write_text(ZONE_TEXT)
         subprocess.run(["nsd-control-setup", "-d", str(self.dir)], check=True, capture_output=True)
         self.control_port = free_port(socket.SOCK_STREAM)
@@ -240,6 +247,7 @@ class Dnsdist(Server):
     name = "dnsdist"
 
     def start(self, backend_port: int) -> Dnsdist:
+        need("dnsdist", "openssl")
         self.cert, self.key = make_cert(self.dir)
         self.dot_port = free_port(socket.SOCK_STREAM)
         self.doh_port = free_port(socket.SOCK_STREAM)
