@@ -19,6 +19,7 @@ from collector.ingest.api import (
     INFLATER,
     REQUESTS,
     SEEN,
+    SERIES,
     SERVED,
     STATE,
     CollectorState,
@@ -32,13 +33,16 @@ from collector.ingest.gate import GATE, Gate
 from collector.ingest.gate import middleware as gate_middleware
 from collector.ingest.limits import Limits
 from collector.ingest.ratelimit import TokenBuckets
+from collector.ingest.series import SeriesBudget
 from collector.ingest.served import ServedTargets
 
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when batches go through as they should: InfluxDB answers ``/ping`` and takes
     writes, and the spool can store, has room, and is not growing. Otherwise ``503``, and
-    ``problems`` says what stands in the way."""
+    ``problems`` says what stands in the way. ``warnings`` are what an operator must know
+    though batches go through (InfluxDB refusing lines, near its limits; a certificate
+    about to expire): they do not make the collector unready."""
     state = request.app[STATE]
     influx_ok = await state.sink.ready()
     problems = [] if influx_ok else ["InfluxDB does not answer /ping"]
@@ -47,6 +51,7 @@ async def readyz(request: web.Request) -> web.Response:
         "ready": not problems,
         "problems": problems,
         "influxdb": "ok" if influx_ok else "unreachable",
+        "warnings": [w for source in state.warnings for w in source()],
     }
     if state.spool is not None:
         body["spool_bytes"] = state.spool.bytes
@@ -96,6 +101,9 @@ def create_app(state: CollectorState, data_dir: Path) -> web.Application:
     app[INFLATER] = Inflater(limits.max_decoded_bytes, limits.max_inflating)
     app[BUCKETS] = TokenBuckets(limits.records_per_second, limits.burst_records, state.clock)
     app[REQUESTS] = TokenBuckets(limits.requests_per_second, limits.burst_requests, state.clock)
+    app[SERIES] = SeriesBudget(
+        limits.new_series_per_hour, limits.new_series_burst, limits.max_series_per_probe
+    )
     if state.targets_file is not None:
         app[SERVED] = ServedTargets(state.targets_file)
 

@@ -25,9 +25,11 @@ from collector import __version__, certs
 from collector.alerts import cli as alerts_cli
 from collector.app import CollectorState, create_admin_app, create_app
 from collector.config import MEANING, SECTIONS, CollectorConfig, ConfigError, load_config, variable
+from collector.ingest.api import SERVED
 from collector.ingest.gate import GatedSite
 from collector.ingest.registry import Registry, RegistryError, check_identity
 from collector.store.detect import Api, Deferred, Mismatch, Target, Unreachable, choose
+from collector.store.headroom import Headroom
 from collector.store.influxql import InfluxQL
 from collector.store.sink import GroupCommit, InfluxV1Sink, InfluxV2Sink, Sink, redact
 from collector.store.spool import Spool, SpoolingSink
@@ -276,11 +278,13 @@ async def _run(cfg: CollectorConfig) -> None:
     try:
         sink, chosen = await store(cfg)
         spool = Spool(data_dir / "spool", cfg.spool_max_bytes)
+        spooling = SpoolingSink(sink, spool, cfg.spool_after_ms / 1000)
         state = CollectorState(
             registry=registry,
-            sink=GroupCommit(SpoolingSink(sink, spool, cfg.spool_after_ms / 1000)),
+            sink=GroupCommit(spooling),
             spool=spool,
             limits=cfg.limits,
+            warnings=[spooling.warnings],
             targets_file=Path(cfg.targets) if cfg.targets else None,
         )
         runner = web.AppRunner(create_app(state, data_dir), access_log=None)
@@ -326,10 +330,32 @@ async def _run(cfg: CollectorConfig) -> None:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
 
-            def active() -> set[str]:  # a revoked probe is never silent
-                return {r.identity.probe for r in registry.list() if not r.revoked_at}
+            def active() -> dict[str, str]:  # a revoked probe is never silent
+                return {
+                    r.identity.probe: r.identity.region for r in registry.list() if not r.revoked_at
+                }
 
-            async with alerts_cli.evaluator(cfg, state.sink, active):  # if alerts.enabled
+            def served() -> set[str] | None:  # the targets every probe is given
+                targets = runner.app.get(SERVED)
+                return targets.names() if targets is not None else None
+
+            headroom = Headroom(
+                InfluxQL(
+                    cfg.influxdb_url,
+                    cfg.influxdb_bucket,
+                    cfg.influxdb_token,
+                    cfg.influxdb_timeout_s,
+                    client="headroom",
+                ),
+                cfg.influxdb_max_values_per_tag,
+                cfg.influxdb_max_series_per_database,
+            )
+            state.warnings.append(headroom.warnings)
+            async with (
+                headroom.influx,
+                headroom.watching(),
+                alerts_cli.evaluator(cfg, state.sink, active, served),  # if alerts.enabled
+            ):
                 await stop.wait()
         finally:
             await admin.cleanup()

@@ -54,6 +54,10 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     influxdb_bucket: str = "popwatch"  # the database with the v1 API
     # one write: request start (connecting included) -> InfluxDB's answer
     influxdb_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # InfluxDB's own limits (its max-values-per-tag, max-series-per-database): /readyz
+    # warns when InfluxDB's estimates pass 80 % of them
+    influxdb_max_values_per_tag: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    influxdb_max_series_per_database: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     # a write InfluxDB has not confirmed by then is made durable in the spool instead
     spool_after_ms: Annotated[float, msgspec.Meta(gt=0)] = 25.0
     spool_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_000_000_000
@@ -97,6 +101,8 @@ MEANING: Final = {
     "influxdb_org": "the organisation (2.x, 3.x)",
     "influxdb_bucket": "the bucket; the database with v1, database/retention on 1.8",
     "influxdb_timeout_s": "seconds for one write, connecting included",
+    "influxdb_max_values_per_tag": "InfluxDB's max-values-per-tag: /readyz warns past 80 %",
+    "influxdb_max_series_per_database": "InfluxDB's max-series-per-database: warned past 80 %",
     "spool_after_ms": "a write unconfirmed after this long goes to the spool",
     "spool_max_bytes": "the spool's bound: past it probes get 503 and keep their data",
     "tls_cert": "serve HTTPS with this certificate chain (PEM), with tls_key",

@@ -12,7 +12,9 @@ written twice to the same point.
 from __future__ import annotations
 
 import bisect
+import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,8 @@ from collector.kinds import BY_NAME, Kind, alerted
 from collector.store.influxql import InfluxQL
 from collector.store.lineproto import FieldValue, line
 from collector.store.query import AnyOf, Between, Col, FieldIs, Fn, Select, Tag
+
+log = logging.getLogger("popwatch.collector.alerts")
 
 #: how far back the start looks for the last answer and the last serial
 LOOKBACK_S = 3600
@@ -178,7 +182,18 @@ class Catchments:
                     a.lost += 1
                 if a is not None:
                     a.done = x.ts
+        self._forget(until)
         return events
+
+    def _forget(self, until: int) -> None:
+        """Drop the anchors of series with no answer for ``LOOKBACK_S`` (a gap that long is
+        no failover) and site changes older than the hour: what is kept is bounded by the
+        series of the last hour, however many one probe invented before."""
+        old = until - LOOKBACK_S * NS
+        if any(a.done < old for a in self.anchors.values()):
+            self.anchors = {k: a for k, a in self.anchors.items() if a.done >= old}
+        for key in [k for k, moves in self.moves.items() if not moves or moves[-1] < old]:
+            del self.moves[key]
 
     def _moved(self, probe: str, region: str, target: str, a: _Anchor, to: str, ts: int) -> Event:
         moves = self.moves[(probe, target)]
@@ -221,10 +236,25 @@ class _Serial:
     done: int
 
 
+#: serial events kept per target and evaluation (a probe posting a storm of serial
+#: changes writes no more than this; the rest are counted in the log)
+MAX_SERIAL_EVENTS = 100
+#: serials remembered per target (when each was first seen), the newest kept
+MAX_SERIALS = 64
+#: serials whose first sighting is looked up at start (exactly, one query each)
+MAX_START_LOOKUPS = 200
+
+
 class Serials:
     """Each anycast site's SOA serial per target, when and where each serial was first
     seen, and the ``serial`` events: a site (``to_site``) serving a newer serial, with
-    its lag behind the site that served it first (``from_site``)."""
+    its lag behind the site that served it first (``from_site``).
+
+    What is needed is followed in memory from the samples of each window: no query per
+    serial change, so an evaluation's cost does not grow with what one probe sends. At
+    start, the last serial of each site is read from the hour before, and when each of
+    those was first seen (the day before: one query each, at most
+    ``MAX_START_LOOKUPS``). What is remembered is bounded and expires after a day."""
 
     def __init__(self) -> None:
         self.marks: dict[tuple[str, str], _Serial] = {}  # (target, site)
@@ -234,10 +264,10 @@ class Serials:
 
     async def start(self, influx: InfluxQL, until: int) -> None:
         span = Between(until - LOOKBACK_S * NS, until)
+        kinds = [k for k in sited() if k.alerting is not None and k.alerting.serial]
         result = [
             s
-            for k in sited()
-            if k.alerting is not None and k.alerting.serial
+            for k in kinds
             for s in await influx.one(
                 Select(
                     k.measurement,
@@ -253,43 +283,11 @@ class Serials:
                 self.marks[(s.tags.get("target", ""), s.tags.get("site", ""))] = _Serial(
                     int(serial), until
                 )
-        self.started = True
-
-    def newest(self, snap: Snapshot) -> dict[str, tuple[int, dict[str, tuple[int, int]]]]:
-        """Per anycast target with serials in the window: the newest serial of any site,
-        and each site's latest (serial, time)."""
-        latest: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
-        for s in snap.series.values():
-            if not _serials(s.kind, s.topology):
-                continue
-            sites = latest[s.target]
-            for x in s.samples:
-                if x.serial is not None and x.site:
-                    have = sites.get(x.site)
-                    if have is None or x.ts > have[1]:
-                        sites[x.site] = (int(x.serial), x.ts)
-        out = {}
-        for target, sites in latest.items():
-            if not sites:
-                continue
-            top = next(iter(sites.values()))[0]
-            for serial, _ in sites.values():
-                if newer(serial, top):
-                    top = serial
-            out[target] = (top, sites)
-        return out
-
-    async def seen_since(
-        self, influx: InfluxQL, target: str, serial: int, at: int
-    ) -> tuple[int, str]:
-        """When ``serial`` was first seen on ``target`` (the last day), and at which site."""
-        key = (target, serial)
-        if key not in self.first_seen:
-            result = [
-                s
-                for k in sited()
-                if k.alerting is not None and k.alerting.serial
-                for s in await influx.one(
+        wanted = sorted({(t, m.serial) for (t, _), m in self.marks.items()})
+        for target, serial in wanted[:MAX_START_LOOKUPS]:
+            seen: list[tuple[int, str]] = []
+            for k in kinds:
+                found = await influx.one(
                     Select(
                         k.measurement,
                         (Fn("first", "serial"),),
@@ -297,19 +295,61 @@ class Serials:
                             Tag("target", target),
                             ANYCAST,
                             FieldIs("serial", serial),
-                            Between(at - 86400 * NS, at),
+                            Between(until - 86400 * NS, until),
                         ),
                         group_by=("site",),
                     )
                 )
-            ]
-            seen = sorted((int(s.values[0][0]), s.tags.get("site", "")) for s in result if s.values)
-            if not seen:
-                return at, ""
-            self.first_seen[key] = seen[0]
-        return self.first_seen[key]
+                seen += [(int(s.values[0][0]), s.tags.get("site", "")) for s in found if s.values]
+            seen.sort()
+            if seen:
+                self.first_seen[(target, serial)] = seen[0]
+        self.started = True
 
-    async def update(self, influx: InfluxQL, snap: Snapshot, until: int) -> list[Event]:
+    def newest(
+        self, snap: Snapshot, quorum: Callable[[str], int]
+    ) -> dict[str, tuple[int, dict[str, tuple[int, int]]]]:
+        """Per anycast target with serials in the window: the newest serial that at least
+        ``quorum(target)`` of the probes measuring it saw (capped at how many did: one
+        probe alone cannot make a serial the newest that honest sites lag), and each
+        site's latest (serial, time)."""
+        latest: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
+        seers: dict[tuple[str, int], set[str]] = defaultdict(set)
+        measuring: dict[str, set[str]] = defaultdict(set)
+        for s in snap.series.values():
+            if not _serials(s.kind, s.topology):
+                continue
+            sites = latest[s.target]
+            for x in s.samples:
+                if x.serial is not None and x.site:
+                    measuring[s.target].add(s.probe)
+                    seers[(s.target, int(x.serial))].add(s.probe)
+                    have = sites.get(x.site)
+                    if have is None or x.ts > have[1]:
+                        sites[x.site] = (int(x.serial), x.ts)
+        out = {}
+        for target, sites in latest.items():
+            need = max(1, min(quorum(target), len(measuring[target])))
+            agreed = [
+                serial
+                for serial in {s for s, _ in sites.values()}
+                if len(seers[(target, serial)]) >= need
+            ]
+            if not agreed:
+                continue
+            top = agreed[0]
+            for serial in agreed:
+                if newer(serial, top):
+                    top = serial
+            out[target] = (top, sites)
+        return out
+
+    def seen_since(self, target: str, serial: int, at: int) -> tuple[int, str]:
+        """When ``serial`` was first seen on ``target``, and at which site (``at`` and no
+        site when it never was)."""
+        return self.first_seen.get((target, serial), (at, ""))
+
+    def update(self, snap: Snapshot, until: int) -> list[Event]:
         """Follow every anycast site's serials up to ``until``; each change to a newer
         serial is an event with its lag."""
         changes: list[tuple[str, str, str, str, int, int]] = []
@@ -323,6 +363,8 @@ class Serials:
                 )
         rows.sort()
         for ts, target, site, probe, region, serial in rows:
+            if (target, serial) not in self.first_seen:
+                self.first_seen[(target, serial)] = (ts, site)
             mark = self.marks.get((target, site))
             if mark is None:
                 self.marks[(target, site)] = _Serial(serial, ts)
@@ -334,8 +376,14 @@ class Serials:
                 mark.serial = serial
             mark.done = ts
         events = []
+        per_target: dict[str, int] = defaultdict(int)
+        dropped = 0
         for target, site, probe, region, serial, ts in changes:
-            first, origin = await self.seen_since(influx, target, serial, ts)
+            per_target[target] += 1
+            if per_target[target] > MAX_SERIAL_EVENTS:
+                dropped += 1
+                continue
+            first, origin = self.seen_since(target, serial, ts)
             lag_s = max(0.0, (ts - first) / NS)
             events.append(
                 Event(
@@ -354,7 +402,34 @@ class Serials:
                     ),
                 )
             )
+        if dropped:
+            log.warning(
+                "%d serial changes in one evaluation not written as events (over %d per "
+                "target): %s",
+                dropped,
+                MAX_SERIAL_EVENTS,
+                ", ".join(
+                    f"{t} ({n})" for t, n in sorted(per_target.items()) if n > MAX_SERIAL_EVENTS
+                ),
+            )
+        self._forget(until)
         return events
+
+    def _forget(self, until: int) -> None:
+        """Drop what is older than a day, and all but the newest ``MAX_SERIALS`` serials
+        of a target."""
+        day = until - 86400 * NS
+        self.marks = {k: m for k, m in self.marks.items() if m.done >= day}
+        by_target: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for (target, serial), (ts, _) in self.first_seen.items():
+            if ts >= day:
+                by_target[target].append((ts, serial))
+        keep = {
+            (target, serial)
+            for target, seen in by_target.items()
+            for _, serial in sorted(seen)[-MAX_SERIALS:]
+        }
+        self.first_seen = {k: v for k, v in self.first_seen.items() if k in keep}
 
 
 __all__ = ["LOOKBACK_S", "SETTLE_S", "Catchments", "Event", "Serials", "newer"]

@@ -40,10 +40,14 @@ def influxql(cfg: CollectorConfig) -> InfluxQL:
 
 @contextlib.asynccontextmanager
 async def evaluator(
-    cfg: CollectorConfig, writer: Writer, registered: Callable[[], set[str]] | None = None
+    cfg: CollectorConfig,
+    writer: Writer,
+    registered: Callable[[], dict[str, str]] | None = None,
+    served: Callable[[], set[str] | None] | None = None,
 ) -> AsyncIterator[Engine | None]:
     """The alert engine, evaluating until the block ends (None when ``alerts.enabled``
-    is false). Its points go to ``writer``, the collector's sink."""
+    is false). Its points go to ``writer``, the collector's sink; ``registered`` gives
+    the active probes and their regions, ``served`` the targets served to them."""
     if not cfg.alerts.enabled:
         yield None
         return
@@ -57,7 +61,9 @@ async def evaluator(
     stop = asyncio.Event()
     async with (
         influxql(cfg) as influx,
-        Engine(cfg.alerts, influx, writer, notifiers, registered=registered) as engine,
+        Engine(
+            cfg.alerts, influx, writer, notifiers, registered=registered, served=served
+        ) as engine,
     ):
         task = asyncio.get_running_loop().create_task(engine.run(stop), name="alert-engine")
         log.info(

@@ -39,6 +39,7 @@ log = logging.getLogger("popwatch.collector.alerts")
 #: one per series)
 MAX_UNWRITTEN = 500_000
 WRITE_LINES = 2_000  # points per write
+MAX_SETTINGS = 100_000  # targets whose settings are cached
 BASELINE_BUCKETS = BASELINE_S // BUCKET_S
 
 
@@ -73,7 +74,10 @@ class Engine:
     """Evaluates ``cfg``'s rules over ``influx``.
 
     ``dry``: nothing is written and nothing sent (``alerts check``). ``registered``:
-    the probes that may report (revoked ones are never silent).
+    the probes that may report, with their regions (revoked ones are never silent; a
+    regional quorum counts a region's registered probes, not those that happen to
+    report). ``served``: the targets the collector serves to every probe (None: it
+    serves none, or it is not known).
     """
 
     def __init__(
@@ -82,14 +86,16 @@ class Engine:
         influx: InfluxQL,
         writer: Writer | None = None,
         notifiers: Sequence[Notifier] = (),
-        registered: Callable[[], set[str]] | None = None,
+        registered: Callable[[], dict[str, str]] | None = None,
         dry: bool = False,
+        served: Callable[[], set[str] | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.influx = influx
         self.writer = None if dry else writer
         self.notifiers = list(notifiers)
         self.registered = registered
+        self.served = served
         self.dry = dry
         self.states = States(default_keep=cfg.keep_firing_for)
         self.rollups = Rollups(influx, write=not dry)
@@ -158,14 +164,18 @@ class Engine:
         snap = await fetch(self.influx, at, start)
         until = at - SETTLE_S * NS
         events = self.catchments.update(snap, until)
-        events += await self.serials.update(self.influx, snap, until)
-        serials = self.serials.newest(snap)
-        newest_since = {}
-        for target, (newest, sites) in serials.items():
-            if any(serial != newest for serial, _ in sites.values()):
-                seen = await self.serials.seen_since(self.influx, target, newest, at)
-                newest_since[target] = seen[0]
+        events += self.serials.update(snap, until)
+        providers = {s.target: s.provider for s in snap.series.values()}
+        serials = self.serials.newest(
+            snap, lambda t: self.settings(t, "anycast", providers.get(t, "")).quorum
+        )
+        newest_since = {
+            target: self.serials.seen_since(target, newest, at)[0]
+            for target, (newest, _) in serials.items()
+        }
         registered = self.registered() if self.registered is not None else None
+        served = self.served() if self.served is not None else None
+        self._forget()
         inputs = Inputs(
             cfg=self.cfg,
             snap=snap,
@@ -180,6 +190,7 @@ class Engine:
             serials=serials,
             newest_since=newest_since,
             registered=registered,
+            served=served,
             flaps=lambda probe, target: self.catchments.flaps(probe, target, at),
         )
         conditions = assess(inputs)
@@ -197,6 +208,11 @@ class Engine:
         seconds = time.perf_counter() - t0
         metrics.EVALUATION_SECONDS.observe(seconds)
         return StepResult(at, conditions, changes, events, seconds, self.influx.take_seconds())
+
+    def _forget(self) -> None:
+        """Bound what is kept per series: settings of targets not seen for a while."""
+        if len(self._settings) > MAX_SETTINGS:
+            self._settings.clear()
 
     async def _write(self, lines: list[str]) -> None:
         if self.writer is None:

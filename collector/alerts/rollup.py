@@ -215,6 +215,18 @@ class Rollups:
             return
         for ring in self.rings.values():
             ring.drop_before(oldest)
+        # a series with no bucket left in the day is forgotten: what is kept is bounded by
+        # the series of the last day, however many one probe invented before
+        gone = [key for key, ring in self.rings.items() if not ring.buckets]
+        for key in gone:
+            del self.rings[key]
+            sites = self.sites.get((key[1], key[2]))
+            if sites is not None:
+                sites.discard(key[3])
+                if not sites:
+                    del self.sites[(key[1], key[2])]
+        self._medians.clear()
+        self._usual.clear()
         self.done = {b for b in self.done if b >= oldest}
         self.loaded_from = oldest
 

@@ -36,6 +36,7 @@ from collector.ingest.limits import Limits
 from collector.ingest.points import Identity, to_line
 from collector.ingest.ratelimit import TokenBuckets
 from collector.ingest.registry import Registry
+from collector.ingest.series import SeriesBudget, values_of
 from collector.ingest.served import ServedTargets
 from collector.ingest.validate import NotABatch, decode
 from collector.store.lineproto import Unrepresentable
@@ -57,6 +58,8 @@ class CollectorState:
     targets_file: Path | None = None
     clock: Callable[[], float] = time.time
     spool: Spool | None = None  # the spool under ``sink``, for /readyz
+    #: what /readyz lists as ``warnings``: things to know that do not stop batches
+    warnings: list[Callable[[], list[str]]] = field(default_factory=list)
 
 
 STATE = web.AppKey("state", CollectorState)
@@ -65,6 +68,7 @@ BUCKETS = web.AppKey("buckets", TokenBuckets)  # records
 REQUESTS = web.AppKey("requests", TokenBuckets)
 INFLATER = web.AppKey("inflater", Inflater)
 SERVED = web.AppKey("served", ServedTargets)  # when state.targets_file is set
+SERIES = web.AppKey("series", SeriesBudget)  # each probe's budget of new tag values
 
 
 def _error(status: int, reason: str, **headers: str) -> web.Response:
@@ -152,6 +156,7 @@ async def _ingest(request: web.Request) -> web.Response:
         return web.json_response({"accepted": 0, "rejected": [], "duplicate": True})
     lines: list[str] = []
     rejected: list[dict[str, Any]] = []
+    budget = request.app[SERIES]
     now = state.clock()
     oldest = int((now - state.limits.max_age_s) * NS)
     newest = int((now + state.limits.max_future_s) * NS)
@@ -170,9 +175,15 @@ async def _ingest(request: web.Request) -> web.Response:
             )
         else:
             try:
-                lines.append(to_line(record, who))
+                line = to_line(record, who)
             except Unrepresentable as exc:
                 rejected.append({"index": i, "error": str(exc)})
+                continue
+            if (over := budget.admit(who.probe, values_of(record))) is not None:
+                rejected.append({"index": i, "error": over})
+                metrics.OVER_SERIES_BUDGET.inc()
+                continue
+            lines.append(line)
     try:
         await state.sink.write(encode(lines))
     except SinkUnavailable as exc:
@@ -197,7 +208,7 @@ async def config(request: web.Request) -> web.StreamResponse:
     if served is None:
         return _error(404, "this collector serves no targets (POPWATCH_TARGETS is unset)")
     try:  # the last list that loaded: a bad edit is logged, and not served
-        body, etag = served.current()
+        body, etag = await served.current()
     except ConfigError as exc:  # it never loaded (`run` checks it at start)
         return _error(500, str(exc))
     if request.headers.get("If-None-Match") == etag:
@@ -214,6 +225,7 @@ __all__ = [
     "INFLATER",
     "REQUESTS",
     "SEEN",
+    "SERIES",
     "SERVED",
     "STATE",
     "CollectorState",

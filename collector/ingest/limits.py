@@ -35,6 +35,12 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     # on a backlog one batch after the other; empty batches cost a request each
     requests_per_second: Rate = 20.0
     burst_requests: Rate = 2_000.0
+    # per probe: new tag values (targets, sites, qnames, servers, addresses) it may add at
+    # once, and an hour after that; and how many of its values are remembered
+    # (collector.ingest.series: one probe cannot fill InfluxDB's index for everyone)
+    new_series_burst: Rate = 10_000.0
+    new_series_per_hour: Rate = 1_000.0
+    max_series_per_probe: Count = 50_000
     body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0  # then 408
     max_inflating: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2  # gzip bodies at once
     # the public listener (collector.ingest.gate, and aiohttp's own per-request bounds)

@@ -34,3 +34,7 @@ CONNECTIONS_REFUSED = Counter(
 BAD_REQUESTS = Counter(
     "popwatch_collector_bad_requests", "Requests aiohttp could not parse (answered 400)."
 )
+OVER_SERIES_BUDGET = Counter(
+    "popwatch_collector_series_budget_rejected",
+    "Records rejected because their probe was over its budget of new tag values.",
+)

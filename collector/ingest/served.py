@@ -7,6 +7,7 @@ good list is served on: a typo while editing must not take the probes' targets a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -39,6 +40,8 @@ class ServedTargets:
         self._count = 0
         self._logged: tuple[tuple[int, ...] | None, str] | None = None
         self._fault: str | None = None
+        self._names: frozenset[str] = frozenset()
+        self._lock = asyncio.Lock()
         self._refresh()  # at once: a list that loads now is served even if an edit breaks it
 
     def _stat(self) -> tuple[int, ...] | None:
@@ -48,16 +51,27 @@ class ServedTargets:
             return None
         return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
 
-    def current(self) -> tuple[bytes, str]:
+    async def current(self) -> tuple[bytes, str]:
         """The JSON body ``{"targets": [...]}`` and its ETag. Raises ``ConfigError`` only
-        when the file has never loaded."""
-        self._refresh()
+        when the file has never loaded. A changed file is read again in a thread (a
+        large one takes seconds to parse, and ingest must not wait), one read at a time:
+        requests meanwhile get the list that loaded last."""
+        stamp = self._stat()
+        if (stamp != self._stamp or self._racy) and not self._lock.locked():
+            async with self._lock:
+                self._stamp = stamp
+                self._racy = stamp is not None and self._clock() - stamp[0] / 1e9 < RACY_S
+                await asyncio.to_thread(self._load, stamp)
         if self._body is None:
             raise ConfigError(self._fault or f"{self.path}: not loaded")
         return self._body, self._etag
 
+    def names(self) -> set[str]:
+        """The names of the targets served now (the last list that loaded)."""
+        return set(self._names)
+
     def _refresh(self) -> None:
-        """Load the file again if it changed since the last look."""
+        """Load the file again if it changed since the last look (at start)."""
         stamp = self._stat()
         if stamp != self._stamp or self._racy:
             self._stamp = stamp
@@ -90,6 +104,7 @@ class ServedTargets:
             self._body = body
             self._etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
             self._count = len(targets)
+            self._names = frozenset(t.name for t in targets)
 
 
 __all__ = ["ServedTargets"]

@@ -26,6 +26,11 @@ def words(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
+#: the tags whose values a probe chooses and that name series (the identity tags come
+#: from the registry): what a probe's budget of new series counts, and what InfluxDB's
+#: max-values-per-tag is watched for
+SERIES_TAGS: tuple[str, ...] = ("target", "site", "qname", "server", "ip")
+
 #: sections of the status page a kind can feed (collector/web/status.py):
 #: ``latency`` (p50, p95, availability per region and target), ``median`` (each probe's
 #: median on the map), ``sites`` (the anycast site each region reaches), ``ttfb`` (the
@@ -70,4 +75,4 @@ class Kind(Generic[R]):
     status: frozenset[StatusSection] = frozenset()
 
 
-__all__ = ["IDENTITY_TAGS", "Alerting", "Kind", "StatusSection", "words"]
+__all__ = ["IDENTITY_TAGS", "SERIES_TAGS", "Alerting", "Kind", "StatusSection", "words"]

@@ -19,7 +19,7 @@ import aiohttp
 import msgspec
 
 from collector.store import metrics
-from collector.store.query import Select, statements
+from collector.store.query import Statement, statements
 
 
 class QueryError(Exception):
@@ -112,9 +112,9 @@ class InfluxQL:
         s, self.seconds = self.seconds, 0.0
         return s
 
-    async def query(self, selects: Select | Sequence[Select]) -> list[list[Series]]:
+    async def query(self, selects: Statement | Sequence[Statement]) -> list[list[Series]]:
         """Run one statement or several in one request: each statement's series."""
-        q = selects.render() if isinstance(selects, Select) else statements(selects)
+        q = selects.render() if not isinstance(selects, Sequence) else statements(selects)
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 headers=self._headers, auth=self._auth, timeout=self._timeout
@@ -160,7 +160,7 @@ class InfluxQL:
             raise QueryError(f"InfluxDB query: HTTP {status}")
         return out
 
-    async def one(self, select: Select) -> list[Series]:
+    async def one(self, select: Statement) -> list[Series]:
         """The series of one statement."""
         results = await self.query(select)
         return results[0] if results else []

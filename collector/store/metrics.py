@@ -30,3 +30,9 @@ QUERY_SECONDS = Histogram(
     ["client"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
+POINTS_REFUSED_BY = Counter(
+    "popwatch_collector_points_refused",
+    "Lines InfluxDB refused (set aside), by cause: max-values-per-tag, "
+    "max-series-per-database, field-type-conflict, unparsable, too-large, other.",
+    ["reason"],
+)

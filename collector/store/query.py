@@ -306,7 +306,28 @@ class Select:
         return {k for k in named if k in t}, {k for k in named if k in f}
 
 
-def statements(selects: Iterable[Select]) -> str:
+@dataclass(frozen=True, slots=True)
+class Cardinality:
+    """How many values a tag has (per measurement), or with ``key`` None how many series
+    the database holds: InfluxDB's own estimate (``SHOW ... CARDINALITY``), what its
+    ``max-values-per-tag`` and ``max-series-per-database`` limits count."""
+
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.key is not None and not any(self.key in t for t, _ in SCHEMA.values()):
+            raise ValueError(f"no tag {self.key!r} in the schema")
+
+    def render(self) -> str:
+        if self.key is None:
+            return "SHOW SERIES CARDINALITY"
+        return f"SHOW TAG VALUES CARDINALITY WITH KEY = {ident(self.key)}"
+
+
+Statement = Select | Cardinality
+
+
+def statements(selects: Iterable[Statement]) -> str:
     """Several statements in one request, ``;``-separated (answered in order)."""
     return "; ".join(s.render() for s in selects)
 
@@ -316,6 +337,7 @@ __all__ = [
     "Ago",
     "AnyOf",
     "Between",
+    "Cardinality",
     "Col",
     "Column",
     "Cond",
@@ -326,6 +348,7 @@ __all__ = [
     "Matches",
     "Select",
     "Span",
+    "Statement",
     "Tag",
     "ident",
     "literal",

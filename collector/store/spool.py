@@ -25,6 +25,7 @@ skipped with a warning, never replayed and never a reason not to start.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -51,6 +52,23 @@ MAX_SPLITS: Final = 64
 GROWING_S: Final = 30.0
 #: the spool this full is "nearly full" (``/readyz``): soon every batch gets a 503
 NEARLY_FULL: Final = 0.9
+#: how long /readyz says that InfluxDB refused lines, after the last refusal
+REFUSED_WINDOW_S: Final = 600.0
+
+
+def refusal_kind(reason: str) -> str:
+    """A refusal's cause, for the metric's label: InfluxDB's limits by name, a field type
+    conflict, a line it cannot parse, or ``other``."""
+    for kind in ("max-values-per-tag", "max-series-per-database"):
+        if kind in reason:
+            return kind
+    if "field type conflict" in reason:
+        return "field-type-conflict"
+    if "unable to parse" in reason or "bad timestamp" in reason:
+        return "unparsable"
+    if "over" in reason and "bytes" in reason:
+        return "too-large"
+    return "other"
 
 
 class SpoolFull(SinkUnavailable):
@@ -270,6 +288,8 @@ class SpoolingSink:
         self._spooling = False  # for the log: say once when spooling starts
         self._store_error: str | None = None  # the last segment write failed, and why
         self._progress_at = time.monotonic()  # the backlog last began or shrank
+        # lines InfluxDB refused lately: (monotonic time, lines, the last reason)
+        self._refusals: collections.deque[tuple[float, int, str]] = collections.deque()
 
     async def start(self) -> None:
         await self.sink.start()
@@ -304,6 +324,21 @@ class SpoolingSink:
                     f"has shrunk them for {idle:.0f} s"
                 )
         return out
+
+    def warnings(self) -> list[str]:
+        """What an operator must know though batches go through: InfluxDB refusing lines
+        (a probe's bad values, or InfluxDB at one of its limits) in the last
+        ``REFUSED_WINDOW_S``. Other probes' points are stored meanwhile."""
+        now = time.monotonic()
+        while self._refusals and now - self._refusals[0][0] > REFUSED_WINDOW_S:
+            self._refusals.popleft()
+        if not self._refusals:
+            return []
+        n = sum(r[1] for r in self._refusals)
+        return [
+            f"InfluxDB refused {n} lines in the last {REFUSED_WINDOW_S / 60:.0f} min, set "
+            f"aside in {self.spool.refused_dir}; the last because: {self._refusals[-1][2]}"
+        ]
 
     async def _hedges_drain(self) -> bool:
         """Backpressure: every hedged write holds its body in memory until InfluxDB
@@ -369,6 +404,11 @@ class SpoolingSink:
             except OSError as exc:  # a full disk: deliver it all again later
                 raise SinkUnavailable(f"collector spool: cannot set lines aside: {exc}") from None
             metrics.POINTS_SET_ASIDE.inc(len(refused))
+            for _, reason in refused:
+                metrics.POINTS_REFUSED_BY.labels(refusal_kind(reason)).inc()
+            self._refusals.append((time.monotonic(), len(refused), refused[-1][1][:300]))
+            while len(self._refusals) > 1000:
+                self._refusals.popleft()
             log.error(
                 "InfluxDB refuses %d lines (%s); set aside in %s, the rest stored",
                 len(refused),

@@ -143,8 +143,12 @@ class Inputs:
     # target's newest serial was first seen
     serials: dict[str, tuple[int, dict[str, tuple[int, int]]]] = field(default_factory=dict)
     newest_since: dict[str, int] = field(default_factory=dict)
-    registered: set[str] | None = None  # active probes, when the registry is at hand
+    # active probes and their regions, when the registry is at hand
+    registered: dict[str, str] | None = None
+    served: set[str] | None = None  # the targets the collector serves, when it serves some
     flaps: Callable[[str, str], int] = lambda probe, target: 0
+    #: alerts each probe raised alone this evaluation (on targets not served)
+    solo: dict[str, int] = field(default_factory=dict)
 
     @property
     def at(self) -> int:

@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
+from collector.alerts.anycast import newer
 from collector.alerts.rules.base import Condition, Inputs, Judged, Rule, RuleSettings, labels
 from probe.wire import NS
 
@@ -44,8 +45,8 @@ class Propagation(Rule[PropagationSettings]):
                 continue
             lag_s = (inp.at - since) / NS
             for site, (serial, _) in sorted(sites.items()):
-                if serial == newest or lag_s <= rule.max_serial_lag_s:
-                    continue
+                if not newer(newest, serial) or lag_s <= rule.max_serial_lag_s:
+                    continue  # the newest, or newer than what the probes agree on
                 seers = sorted(
                     {j.series.probe for j in js if any(x.site == site for x in j.series.samples)}
                 )
