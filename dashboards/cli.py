@@ -81,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--config", metavar="FILE", help="the collector's config file, for the defaults above"
     )
     push.add_argument(
-        "--timeout", type=float, default=10.0, metavar="S", help="seconds per API call"
+        "--timeout", type=float, default=30.0, metavar="S", help="seconds for the whole push"
     )
     build = dsub.add_parser(
         "build",
@@ -144,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _push(args: argparse.Namespace) -> int:
     from collector.config import ConfigError, load_config
-    from dashboards.push import InfluxSource, PushError, connect, push
+    from dashboards.push import InfluxSource, PushError, run
 
     source = None
     if not args.no_datasource:
@@ -159,7 +159,7 @@ def _push(args: argparse.Namespace) -> int:
             token=cfg.influxdb_token,
         )
     try:
-        for line in push(connect(args.grafana_url, args.token, args.timeout), source):
+        for line in run(args.grafana_url, args.token, source, args.timeout):
             print(line)
     except PushError as exc:
         print(f"popwatch-collector dashboards push: {args.grafana_url}: {exc}", file=sys.stderr)

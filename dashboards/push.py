@@ -10,10 +10,14 @@ answered.
 
 from __future__ import annotations
 
+import threading
+import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+import requests
 from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaException
 
@@ -78,11 +82,106 @@ def _step(what: str, call: Callable[[], Any], missing_ok: bool = False) -> Any:
         raise PushError(f"{what}: {exc}") from None
 
 
+#: the most read of one answer from Grafana (its answers to a push are a few kB)
+MAX_ANSWER_BYTES: Final = 4 * 1024 * 1024
+#: redirects followed on the same host (scheme, host and port); one to another host is an
+#: error: the data source's token would go with the request
+MAX_REDIRECTS: Final = 3
+
+
+class BoundedSession(requests.Session):
+    """A session whose every request ends by ``deadline`` (``time.monotonic``), reads at
+    most ``MAX_ANSWER_BYTES`` of an answer, and follows redirects only on its own host.
+
+    requests' own ``timeout`` bounds each read, so a server trickling a byte at a time
+    could hold one answer far past the deadline: ``run`` bounds the whole push in time
+    (a blocked read cannot be interrupted from here)."""
+
+    def __init__(self, deadline: float, total_s: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.total_s = total_s
+
+    def _left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise PushError(f"Grafana did not answer within {self.total_s:g} s (--timeout)")
+        return left
+
+    def request(  # type: ignore[override]
+        self, method: str, url: str, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        kwargs["allow_redirects"] = False
+        kwargs["stream"] = True
+        for _ in range(MAX_REDIRECTS + 1):
+            kwargs["timeout"] = self._left()
+            r = super().request(method, url, *args, **kwargs)
+            if r.is_redirect:
+                target = urllib.parse.urljoin(url, r.headers.get("Location", ""))
+                r.close()
+                here, there = urllib.parse.urlsplit(url), urllib.parse.urlsplit(target)
+                if (here.scheme, here.netloc) != (there.scheme, there.netloc):
+                    raise PushError(
+                        f"Grafana redirects to {target}, another host: not followed (the "
+                        "request carries the credentials and the data source's token)"
+                    )
+                url = target
+                continue
+            self._read(r)
+            return r
+        raise PushError(f"Grafana redirects more than {MAX_REDIRECTS} times")
+
+    def _read(self, r: requests.Response) -> None:
+        """Read the answer within the deadline and the size bound, then hand it back as
+        requests' own (``r.content``)."""
+        body = bytearray()
+        try:
+            for chunk in r.iter_content(65536):
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise PushError(
+                        f"Grafana's answer to {r.request.method} {r.url} is over "
+                        f"{MAX_ANSWER_BYTES} bytes: not read further"
+                    )
+                self._left()
+        finally:
+            r.close()
+        r._content = bytes(body)
+        r._content_consumed = True
+
+
 def connect(url: str, token: str | None, timeout: float = 10.0) -> GrafanaApi:
     """A client for the Grafana at ``url``: a service account token (``Bearer``), or the
-    user and password in the URL (``http://admin:admin@grafana:3000``)."""
+    user and password in the URL (``http://admin:admin@grafana:3000``). ``timeout`` is
+    for the whole push, every call and answer included."""
     api: GrafanaApi = GrafanaApi.from_url(url, credential=token, timeout=timeout)
+    client: Any = api.client
+    session = BoundedSession(time.monotonic() + timeout, timeout)
+    session.headers.update(client.s.headers)
+    client.s = session
     return api
+
+
+def run(url: str, token: str | None, source: InfluxSource | None, timeout: float) -> list[str]:
+    """``push`` to the Grafana at ``url``, all of it within ``timeout`` seconds (a
+    ``PushError`` past it), whatever the Grafana does."""
+    done: list[str] = []
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            done.extend(push(connect(url, token, timeout), source))
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=work, name="dashboards-push", daemon=True)
+    worker.start()
+    worker.join(timeout + 1.0)  # the session's own deadline, and a second for its error
+    if worker.is_alive():  # a read blocked on a trickling server; the process ends it
+        raise PushError(f"Grafana did not answer within {timeout:g} s (--timeout)")
+    if failed:
+        raise failed[0]
+    return done
 
 
 def push(api: GrafanaApi, source: InfluxSource | None) -> list[str]:
@@ -131,4 +230,4 @@ def push(api: GrafanaApi, source: InfluxSource | None) -> list[str]:
     return done
 
 
-__all__ = ["InfluxSource", "PushError", "connect", "datasource_model", "push"]
+__all__ = ["InfluxSource", "PushError", "connect", "datasource_model", "push", "run"]

@@ -10,10 +10,13 @@ sources by uid, folders, ``POST /api/dashboards/db``) the way Grafana 11 documen
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -280,3 +283,127 @@ def test_without_the_dashboards_extra_the_commands_say_how_to_install_it() -> No
         assert out.returncode == 2, out.stderr
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and "pip install 'popwatch[dashboards]'" in lines[0], out.stderr
+
+
+class Hostile(BaseHTTPRequestHandler):
+    """A Grafana gone bad (a stand-in: no Grafana can run here), by ``server.mode``:
+    ``trickle`` answers a byte every 0.5 s, ``huge`` answers 200 with an endless body,
+    ``redirect`` answers 307 to another host (where a second server records what
+    arrives)."""
+
+    server: Any
+
+    def _any(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.seen.append((self.command, self.path, body, dict(self.headers)))
+        mode = self.server.mode
+        try:
+            if mode == "redirect":
+                self.send_response(307)
+                self.send_header("Location", self.server.elsewhere + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            if mode == "trickle":
+                for _ in range(200):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            elif mode == "huge":
+                chunk = b" " * 1_000_000
+                for _ in range(800):  # 800 MB, if anyone read it all
+                    self.wfile.write(chunk)
+            elif mode == "record":
+                self.wfile.write(b"{}")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    do_GET = do_POST = do_PUT = _any
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def hostile(mode: str, elsewhere: str = "") -> Iterator[Any]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    server.mode, server.seen, server.elsewhere = mode, [], elsewhere  # type: ignore[attr-defined]
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def push_cmd(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [COLLECTOR, "dashboards", "push", "--grafana-url", url, "--token", TOKEN, *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "POPWATCH_INFLUXDB_TOKEN": "influx-secret"},
+    )
+
+
+def test_a_trickling_grafana_is_given_the_whole_timeout_and_no_more() -> None:
+    """A Grafana that answers a byte every half second: --timeout bounds the whole push,
+    not each read; one line, exit 1."""
+    with hostile("trickle") as g:
+        t0 = time.monotonic()
+        out = push_cmd(f"http://127.0.0.1:{g.server_port}", "--timeout", "3")
+        took = time.monotonic() - t0
+    assert out.returncode == 1, out.stderr
+    assert "did not answer within 3 s" in out.stderr and len(out.stderr.splitlines()) == 1
+    assert took < 30, took  # 200 bytes at 0.5 s would take 100 s
+
+
+def test_a_huge_answer_is_not_read_whole() -> None:
+    """An answer of 800 MB: the push stops at the bound with one line, exit 1, and its
+    memory stays small (the child's peak RSS, read from the kernel)."""
+    with hostile("huge") as g:
+        code = (
+            "import resource, subprocess, sys\n"
+            "r = subprocess.run(sys.argv[1:])\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+            "sys.exit(r.returncode)\n"
+        )
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                code,
+                COLLECTOR,
+                "dashboards",
+                "push",
+                "--grafana-url",
+                f"http://127.0.0.1:{g.server_port}",
+                "--token",
+                TOKEN,
+                "--no-datasource",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert out.returncode == 1, out.stderr
+    assert "bytes: not read further" in out.stderr
+    assert int(out.stdout.split()[-1]) < 300_000  # kB: well under the 800 MB offered
+
+
+def test_a_redirect_to_another_host_is_not_followed() -> None:
+    """A 307 to another host would re-send the data source with the InfluxDB token: the
+    push refuses it, and nothing reaches the other host."""
+    with hostile("record") as other, hostile("redirect") as g:
+        g.elsewhere = f"http://localhost:{other.server_port}"
+        out = push_cmd(f"http://127.0.0.1:{g.server_port}")
+    assert out.returncode == 1, out.stderr
+    assert "another host: not followed" in out.stderr
+    assert other.seen == []
+    assert all(b"influx-secret" not in body for _, _, body, _ in g.seen)

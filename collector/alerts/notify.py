@@ -37,6 +37,12 @@ log = logging.getLogger("popwatch.collector.alerts")
 MAX_QUEUE = 10_000
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
+#: what is read of a receiver's answer: its status matters, its body only for the log
+MAX_ANSWER_BYTES = 4096
+#: a delivery refused this many times in a row with a 4xx (not 408 or 429) is set aside
+MAX_REFUSALS = 5
+#: Slack takes about 40,000 characters of text; a longer message is cut, and says so
+MAX_SLACK_CHARS = 38_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,7 @@ class _Worker:
         self._idle = asyncio.Event()  # set while nothing is queued
         self._task: asyncio.Task[None] | None = None
         self._backoff = _Backoff()
+        self._refusals = 0  # consecutive refusals of the delivery at the head
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
@@ -123,6 +130,21 @@ class _Worker:
                 try:
                     await self._deliver_one()
                 except _Failed as exc:
+                    self._refusals = self._refusals + 1 if exc.permanent else 0
+                    if self._refusals >= MAX_REFUSALS:
+                        metrics.NOTIFICATIONS.labels(self.name, "set_aside").inc()
+                        log.error(
+                            "%s %s: refused %d times (%s); this notification is set aside "
+                            "and the next one delivered",
+                            self.name,
+                            self.url,
+                            self._refusals,
+                            exc,
+                        )
+                        self._set_aside()
+                        self._refusals = 0
+                        self._backoff.attempt = 0
+                        continue
                     delay = self._backoff.next()
                     metrics.NOTIFICATIONS.labels(self.name, "failed").inc()
                     log.warning(
@@ -137,14 +159,31 @@ class _Worker:
                 else:
                     metrics.NOTIFICATIONS.labels(self.name, "sent").inc()
                     self._backoff.attempt = 0
+                    self._refusals = 0
+
+    def _set_aside(self) -> None:
+        """Drop what failed for good (the oldest queued delivery)."""
+        raise NotImplementedError
 
     async def _post(self, body: object) -> None:
+        """Deliver ``body``: a 2xx, or ``_Failed``. No redirect is followed (a receiver
+        that moved is the operator's to fix, and the alerts go nowhere else), and at most
+        ``MAX_ANSWER_BYTES`` of the answer is read (the collector is the ingest process:
+        a receiver answering a gigabyte must not take its memory)."""
         assert self._session is not None
         try:
-            async with self._session.post(self.url, json=body) as resp:
-                text = await resp.text()
+            async with self._session.post(self.url, json=body, allow_redirects=False) as resp:
+                raw = await resp.content.read(MAX_ANSWER_BYTES)
+                text = raw.decode("utf-8", "replace").strip()[:200]
+                if 300 <= resp.status < 400:
+                    where = resp.headers.get("Location", "?")[:200]
+                    raise _Failed(
+                        f"HTTP {resp.status} to {where}: redirects are not followed",
+                        permanent=True,
+                    )
                 if resp.status >= 300:
-                    raise _Failed(f"HTTP {resp.status}: {text.strip()[:200]}")
+                    permanent = 400 <= resp.status < 500 and resp.status not in (408, 429)
+                    raise _Failed(f"HTTP {resp.status}: {text}", permanent=permanent)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _Failed(str(exc) or type(exc).__name__) from None
 
@@ -163,7 +202,12 @@ class _Worker:
 
 
 class _Failed(Exception):
-    pass
+    """A delivery that did not go through; ``permanent``: the receiver refused it (a
+    4xx, a redirect), so trying the same again is unlikely to help."""
+
+    def __init__(self, reason: str, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
 
 
 class Alertmanager(_Worker):
@@ -203,9 +247,15 @@ class Alertmanager(_Worker):
                 alert["generatorURL"] = n.generator_url
             body.append(alert)
         await self._post(body)
+        self._delivered(batch)
+
+    def _delivered(self, batch: dict[str, Notice]) -> None:
         for fp, n in batch.items():
             if self._latest.get(fp) is n:  # not replaced while this was on its way
                 del self._latest[fp]
+
+    def _set_aside(self) -> None:
+        self._latest.clear()  # the next re-send brings the firing alerts back
 
 
 class Webhook(_Worker):
@@ -245,6 +295,10 @@ class Webhook(_Worker):
         if self._queue and self._queue[0] is head:  # not dropped while on its way
             self._queue.popleft()
 
+    def _set_aside(self) -> None:
+        if self._queue:
+            self._queue.popleft()
+
 
 def json_body(notices: list[Notice]) -> dict[str, object]:
     """Alertmanager's webhook body (version 4), so its consumers read ours."""
@@ -274,20 +328,49 @@ def json_body(notices: list[Notice]) -> dict[str, object]:
     }
 
 
+def slack_escape(text: str) -> str:
+    """Text as Slack shows it literally: ``&``, ``<`` and ``>`` escaped, so a target or an
+    NSID (which a DNS server chooses) cannot mention ``<!channel>`` or make a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_body(notices: list[Notice]) -> dict[str, object]:
-    """A Slack incoming-webhook message: one line per alert."""
-    lines = []
-    for n in notices:
+    """A Slack incoming-webhook message: one line per alert, every value escaped, cut at
+    ``MAX_SLACK_CHARS`` with a line saying how many more there are."""
+    lines: list[str] = []
+    size = 0
+    for i, n in enumerate(notices):
         mark = ":rotating_light: FIRING" if n.status == "firing" else ":white_check_mark: RESOLVED"
         where = " ".join(
-            f"{k}={v}" for k, v in n.labels.items() if k not in ("alertname", "severity")
+            f"{k}={slack_escape(v)}"
+            for k, v in n.labels.items()
+            if k not in ("alertname", "severity")
         )
-        name, severity = n.labels.get("alertname"), n.labels.get("severity")
-        text = f"{mark} *{name}* ({severity}) {where}: {n.annotations.get('summary', '')}"
+        name = slack_escape(n.labels.get("alertname", ""))
+        severity = slack_escape(n.labels.get("severity", ""))
+        summary = slack_escape(n.annotations.get("summary", ""))
+        text = f"{mark} *{name}* ({severity}) {where}: {summary}"
         if n.generator_url:
-            text += f" <{n.generator_url}|dashboard>"
+            text += f" <{slack_escape(n.generator_url)}|dashboard>"
+        if size + len(text) + 1 > MAX_SLACK_CHARS:
+            rest = len(notices) - i
+            lines.append(
+                f"… and {rest} more alert{'s' if rest != 1 else ''} (the alert measurement "
+                "and Alertmanager hold them all)"
+            )
+            break
         lines.append(text)
+        size += len(text) + 1
     return {"text": "\n".join(lines)}
 
 
-__all__ = ["Alertmanager", "Notice", "Notifier", "Webhook", "json_body", "rfc3339", "slack_body"]
+__all__ = [
+    "Alertmanager",
+    "Notice",
+    "Notifier",
+    "Webhook",
+    "json_body",
+    "rfc3339",
+    "slack_body",
+    "slack_escape",
+]
