@@ -5,7 +5,7 @@ listener (``create_admin_app``: ``/readyz``, ``/metrics``, and the status page a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from collector.ingest.limits import Limits
 from collector.ingest.ratelimit import TokenBuckets
 from collector.ingest.series import SeriesBudget
 from collector.ingest.served import ServedTargets
+from probe.configfile import is_ip
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -83,9 +84,11 @@ def create_app(state: CollectorState, data_dir: Path) -> web.Application:
         client_max_size=limits.max_decoded_bytes,
         middlewares=[gate_middleware],
         handler_args={
-            "max_line_size": limits.max_line_size,
-            "max_field_size": limits.max_field_size,
-            "max_headers": limits.max_headers,
+            # the gate refuses past the limits with a 431 first; aiohttp's own bounds
+            # (twice as far) are a second line that would answer 400
+            "max_line_size": 2 * limits.max_line_size,
+            "max_field_size": 2 * limits.max_field_size,
+            "max_headers": 2 * limits.max_headers,
             "auto_decompress": False,  # collector.ingest.body inflates, within bounds
             "logger": _QuietOnBadRequests(logging.getLogger("aiohttp.server"), {}),
         },
@@ -97,6 +100,9 @@ def create_app(state: CollectorState, data_dir: Path) -> web.Application:
         limits.max_connections_per_address,
         limits.max_head_bytes,
         limits.max_waiting_bytes,
+        max_line_size=limits.max_line_size,
+        max_field_size=limits.max_field_size,
+        max_headers=limits.max_headers,
     )
     app[INFLATER] = Inflater(limits.max_decoded_bytes, limits.max_inflating)
     app[BUCKETS] = TokenBuckets(limits.records_per_second, limits.burst_records, state.clock)
@@ -122,15 +128,76 @@ def create_app(state: CollectorState, data_dir: Path) -> web.Application:
     return app
 
 
-def create_admin_app(state: CollectorState) -> web.Application:
+def host_allowed(host: str, names: frozenset[str]) -> bool:
+    """Whether a request's ``Host`` may reach the admin listener: an IP address, a name
+    of one label (a container's or a host's), ``localhost`` and its subdomains, a
+    Kubernetes service name (``*.svc``, ``*.svc.cluster.local``), or one of ``names``
+    (``admin_hosts``). A page on another site cannot read the listener through a name of
+    its own that resolves here (DNS rebinding): that name is none of these."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.rstrip(".")
+    if not name:
+        return False
+    if is_ip(name) or name in names or "." not in name:
+        return True
+    return name == "localhost" or name.endswith((".localhost", ".svc", ".svc.cluster.local"))
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _host_check(names: frozenset[str]) -> Any:
+    @web.middleware
+    async def check(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        host = request.headers.get("Host", "")
+        if not host_allowed(host, names):
+            return web.json_response(
+                {
+                    "error": f"Host {host[:100]!r} is not a name of this admin listener; "
+                    "add it to admin_hosts (POPWATCH_ADMIN_HOSTS) if it is"
+                },
+                status=421,
+            )
+        return await handler(request)
+
+    return check
+
+
+def create_admin_app(
+    state: CollectorState, admin_hosts: frozenset[str] = frozenset()
+) -> web.Application:
     """The admin listener's app (``admin_listen``): ``/metrics`` and ``/readyz``, which
     say how the collector and InfluxDB are doing, kept off the public port. It shares
-    ``state`` with the public app, which owns the resources."""
-    app = web.Application()
+    ``state`` with the public app, which owns the resources. Its connections are capped
+    (``limits.max_admin_connections``) and its ``Host`` checked (``host_allowed``)."""
+    limits = state.limits
+    app = web.Application(middlewares=[gate_middleware, _host_check(admin_hosts)])
+    app[GATE] = Gate(
+        limits.max_admin_connections,
+        limits.max_admin_connections_per_address,
+        limits.max_head_bytes,
+        limits.max_waiting_bytes // 4,
+        gauge=metrics.ADMIN_CONNECTIONS,
+        name="admin",
+        max_line_size=limits.max_line_size,
+        max_field_size=limits.max_field_size,
+        max_headers=limits.max_headers,
+    )
     app[STATE] = state
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prom)
     return app
 
 
-__all__ = ["STATE", "CollectorState", "Limits", "create_admin_app", "create_app"]
+__all__ = [
+    "STATE",
+    "CollectorState",
+    "Limits",
+    "create_admin_app",
+    "create_app",
+    "host_allowed",
+]

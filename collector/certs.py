@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -85,13 +86,48 @@ def check_name(name: str) -> str:
     """``name`` if it is an IP address or a DNS name (``*.`` allowed first); else
     ``argparse.ArgumentTypeError``."""
     try:
-        return str(ipaddress.ip_address(name))
+        address = ipaddress.ip_address(name)
     except ValueError:
         pass
+    else:
+        zone = getattr(address, "scope_id", None)
+        if zone:
+            raise argparse.ArgumentTypeError(
+                f"{name!r} has a zone (%{zone}): a certificate names an address "
+                f"without one; use {name.partition('%')[0]}"
+            )
+        return str(address)
     label = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
     if len(name) <= 253 and re.fullmatch(rf"(\*\.)?{label}(\.{label})*\.?", name):
         return name.lower().rstrip(".")
     raise argparse.ArgumentTypeError(f"{name!r} is neither an IP address nor a DNS name")
+
+
+#: a certificate expiring within this long is warned of, at start and in /readyz
+EXPIRY_WARNING_S: Final = 14 * 86400
+
+
+def expires_at(cert: Path) -> float:
+    """When ``cert`` expires (epoch seconds), as openssl reads its notAfter."""
+    text = _openssl("x509", "-in", str(cert), "-noout", "-enddate").strip()
+    when = text.partition("=")[2]
+    return datetime.strptime(when, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC).timestamp()
+
+
+def expiry_warning(cert: Path, not_after: float, now: float) -> str | None:
+    """A warning when ``cert`` has expired or expires within ``EXPIRY_WARNING_S``."""
+    left = not_after - now
+    if left >= EXPIRY_WARNING_S:
+        return None
+    if left <= 0:
+        return (
+            f"the collector's certificate {cert} expired {-left / 86400:.1f} days ago: probes "
+            "refuse it; renew it (popwatch-collector certs init --renew)"
+        )
+    return (
+        f"the collector's certificate {cert} expires in {left / 86400:.1f} days: renew it "
+        "(popwatch-collector certs init --renew)"
+    )
 
 
 def default_names() -> list[str]:

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from pathlib import Path
 
@@ -263,6 +263,27 @@ def _tls(cfg: CollectorConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _cert_warnings(cfg: CollectorConfig) -> list[Callable[[], list[str]]]:
+    """The TLS certificate's expiry, logged at start and kept for /readyz's warnings
+    from ``certs.EXPIRY_WARNING_S`` before it."""
+    if not cfg.tls_cert:
+        return []
+    cert = Path(cfg.tls_cert)
+    try:
+        not_after = certs.expires_at(cert)
+    except certs.CertError as exc:
+        log.warning("cannot read the expiry of %s: %s", cert, exc)
+        return []
+    if warning := certs.expiry_warning(cert, not_after, time.time()):
+        log.warning("%s", warning)
+
+    def warnings() -> list[str]:
+        found = certs.expiry_warning(cert, not_after, time.time())
+        return [found] if found else []
+
+    return [warnings]
+
+
 async def _run(cfg: CollectorConfig) -> None:
     """Check what the settings name, then serve until SIGTERM or SIGINT."""
     data_dir = Path(cfg.data_dir)
@@ -284,12 +305,12 @@ async def _run(cfg: CollectorConfig) -> None:
             sink=GroupCommit(spooling),
             spool=spool,
             limits=cfg.limits,
-            warnings=[spooling.warnings],
+            warnings=[spooling.warnings, *_cert_warnings(cfg)],
             targets_file=Path(cfg.targets) if cfg.targets else None,
         )
         runner = web.AppRunner(create_app(state, data_dir), access_log=None)
         await runner.setup()
-        admin_app = create_admin_app(state)
+        admin_app = create_admin_app(state, frozenset(h.lower() for h in cfg.admin_hosts))
         status_influx = InfluxQL(
             cfg.influxdb_url,
             cfg.influxdb_bucket,
@@ -368,7 +389,7 @@ async def _start_admin(admin: web.AppRunner, listen: str) -> None:
     """Serve /metrics and /readyz on ``admin_listen`` (plain HTTP, never the public port)."""
     host, port = parse_hostport(listen, 8081)
     try:
-        await web.TCPSite(admin, host, port).start()
+        await GatedSite(admin, host, port).start()
     except OSError as exc:
         why = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigError(f"admin_listen: cannot listen on {listen}: {why}") from None

@@ -44,6 +44,9 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     listen: str = "0.0.0.0:8080"  # host:port of the API
     admin_listen: str = "127.0.0.1:8081"  # host:port of /metrics, /readyz, the status page
+    # names the admin listener answers to besides IP addresses, one-label names,
+    # localhost and Kubernetes service names (a Host check against DNS rebinding)
+    admin_hosts: list[str] = msgspec.field(default_factory=list)
     data_dir: str = "/var/lib/popwatch"  # the registry, the batch-id table and the spool
     targets: str | None = None  # the targets file served on /api/v1/config
     influxdb_url: str = "http://127.0.0.1:8086"
@@ -93,6 +96,7 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 MEANING: Final = {
     "listen": "host:port of the public API: probe ingest, targets, /healthz",
     "admin_listen": "host:port of /metrics, /readyz and the status page (keep it private)",
+    "admin_hosts": "more names the admin listener answers to (comma-separated as a variable)",
     "data_dir": "the probe registry, the batch ids already written, and the spool",
     "targets": "a targets file, served to probes on /api/v1/config (unset: 404)",
     "influxdb_url": "InfluxDB's base URL, http:// or https://",
@@ -227,6 +231,8 @@ def load_config(
         var = variable(key)
         if var in env:
             data[key] = env[var] if env[var] or default is not None else None
+            if typing.get_origin(_HINTS.get(key)) is list:  # a list: comma-separated
+                data[key] = [v.strip() for v in env[var].split(",") if v.strip()]
             from_env.add(key)
     for key in _FIELDS:
         if _choices(key) and isinstance(data.get(key), str):

@@ -43,6 +43,14 @@ from support.influx import InfluxDB
 from support.procs import COLLECTOR, PROBE, Collector, register
 from test_collector import auth, batch, dns_record
 
+#: what a probe has to exit in after SIGTERM before Docker kills it: the bound of the
+#: SIGTERM tests (the probe's own last send is capped at SHUTDOWN_SEND_S, 3 s)
+DOCKER_GRACE_S = 10
+#: "answered at once" under attack: within this many times the slowest answer the same
+#: collector gave before the attack (measured in the test, so that a loaded machine
+#: slows both), and never less than the test's own floor
+UNDER_ATTACK_FACTOR = 20
+
 
 class HostileCollector:
     """A stand-in collector answering every request with ``answer`` (no real collector
@@ -167,7 +175,8 @@ def test_an_unexpected_200_keeps_the_batch_and_the_probe_running(
     exit 1, again on every restart)."""
     with HostileCollector(lambda r: _json(body)) as hostile:
         probe = Probe(tmp_path, hostile.url, knot)
-        time.sleep(4)
+        # until it has retried and kept four batches (~4 s; a slow start takes longer)
+        _until(lambda: hostile.posts >= 2 and probe.spooled() >= 4, within=60)
         alive = probe.proc.poll() is None
         code, _ = probe.stop()
     assert alive, probe.err
@@ -192,7 +201,7 @@ def test_a_redirect_is_never_followed_and_deletes_nothing(
             lambda r: web.Response(status=301, headers={"Location": moved})
         ) as hostile:
             probe = Probe(tmp_path, hostile.url, knot)
-            time.sleep(3.5)
+            _until(lambda: hostile.posts >= 1 and probe.spooled() >= 3, within=60)
             code, _ = probe.stop()
     assert code == 0, probe.err
     assert hostile.posts >= 1
@@ -211,11 +220,12 @@ def test_retry_after_is_capped(tmp_path: Path, knot: servers.Knot) -> None:
 
         with HostileCollector(busy) as hostile:
             probe = Probe(tmp_path / value, hostile.url, knot)
-            time.sleep(2.5)
+            _until(lambda h=hostile: h.posts >= 1, within=60)  # it has been told to wait,
+            time.sleep(2)  # and logs it a few ms later: 2 s is ample on a loaded machine
             code, took = probe.stop()
         assert code == 0, probe.err
         assert f"collector asked to wait {value} s; waiting 300 s at most" in probe.err
-        assert took < 8, took
+        assert took < DOCKER_GRACE_S, took
 
 
 def test_sigterm_is_quick_when_the_collector_never_answers(
@@ -230,10 +240,10 @@ def test_sigterm_is_quick_when_the_collector_never_answers(
 
     with HostileCollector(never) as hostile:
         probe = Probe(tmp_path, hostile.url, knot)
-        time.sleep(2.5)
+        _until(lambda: hostile.posts >= 1 and probe.spooled() >= 2, within=60)
         code, took = probe.stop()
     assert code == 0, probe.err
-    assert took < 8, took
+    assert took < DOCKER_GRACE_S, took
     assert probe.spooled() >= 2
 
 
@@ -253,7 +263,8 @@ def test_a_huge_answer_is_not_read_whole(tmp_path: Path, knot: servers.Knot) -> 
 
     with HostileCollector(huge) as hostile:
         probe = Probe(tmp_path, hostile.url, knot)
-        time.sleep(4)
+        # the second post: the first huge answer has been read (as far as it is read)
+        _until(lambda: hostile.posts >= 2 and probe.spooled() >= 3, within=60)
         rss = probe.peak_rss_mb()
         code, _ = probe.stop()
     assert code == 0, probe.err
@@ -379,7 +390,7 @@ async def test_a_poison_record_is_rejected_and_ingest_goes_on(
     """A record InfluxDB cannot hold is rejected with its index and reason, the others of
     its batch kept: a NUL in a tag or a string field, an integer past int64, a tag over
     1 KiB, a string field over 64 KiB. Then another probe's 40,000 records are all
-    stored within 10 s (was: the poison record was accepted, InfluxDB refused it and
+    stored, within a minute (was: the poison record was accepted, InfluxDB refused it and
     echoed it, NUL included, in a header aiohttp cannot parse, the collector took that
     for "InfluxDB down" and queued every later batch behind it, forever)."""
     data, db = tmp_path / "c", _db()
@@ -428,7 +439,7 @@ async def test_a_poison_record_is_rejected_and_ingest_goes_on(
                 honest = _records(20_000, now - 10**9 - k * 20_000, target=f"t{k}")
                 status, answer = await _post(s, c.url, tokens["honest"], honest, compress=True)
                 assert (status, answer["accepted"]) == (200, 20_000), answer
-            stored = _wait_count(influx, db, "honest", 40_000, within=10)
+            stored = _wait_count(influx, db, "honest", 40_000, within=60)
             took = time.monotonic() - t0
     assert stored == 40_000, f"{stored} of 40,000 stored after {took:.1f} s"
     assert _count(influx, db, "poison") == 1
@@ -585,29 +596,33 @@ async def test_unfinished_headers_cannot_exhaust_the_collector(
     head may hold), then 700 with heads of 28 KB, just under that, from two addresses
     (once all of them hold 16 MB, those holding the most are closed), then 600 idle ones
     from one address (past the 512 an address may have, each gets a 503). Throughout,
-    an honest probe from another address is answered at once, and the collector's peak
-    memory stays under 120 MB (was: 2 GB for 1,000 connections of the first kind)."""
+    an honest probe from another address is answered at once (within 2 s, or 20 times
+    its slowest answer before the attack on a machine that slow), and the collector's
+    peak memory stays under 120 MB (was: 2 GB for 1,000 connections of the first kind)."""
     data, db = tmp_path / "c", _db()
     tokens = register(data, {"honest": "eu"})
     base = time.time_ns() - 3600 * 10**9
     with Served(influx, data, db) as c:
         async with aiohttp.ClientSession() as s:
 
-            async def honest(k: int) -> None:
+            async def honest(k: int) -> float:
                 t0 = time.monotonic()
                 status, answer = await _post(s, c.url, tokens["honest"], _records(10, base + k))
                 assert (status, answer["accepted"]) == (200, 10), answer
-                assert time.monotonic() - t0 < 2
+                return time.monotonic() - t0
 
+            calm = max([await honest(k) for k in (300, 400, 500)])  # before any attack
+            at_once = max(2.0, UNDER_ATTACK_FACTOR * calm)
+            took = []
             over = await _hold_headers(c.port, "127.0.0.2", 300, 126, 8000)
-            await honest(0)
+            took.append(await honest(0))
             cut = sum(await asyncio.gather(*(_cut_off(r, 5) for r, _ in over)))
             (r, _), *_ = told = await _hold_headers(c.port, "127.0.0.2", 1, 9, 4000)
             answer = await _read_or(r, 5)  # read whole: no reset, the answer
             within = await _hold_headers(c.port, "127.0.0.3", 350, 7, 4000)
             within += await _hold_headers(c.port, "127.0.0.4", 350, 7, 4000)
             await asyncio.sleep(1)
-            await honest(100)
+            took.append(await honest(100))
             closed = sum(await asyncio.gather(*(_cut_off(r, 0.01) for r, _ in within)))
             rss = c.peak_rss_mb()
             _close(over + told + within)
@@ -618,19 +633,54 @@ async def test_unfinished_headers_cannot_exhaust_the_collector(
             ]
             told_busy = await asyncio.gather(*(_read_or(r, 5) for r, _ in idle[512:]))
             busy = sum(answer.startswith(b"HTTP/1.1 503 ") for answer in told_busy)
-            await honest(200)
+            took.append(await honest(200))
             _close(idle)
     assert cut == 300
     assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
     assert 100 < closed < 700  # the heads over 16 MB: about 130 of the 700
     assert busy == 88
-    assert _count(influx, db, "honest") == 30
+    assert max(took) < at_once, (took, calm)
+    assert _count(influx, db, "honest") == 60
     assert rss < 120, f"collector peak RSS {rss:.0f} MB"
     log = c.stderr()
     assert "request headers over 32768 bytes" in log
     assert "unfinished headers while all connections held over 16000000" in log
     assert "too many connections from one address" in log
     assert "Traceback" not in log
+
+
+async def test_each_header_bound_is_a_431_on_both_listeners(
+    influx: InfluxDB, tmp_path: Path
+) -> None:
+    """A request line over 4 KiB, a header over 4 KiB and 33 headers are each answered
+    431 Request Header Fields Too Large (as the README says; aiohttp alone answered
+    400), on the public port and on the admin listener, and the connection closed."""
+    data, db = tmp_path / "c", _db()
+    register(data, {"p": "eu"})
+    heads = {
+        "line": b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        "field": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n",
+        "count": b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-%d: y\r\n" % i for i in range(33))
+        + b"\r\n",
+        "fine": b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-%d: y\r\n" % i for i in range(30))
+        + b"Connection: close\r\n\r\n",
+    }
+    with Served(influx, data, db) as c:
+        for port in (c.port, c.admin_port):
+            for name, head in heads.items():
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(head)
+                await w.drain()
+                answer = await _read_or(r, 5)
+                w.close()
+                if name == "fine":
+                    assert not answer.startswith(b"HTTP/1.1 431"), (port, answer[:80])
+                else:
+                    assert answer.startswith(
+                        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                    ), (port, name, answer[:80])
 
 
 def _bomb(inflated: int) -> bytes:
@@ -644,8 +694,9 @@ def _bomb(inflated: int) -> bytes:
 async def test_gzip_bombs_do_not_starve_an_honest_probe(influx: InfluxDB, tmp_path: Path) -> None:
     """Twenty gzip bombs at a time, each inflating to 1 GB, for several rounds: each is a
     413 once it passes 20 MB inflated; meanwhile an honest probe's batches are answered
-    within a second each, and the collector's peak memory stays under 160 MB (was: the
-    honest probe timed out after 30 s, and the collector peaked at 2 GB)."""
+    within a second each (or 20 times its slowest answer before the bombs, on a machine
+    that slow), and the collector's peak memory stays under 160 MB (was: the honest
+    probe timed out after 30 s, and the collector peaked at 2 GB)."""
     data, db = tmp_path / "c", _db()
     tokens = register(data, {"bomber": "eu", "honest": "us"})
     bomb = _bomb(1_000_000_000)
@@ -673,6 +724,15 @@ async def test_gzip_bombs_do_not_starve_an_honest_probe(influx: InfluxDB, tmp_pa
                     await asyncio.sleep(0.2)
                 return took
 
+            calm = 0.0  # the slowest of three answers before the bombs
+            for k in (10, 11, 12):
+                t0 = time.monotonic()
+                status, _ = await _post(
+                    s, c.url, tokens["honest"], _records(100, base + k * 100), compress=True
+                )
+                assert status == 200
+                calm = max(calm, time.monotonic() - t0)
+
             async def bombs() -> list[tuple[int, str]]:
                 out: list[tuple[int, str]] = []
                 for _ in range(3):
@@ -682,8 +742,8 @@ async def test_gzip_bombs_do_not_starve_an_honest_probe(influx: InfluxDB, tmp_pa
             took, bombed = await asyncio.gather(honest(), bombs())
         rss = c.peak_rss_mb()
     assert bombed == [(413, "body over 20000000 bytes once decoded")] * 60
-    assert max(took) < 1, took
-    assert _count(influx, db, "honest") == 1000
+    assert max(took) < max(1.0, UNDER_ATTACK_FACTOR * calm), (took, calm)
+    assert _count(influx, db, "honest") == 1300
     assert rss < 160, f"collector peak RSS {rss:.0f} MB"
 
 

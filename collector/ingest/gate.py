@@ -12,7 +12,9 @@ before aiohttp sees a byte:
   ``Retry-After``;
 - counts the bytes of each request's head (request line and headers, up to the blank
   line that ends them), and answers ``431`` and closes a connection whose head passes
-  ``max_head_bytes``, forwarding to aiohttp no more than that;
+  ``max_head_bytes``, whose request line passes ``max_line_size``, one of whose headers
+  passes ``max_field_size``, or which has more than ``max_headers`` headers, forwarding
+  to aiohttp no more than that (aiohttp's own bounds, set higher, would answer 400);
 - when the heads waiting over all connections pass ``max_waiting_bytes``, closes the
   connections holding the most until it is back under: an honest head is a few hundred
   bytes and is handled at once, so the connections holding kilobytes of unfinished
@@ -34,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Gauge
 
 from collector.ingest import metrics
 
@@ -80,6 +83,8 @@ class _Connection(asyncio.Protocol):
         "head",
         "in_head",
         "inner",
+        "line",
+        "lines",
         "source",
         "transport",
     )
@@ -91,6 +96,8 @@ class _Connection(asyncio.Protocol):
         self.head = 0  # bytes of the current request's head received so far
         self.in_head = True  # the bytes coming in are a head (not yet its blank line)
         self._carry = b""  # the last 3 bytes of a head: its blank line may straddle reads
+        self.line = 0  # bytes of the head's current line so far
+        self.lines = 0  # lines of the head ended so far (the request line first)
         self.source = ""
         self.transport: asyncio.Transport | None = None
         self.busy = 0  # requests of this connection being handled
@@ -126,6 +133,12 @@ class _Connection(asyncio.Protocol):
         if self.in_head:
             end = self._head_end(data)
             n = len(data) if end < 0 else end
+            if (why := self._lines(data, n)) is not None:
+                self.gate.note(
+                    "head line too large", f"connection from {self.source} closed: {why}"
+                )
+                self.gate.refuse(self, _TOO_LARGE)
+                return
             room = self.gate.max_head_bytes - self.head
             if n > room:  # not handed to aiohttp, which would hold it until closed
                 self.gate.note(
@@ -144,6 +157,26 @@ class _Connection(asyncio.Protocol):
             if self.closed:  # evicted: this one held the most
                 return
         self.inner.data_received(data)
+
+    def _lines(self, data: bytes, n: int) -> str | None:
+        """Count the head's lines in ``data[:n]``; why the head is refused, or None."""
+        gate = self.gate
+        start = 0
+        while True:
+            j = data.find(b"\n", start, n)
+            stop = n if j < 0 else j
+            self.line += stop - start
+            limit = gate.max_line_size if self.lines == 0 else gate.max_field_size
+            if self.line > limit + 1:  # + the CR before the LF
+                what = "request line" if self.lines == 0 else "header"
+                return f"a {what} over {limit} bytes"
+            if j < 0:
+                return None
+            self.lines += 1
+            self.line = 0
+            start = j + 1
+            if self.lines > gate.max_headers + 2:  # the request line, the blank line
+                return f"more than {gate.max_headers} headers"
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.inner is not None else None
@@ -172,7 +205,17 @@ class Gate:
         max_per_address: int,
         max_head_bytes: int,
         max_waiting_bytes: int,
+        gauge: Gauge = metrics.CONNECTIONS,
+        name: str = "public",
+        max_line_size: int = 4096,
+        max_field_size: int = 4096,
+        max_headers: int = 32,
     ) -> None:
+        self.max_line_size = max_line_size
+        self.max_field_size = max_field_size
+        self.max_headers = max_headers
+        self.name = name  # which listener: "public" or "admin"
+        self._gauge = gauge
         self.max_connections = max_connections
         self.max_per_address = max_per_address
         self.max_head_bytes = max_head_bytes
@@ -199,7 +242,7 @@ class Gate:
         self._by_source[conn.source] = self._by_source.get(conn.source, 0) + 1
         assert conn.transport is not None
         self._by_transport[conn.transport] = conn
-        metrics.CONNECTIONS.set(self.open)
+        self._gauge.set(self.open)
         return None
 
     def release(self, conn: _Connection) -> None:
@@ -214,7 +257,7 @@ class Gate:
             self._by_source[conn.source] = left
         self.waiting -= conn.head
         conn.head = 0
-        metrics.CONNECTIONS.set(self.open)
+        self._gauge.set(self.open)
 
     def refuse(self, conn: _Connection, answer: bytes | None) -> None:
         """Close ``conn`` now: with ``answer`` written first, or at once (reset)."""
@@ -248,6 +291,7 @@ class Gate:
             conn.busy += 1
             self.waiting -= conn.head
             conn.head, conn.in_head, conn._carry = 0, False, b""
+            conn.line, conn.lines = 0, 0
         return conn
 
     def finished(self, conn: _Connection) -> None:
@@ -260,7 +304,9 @@ class Gate:
     def note(self, why: str, what: str) -> None:
         """Count ``why`` on /metrics and log ``what``, at most once a minute for each
         ``why`` (the line says how many more there were since)."""
-        metrics.CONNECTIONS_REFUSED.labels(why).inc()
+        metrics.CONNECTIONS_REFUSED.labels(
+            why if self.name == "public" else f"{self.name}: {why}"
+        ).inc()
         now = time.monotonic()
         at, since = self._noted.get(why, (-60.0, 0))
         if now - at < 60:

@@ -46,6 +46,9 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     # the public listener (collector.ingest.gate, and aiohttp's own per-request bounds)
     max_connections: Count = 4096
     max_connections_per_address: Count = 512  # an IPv6 /64 counts as one address
+    # the admin listener (/metrics, /readyz, the status page): its own, smaller caps
+    max_admin_connections: Count = 256
+    max_admin_connections_per_address: Count = 64
     max_head_bytes: Bytes = 32_768  # request line and headers of one request (nginx's too)
     max_waiting_bytes: Bytes = 16_000_000  # heads not yet handled, over all connections
     max_line_size: Annotated[int, msgspec.Meta(ge=256)] = 4096  # the request line

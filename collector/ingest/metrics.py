@@ -26,6 +26,9 @@ RATE_LIMITED = Counter(
     "popwatch_collector_rate_limited", "Batches answered 429: a probe over its rate."
 )
 CONNECTIONS = Gauge("popwatch_collector_connections", "Open connections to the public API.")
+ADMIN_CONNECTIONS = Gauge(
+    "popwatch_collector_admin_connections", "Open connections to the admin listener."
+)
 CONNECTIONS_REFUSED = Counter(
     "popwatch_collector_connections_refused",
     "Connections refused or closed by the gate (collector.ingest.gate), by reason.",

@@ -7,11 +7,14 @@ keep their state in the application under :data:`INFLUX`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
 import re
+import time
 from importlib.resources import files
+from typing import Any
 
 from aiohttp import web
 
@@ -19,6 +22,41 @@ from collector.store.influxql import InfluxQL, QueryError
 from collector.web.status import gather
 
 INFLUX = web.AppKey("status_influx", InfluxQL)
+#: how long one answer of /api/v1/status is served to everyone (the page refreshes every
+#: 30 s): however many clients ask, InfluxDB is asked once per refresh
+CACHE_S = 5.0
+
+
+class StatusCache:
+    """The page's data, gathered once per ``CACHE_S`` for every client (one gathering at
+    a time: clients that ask meanwhile wait for it)."""
+
+    def __init__(self, influx: InfluxQL) -> None:
+        self.influx = influx
+        self._at = -CACHE_S
+        self._body: dict[str, Any] | None = None
+        self._error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def get(self) -> dict[str, Any]:
+        """The data, or ``QueryError`` (the last gathering's)."""
+        if time.monotonic() - self._at >= CACHE_S:
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._gather())
+            await asyncio.shield(self._task)
+        if self._body is None:
+            raise QueryError(self._error or "InfluxDB has not answered yet")
+        return self._body
+
+    async def _gather(self) -> None:
+        try:
+            self._body, self._error = await gather(self.influx), None
+        except QueryError as exc:
+            self._body, self._error = None, str(exc) or type(exc).__name__
+        self._at = time.monotonic()
+
+
+CACHE = web.AppKey("status_cache", StatusCache)
 
 
 def _hash(text: str) -> str:
@@ -65,7 +103,7 @@ async def index(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     """The page's data as JSON; 503 with the reason when InfluxDB does not answer."""
     try:
-        body = await gather(request.app[INFLUX])
+        body = await request.app[CACHE].get()
     except QueryError as exc:
         return web.json_response({"error": str(exc)}, status=503)
     return web.json_response(body, headers={"Cache-Control": "no-cache"})
@@ -74,6 +112,7 @@ async def status(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, influx: InfluxQL) -> None:
     """Serve the status page on ``app``, reading InfluxDB through ``influx``."""
     app[INFLUX] = influx
+    app[CACHE] = StatusCache(influx)
     app.router.add_get("/", index)
     app.router.add_get("/api/v1/status", status)
 
