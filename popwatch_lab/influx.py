@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 
-def config(directory: Path, http_bind: str, rpc_bind: str) -> str:
-    """influxdb.conf: data under ``directory``, HTTP on ``http_bind`` (``host:port``)."""
+def config(directory: Path, http_bind: str, rpc_bind: str, data: str = "") -> str:
+    """influxdb.conf: data under ``directory``, HTTP on ``http_bind`` (``host:port``);
+    ``data``: more lines of its ``[data]`` section (``max-values-per-tag = 50``)."""
     d = directory
     return f"""reporting-disabled = true
 bind-address = "{rpc_bind}"
@@ -25,6 +26,7 @@ bind-address = "{rpc_bind}"
   dir = "{d}/data"
   wal-dir = "{d}/wal"
   query-log-enabled = false
+{data}
 [monitor]
   store-enabled = false
 [http]

@@ -20,9 +20,12 @@ class InfluxDB(Server):
 
     name = "influx"
 
-    def __init__(self) -> None:
+    def __init__(self, data: str = "") -> None:
+        """``data``: more lines of influxdb.conf's ``[data]`` section, to lower its limits
+        (``max-values-per-tag = 50``)."""
         super().__init__(nsid="", identity="")
         self.rpc_port = free_port()
+        self.data = data
 
     @property
     def url(self) -> str:
@@ -32,7 +35,7 @@ class InfluxDB(Server):
         need("influxd")
         d = self.dir
         (d / "influxdb.conf").write_text(
-            influxconf.config(d, f"127.0.0.1:{self.port}", f"127.0.0.1:{self.rpc_port}")
+            influxconf.config(d, f"127.0.0.1:{self.port}", f"127.0.0.1:{self.rpc_port}", self.data)
         )
         self.log = open(d / "log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
