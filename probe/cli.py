@@ -222,6 +222,7 @@ async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
             batch_s=cfg.batch_s,
             spool_max_bytes=cfg.spool_max_bytes,
             tls=tls,
+            insecure=cfg.insecure,
         )
     except OSError as exc:
         what = f"cannot use {Path(cfg.data_dir) / 'spool'} for the spool"
@@ -242,7 +243,7 @@ async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
         sender = tg.create_task(shipper.run(sender_stop))
         beats = tg.create_task(heartbeats(shipper, cfg.heartbeat_s, stop))
         pulls = tg.create_task(
-            pull_config(cfg.collector_url, cfg.token, prober, cfg.config_s, stop, tls)
+            pull_config(cfg.collector_url, cfg.token, prober, cfg.config_s, stop, tls, cfg.insecure)
         )
         try:
             await prober.run(stop)

@@ -24,7 +24,7 @@ from probe import USER_AGENT, __version__
 from probe.config import AnyTarget, TargetsFile, check_unique, default_kind
 from probe.configfile import ConfigError, explain
 from probe.runner import Prober
-from probe.shipper import Shipper, TooLarge, read_bounded
+from probe.shipper import Shipper, TooLarge, collector_connector, read_bounded
 from probe.wire import ProbeRecord
 
 log = logging.getLogger("popwatch.probe.remote")
@@ -72,6 +72,7 @@ async def pull_config(
     seconds: float,
     stop: asyncio.Event,
     tls: ssl.SSLContext | None = None,
+    insecure: bool = False,
 ) -> None:
     """Pull the served target list every ``seconds``, and apply it without a restart.
 
@@ -88,7 +89,7 @@ async def pull_config(
     backoff = 1.0
     headers = {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT}
     timeout = aiohttp.ClientTimeout(total=30)
-    connector = aiohttp.TCPConnector(ssl=tls) if tls else None  # tls: the pinned CA
+    connector = collector_connector(url, tls, insecure)  # tls: the pinned CA
     async with aiohttp.ClientSession(
         timeout=timeout, headers=headers, connector=connector
     ) as session:

@@ -32,11 +32,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import ipaddress
 import logging
 import os
 import random
+import socket
 import ssl
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Final
@@ -49,6 +52,43 @@ from probe.files import TMP_SUFFIX, write_durably
 from probe.wire import SCHEMA_VERSION, Batch, IngestAnswer, Measurement, encode
 
 log = logging.getLogger("popwatch.probe.shipper")
+
+
+class LoopbackOnly(aiohttp.abc.AbstractResolver):
+    """aiohttp's resolver, refusing every address that is not loopback: the resolver of a
+    plain-http connection to the collector, which carries the token in clear. The check
+    is of the address connected to, not of the name: ``collector.localhost`` resolving
+    (through /etc/hosts, say) to another host is refused."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        for r in found:
+            if not ipaddress.ip_address(r["host"]).is_loopback:
+                raise OSError(
+                    f"{host} resolves to {r['host']}, not a loopback address: plain http "
+                    "would send the token in clear there; use https:// (or set "
+                    "POPWATCH_INSECURE=1 on a network you trust)"
+                )
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def collector_connector(
+    url: str, tls: ssl.SSLContext | None, insecure: bool
+) -> aiohttp.TCPConnector | None:
+    """The connector to the collector: pinned to ``tls``'s CA when it has one, and for
+    plain http (unless ``insecure``) connecting only to loopback addresses."""
+    if urllib.parse.urlsplit(url).scheme == "http" and not insecure:
+        return aiohttp.TCPConnector(resolver=LoopbackOnly())
+    return aiohttp.TCPConnector(ssl=tls) if tls else None
+
 
 _MAX_BACKOFF: Final = 60.0
 #: the most of a collector's answer the probe reads (20,000 rejections with reasons fit)
@@ -96,8 +136,10 @@ class Shipper:
         spool_max_bytes: int = 200_000_000,
         timeout: float = 30.0,
         tls: ssl.SSLContext | None = None,
+        insecure: bool = False,
     ) -> None:
         self.url = url.rstrip("/") + "/api/v1/measurements"
+        self._insecure = insecure
         self._tls = tls  # the collector's pinned CA (None: the system's trust store)
         self._token = token
         self.dir = spool_dir
@@ -212,7 +254,7 @@ class Shipper:
             "Content-Type": "application/json",
         }
         backoff = 1.0
-        connector = aiohttp.TCPConnector(ssl=self._tls) if self._tls else None
+        connector = collector_connector(self.url, self._tls, self._insecure)
         async with aiohttp.ClientSession(
             headers=headers, timeout=self._timeout, connector=connector
         ) as session:

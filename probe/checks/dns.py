@@ -12,6 +12,7 @@ import asyncio
 import functools
 import ipaddress
 import random
+import re
 import socket
 import ssl
 import struct
@@ -181,9 +182,16 @@ SITE_MAX: Final = 255
 SITE_CUT: Final = "…"
 
 
+#: a backslash InfluxDB's line protocol cannot carry in a tag value: at the end, or before
+#: a comma, an equals sign or a space (see collector/store/lineproto.py)
+_BARE_BACKSLASH: Final = re.compile(r"\\(?=[ ,=]|$)")
+
+
 def _text(raw: bytes) -> str:
-    """Server identity bytes as text: UTF-8 when printable, else hex; at most SITE_MAX
-    characters, a longer one cut and marked with a trailing SITE_CUT."""
+    """Server identity bytes as text: UTF-8 when printable, else hex; a backslash line
+    protocol could not carry written ``\\x5c``; at most SITE_MAX characters, a longer
+    one cut and marked with a trailing SITE_CUT. A DNS server chooses these bytes: what
+    it sends must never make the collector reject the measurement."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -191,6 +199,7 @@ def _text(raw: bytes) -> str:
     else:
         if not text.isprintable():
             text = raw.hex()
+    text = _BARE_BACKSLASH.sub(r"\\x5c", text)
     return text if len(text) <= SITE_MAX else text[: SITE_MAX - 1] + SITE_CUT
 
 
