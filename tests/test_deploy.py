@@ -22,6 +22,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from support.need import need
 
 from collector.alerts.config import VARIABLES as ALERT_VARIABLES
 from collector.config import CollectorConfig, variable
@@ -100,7 +101,7 @@ def env_file(tmp_path: Path) -> Path:
 
 
 def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
-    assert shutil.which("docker-compose"), "docker-compose is missing: .ci/run installs it"
+    need("docker-compose")
     return subprocess.run(
         ["docker-compose", "--project-directory", str(ROOT), "-f", str(COMPOSE), *args],
         capture_output=True,
@@ -112,7 +113,7 @@ def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def manifests() -> list[dict[str, Any]]:
     """What `kubectl kustomize deploy/kubernetes` renders."""
-    assert shutil.which("kubectl"), "kubectl (with its built-in kustomize) is missing"
+    need("kubectl")
     out = subprocess.run(
         ["kubectl", "kustomize", str(KUBE)], capture_output=True, text=True, timeout=120
     )
@@ -199,6 +200,7 @@ def test_every_variable_is_a_setting_and_every_required_one_is_set(
     given to a container is one its part reads (a typo would be ignored silently), the
     ones each part needs are there, and its config loader takes the values. Exactly one
     alert evaluator runs in each."""
+    need("openssl")  # certs init
     subprocess.run(
         [str(BIN / "popwatch-collector"), "certs", "init", "--dir", str(tmp_path / "tls")],
         capture_output=True,
@@ -296,7 +298,7 @@ def test_the_mounted_files_exist() -> None:
 
 def test_the_alertmanager_config_is_valid() -> None:
     """deploy/alertmanager.yml passes Alertmanager's own check, with its sample route."""
-    assert shutil.which("amtool"), "amtool is missing: .ci/run installs prometheus-alertmanager"
+    need("amtool")
     out = subprocess.run(
         ["amtool", "check-config", str(ROOT / "deploy" / "alertmanager.yml")],
         capture_output=True,
@@ -339,6 +341,7 @@ def test_served_targets_load() -> None:
 
 def run_init(tmp_path: Path, *probes: str) -> subprocess.CompletedProcess[str]:
     """deploy/init.sh with the real CLI, its directories under tmp_path."""
+    need("openssl")  # the collector's certs init
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
