@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import urllib.request
@@ -42,7 +43,11 @@ def test_once_json_100_records_with_nsid(knot: servers.Knot) -> None:
     records = [json.loads(line) for line in lines]
     assert all(r["site"] == "knot-fra1" for r in records)
     assert all(r["timestamping"] == "kernel" for r in records)
-    assert all(r["kind"] == "dns" and 0 < r["rtt_ms"] < 50 for r in records)
+    # every answer came within once's 2 s timeout (a later one is TIMEOUT); loopback
+    # answers take well under a millisecond, so even on a loaded machine, where a few
+    # wait for Knot to be scheduled, the median stays far below 50 ms
+    assert all(r["kind"] == "dns" and 0 < r["rtt_ms"] < 2000 for r in records)
+    assert statistics.median(r["rtt_ms"] for r in records) < 50
     assert knot.queries() - before == 100
 
 
@@ -177,9 +182,13 @@ def test_run_schedules_host_name_per_family_and_stops_on_sigterm(
         ("::1", 6, "udp"),
         ("::1", 6, "tcp"),
     }
-    # each series runs every second on the dot: no drift, no stretching
+    # each series runs once a second: no run skipped or doubled, none stretched by a
+    # measurement. A run's own lateness (a loaded machine wakes the loop late) moves it
+    # off the dot without moving the next one: the scheduler's exact, non-accumulating
+    # grid is held to 1e-6 s with simulated time in tests/test_scheduler.py
     gaps = servers.series_spacing(records, key)
-    assert gaps and all(abs(g - 1.0) < 0.1 for g in gaps), gaps
+    assert gaps and all(0.5 < g < 1.5 for g in gaps), gaps
+    assert abs(statistics.median(gaps) - 1.0) < 0.05, gaps
     assert all(r["rcode"] == "NOERROR" and r["site"] == "knot-fra1" for r in records)
     # the server saw the measurements plus the A and AAAA lookups of the host name
     assert knot.queries() - before == len(records) + 2

@@ -47,6 +47,7 @@ from typing import Any
 import pytest
 from support import servers
 from support.influx import InfluxDB
+from support.need import need
 
 REPO = Path(__file__).parent.parent
 BASE = "localhost/popwatch-base:bookworm"
@@ -66,7 +67,7 @@ def podman(
 @pytest.fixture(scope="module")
 def image() -> str:
     """The popwatch image, built from the repository on the local base."""
-    assert shutil.which("podman"), "podman is missing: .ci/run installs it"
+    need("podman")
     if podman("image", "exists", BASE, check=False).returncode != 0:
         subprocess.run([str(REPO / "deploy" / "base-image.sh"), BASE], check=True, timeout=900)
     tag = "localhost/popwatch:test"
@@ -136,7 +137,9 @@ def test_sigterm_drains_and_exits_within_the_grace_period(
     image: str, knot: servers.Knot, tmp_path: Path
 ) -> None:
     """`podman stop` (SIGTERM, then SIGKILL after 10 s) ends a running probe cleanly: exit
-    0 well within the grace period, its in-flight measurements finished and written."""
+    0, so before the grace period ran out (SIGKILL would be 137), its in-flight
+    measurements finished and written. How long `podman stop` itself takes (its cleanup
+    included) is not asserted: that is podman's time, and a loaded machine's."""
     targets = tmp_path / "targets.yaml"
     targets.write_text(
         f"targets:\n  - {{name: k, topology: unicast, server: 127.0.0.1, port: {knot.port}, "
@@ -157,16 +160,18 @@ def test_sigterm_drains_and_exits_within_the_grace_period(
         "run",
     )
     try:
-        time.sleep(3)
-        t0 = time.monotonic()
-        podman("stop", "--time=10", name, timeout=30)
-        took = time.monotonic() - t0
+        deadline = time.monotonic() + 60  # measuring: two records out (not a fixed sleep)
+        while time.monotonic() < deadline:
+            out = podman("logs", name).stdout.splitlines()
+            if sum(line.startswith("{") for line in out) >= 2:
+                break
+            time.sleep(0.5)
+        podman("stop", "--time=10", name, timeout=60)
         code = podman("inspect", "--format={{.State.ExitCode}}", name).stdout.strip()
         logs = podman("logs", name)
     finally:
         podman("rm", "--force", "--volumes", name, check=False)
     assert code == "0", logs.stderr
-    assert took < 8, took
     records = [json.loads(line) for line in logs.stdout.splitlines() if line.startswith("{")]
     assert len(records) >= 2
     assert all(r["rcode"] == "NOERROR" and r["timestamping"] == "kernel" for r in records)
@@ -312,7 +317,7 @@ class Stack:
 
 @pytest.fixture
 def stack(stand_ins: None, tmp_path: Path) -> Iterator[Stack]:
-    assert shutil.which("docker-compose"), "docker-compose is missing: .ci/run installs it"
+    need("docker-compose")
     s = Stack(tmp_path)
     s.start_service()
     s.compose("down", "--volumes", "--timeout=5")  # what a failed run may have left

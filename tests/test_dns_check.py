@@ -25,13 +25,17 @@ ADDRS = ["127.0.0.1", "::1"]
 async def test_udp_tcp_soa_with_nsid(
     knot: servers.Knot, job_for: JobFor, address: str, transport: str
 ) -> None:
-    """UDP and TCP over IPv4 and IPv6 give the SOA serial, the NSID site and kernel stamps."""
+    """UDP and TCP over IPv4 and IPv6 give the SOA serial, the NSID site and kernel stamps;
+    rtt_ms lies within the wall-clock time the measurement took."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
     r = await measure(job_for(address, transport, port=knot.port))
+    took_ms = (loop.time() - t0) * 1000
     assert r.rcode == "NOERROR", r
     assert r.serial == servers.SERIAL
     assert r.site == "knot-fra1"
     assert r.timestamping == "kernel"
-    assert r.rtt_ms is not None and 0 < r.rtt_ms < 100
+    assert r.rtt_ms is not None and 0 < r.rtt_ms < took_ms
     assert r.family == (6 if ":" in address else 4)
     assert r.answers == 1 and r.ttl == 3600 and r.size and r.size > 12
     assert (r.connect_ms is not None) == (transport == "tcp")
@@ -191,12 +195,13 @@ async def test_closed_port_is_neterr(job_for: JobFor, address: str, transport: s
     port = servers.free_port()
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    r = await run_job(job_for(address, transport, port=port, timeout=2.0))
+    r = await run_job(job_for(address, transport, port=port, timeout=10.0))
     assert r.rcode == "NETERR"
     assert r.error is not None and r.error.startswith("refused: ")
     assert "ECONNREFUSED" in r.error
     assert r.rtt_ms is None
-    assert loop.time() - t0 < 1.0  # not a timeout in disguise
+    # not a timeout in disguise: a refusal takes milliseconds, the timeout 10 s
+    assert loop.time() - t0 < 5.0
 
 
 async def test_truncation_is_reported_not_retried(knot: servers.Knot, job_for: JobFor) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from support import servers
 from support.influx import InfluxDB
+from support.need import need
 from support.procs import COLLECTOR, PROBE, Collector, probe_env, register, stored, targets_file
 
 from probe.config import load_config
@@ -39,6 +40,7 @@ def knot() -> Iterator[servers.Knot]:
 
 def certs_init(directory: Path, *names: str, ca_dir: Path | None = None) -> str:
     """``popwatch-collector certs init`` for ``names``; its report (standard error)."""
+    need("openssl")
     args = [COLLECTOR, "certs", "init", "--dir", str(directory)]
     args += ["--ca-dir", str(ca_dir)] if ca_dir else []
     for name in names:
@@ -69,10 +71,12 @@ def collector(influx: InfluxDB, certs: Path, tmp_path: Path) -> Collector:
 
 
 def run_probe(
-    collector: Collector, tmp_path: Path, port: int, ca: Path, seconds: float, url: str = ""
+    collector: Collector, tmp_path: Path, knot: servers.Knot, ca: Path, url: str = ""
 ) -> tuple[int, str]:
     """One `popwatch-probe run` shipping to ``collector`` with ``ca`` pinned, measuring
-    the Knot at ``port`` for ``seconds``; its exit code and standard error."""
+    ``knot`` until it has answered four queries (two runs of each of its two series) and
+    a second more, for the batches to be sent; its exit code and standard error."""
+    port, before = knot.port, knot.queries()
     token = register(tmp_path / "collector", {f"p-{tmp_path.name[-6:]}": "eu-central"})
     [tok] = token.values()
     env = probe_env(collector, tok, tmp_path / "probe", targets_file(tmp_path / "t.yaml", port, 2))
@@ -84,7 +88,10 @@ def run_probe(
     proc = subprocess.Popen(
         [PROBE, "run", "--config", str(conf)], env=env, stderr=subprocess.PIPE, text=True
     )
-    time.sleep(seconds)
+    deadline = time.monotonic() + 60  # not a fixed sleep: a loaded machine starts slowly
+    while knot.queries() - before < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)  # batch_s 0.5: a batch is out, to be taken or refused
     proc.terminate()
     _, err = proc.communicate(timeout=30)
     return proc.returncode, err
@@ -95,12 +102,12 @@ def test_a_probe_pinned_to_the_collector_ca_ships_over_https(
 ) -> None:
     """A probe with POPWATCH_COLLECTOR_CA set to the CA of `certs init` ships to
     https://127.0.0.1: its measurements of Knot are in InfluxDB."""
-    code, err = run_probe(collector, tmp_path, knot.port, certs / "ca.crt", 4)
+    code, err = run_probe(collector, tmp_path, knot, certs / "ca.crt")
     assert code == 0, err
     assert "CERTIFICATE_VERIFY_FAILED" not in err
     db = collector.env["POPWATCH_INFLUXDB_BUCKET"]
-    deadline = time.monotonic() + 10
-    while not (rows := stored(influx, db)) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while len(rows := stored(influx, db)) < 4 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(rows) >= 4, err
     assert {r["region"] for r in rows} == {"eu-central"}
@@ -114,7 +121,7 @@ def test_a_probe_given_another_ca_refuses_and_keeps_its_batches(
     in its spool for a collector it can trust."""
     other = tmp_path / "other"
     certs_init(other, "127.0.0.1")
-    code, err = run_probe(collector, tmp_path, knot.port, other / "ca.crt", 3)
+    code, err = run_probe(collector, tmp_path, knot, other / "ca.crt")
     assert code == 0, err
     assert "CERTIFICATE_VERIFY_FAILED" in err
     assert stored(influx, collector.env["POPWATCH_INFLUXDB_BUCKET"]) == []
@@ -127,7 +134,7 @@ def test_a_probe_checks_the_collector_name(
     """The right CA but a name the certificate does not carry (localhost, where the
     certificate names 127.0.0.1 only) is refused too."""
     url = f"https://localhost:{collector.port}"
-    code, err = run_probe(collector, tmp_path, knot.port, certs / "ca.crt", 3, url)
+    code, err = run_probe(collector, tmp_path, knot, certs / "ca.crt", url)
     assert code == 0, err
     assert "CERTIFICATE_VERIFY_FAILED" in err and "localhost" in err
     assert stored(influx, collector.env["POPWATCH_INFLUXDB_BUCKET"]) == []
