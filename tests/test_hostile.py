@@ -678,9 +678,11 @@ async def test_each_header_bound_is_a_431_on_both_listeners(
                 if name == "fine":
                     assert not answer.startswith(b"HTTP/1.1 431"), (port, answer[:80])
                 else:
-                    assert answer.startswith(
-                        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                    ), (port, name, answer[:80])
+                    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), (
+                        port,
+                        name,
+                        answer[:80],
+                    )
 
 
 def _bomb(inflated: int) -> bytes:
