@@ -623,7 +623,16 @@ async def test_unfinished_headers_cannot_exhaust_the_collector(
             within += await _hold_headers(c.port, "127.0.0.4", 350, 7, 4000)
             await asyncio.sleep(1)
             took.append(await honest(100))
-            closed = sum(await asyncio.gather(*(_cut_off(r, 0.01) for r, _ in within)))
+            # once the collector has read all of it, the count of those it closed stops
+            # growing: wait for that (a fixed second is short on a loaded machine)
+            counts: list[int] = []
+            deadline = time.monotonic() + 30
+            while len(counts) < 3 or len(set(counts[-3:])) > 1:
+                counts.append(sum(await asyncio.gather(*(_cut_off(r, 0.01) for r, _ in within))))
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            closed = counts[-1]
             rss = c.peak_rss_mb()
             _close(over + told + within)
 
