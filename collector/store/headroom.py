@@ -2,7 +2,7 @@
 
 InfluxDB 1.x refuses a point that would add a tag value past ``max-values-per-tag``
 (100,000 by default) or a series past ``max-series-per-database`` (1,000,000), for every
-writer, until the shard rolls over; 2.x and 3.x have limits of their own. Once a minute
+writer, until the shard rolls over; 2.x and 3.x have limits of their own. Every 15 s
 this asks InfluxDB for its estimates (``SHOW TAG VALUES CARDINALITY`` of the tags probes
 choose, ``SHOW SERIES CARDINALITY``) and says when one passes ``WARN_AT`` of the limit
 the collector is told of (``influxdb_max_values_per_tag``,
@@ -26,7 +26,7 @@ log = logging.getLogger("popwatch.collector")
 
 #: the share of a limit past which a warning is given
 WARN_AT: Final = 0.8
-EVERY_S: Final = 60.0
+EVERY_S: Final = 15.0
 TAGS: Final = SERIES_TAGS
 
 
