@@ -207,6 +207,11 @@ def _a(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _shown(text: str, limit: int = 64) -> str:
+    """A value as given, quoted, cut at ``limit`` characters (it goes back to a client)."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
@@ -331,8 +336,10 @@ def _value_fault(t: Any, v: Any, strict: bool = False) -> str | None:
     x = _coerce(t, v, strict)
     if x is _MISSING:
         if isinstance(t, mi.LiteralType):
-            shown = v if isinstance(v, str) else msgspec.json.encode(v).decode()
-            return f"{shown!r} is not one of {', '.join(str(c) for c in t.values)}"
+            choices = ", ".join(str(c) for c in t.values)
+            if not isinstance(v, str):
+                return f"expected one of {choices}, got {_a(v)}"
+            return f"{_shown(v)} is not one of {choices}"
         return f"expected {_expected(t)}, got {_a(v)}"
     if isinstance(t, mi.UnionType):
         m = _member(t, v, strict)
@@ -395,7 +402,12 @@ def _walk(t: Any, v: Any, steps: list[str | int], strict: bool = False) -> tuple
                 tags = ", ".join(str(s.tag) for s in structs)
                 if field not in v:
                     return Fault(_render([*here, field]), "required key is missing"), t
-                return Fault(_render([*here, field]), f"{v[field]!r} is not one of {tags}"), t
+                given = v[field]
+                if not isinstance(given, str):
+                    return Fault(
+                        _render([*here, field]), f"expected one of {tags}, got {_a(given)}"
+                    ), t
+                return Fault(_render([*here, field]), f"{_shown(given)} is not one of {tags}"), t
             t = m
             while isinstance(t, mi.Metadata):
                 t = t.type
