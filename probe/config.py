@@ -18,7 +18,14 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from probe.configfile import ConfigError, convert, is_ip, parse_hostport, read_yaml
+from probe.configfile import (
+    ConfigError,
+    ca_fault,
+    convert,
+    is_ip,
+    parse_hostport,
+    read_yaml,
+)
 from probe.targets import (
     QTYPES,
     AnyTarget,
@@ -181,7 +188,18 @@ def load_config(
         extra = load_targets(tf)
         cfg.targets = [*cfg.targets, *extra]
         check_unique(f"{source} + {tf}", cfg.targets)
+    check_ca_files(source, cfg.targets)
     return cfg
+
+
+def check_ca_files(source: str, targets: list[AnyTarget]) -> None:
+    """Every target's ``tls_ca`` can be read and holds a CA certificate: a file that is
+    missing, unreadable or not PEM is one line when the config loads, not a traceback at
+    every fetch."""
+    for i, t in enumerate(targets):
+        ca = getattr(t, "tls_ca", None)
+        if ca and (why := ca_fault(ca)):
+            raise ConfigError(f"{source}: targets[{i}].tls_ca: {why} (target {t.name})")
 
 
 __all__ = [

@@ -22,6 +22,7 @@ import ipaddress
 import math
 import operator
 import re
+import ssl
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -119,6 +120,18 @@ def url_fault(url: str) -> str | None:
         if not url_fault(fixed):
             return f"{why}; did you mean {fixed}?"
     return why
+
+
+def ca_fault(path: str) -> str | None:
+    """Why the CA bundle at ``path`` cannot be used (it cannot be read, or holds no PEM
+    certificate), or None when it can."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:  # an OSError too: first
+        return f"cannot use {path}: not a PEM CA certificate ({exc.reason or exc})"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -489,6 +502,7 @@ __all__ = [
     "MAX_FILE_BYTES",
     "ConfigError",
     "Fault",
+    "ca_fault",
     "closest",
     "convert",
     "did_you_mean",

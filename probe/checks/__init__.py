@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
-from probe.configfile import explain
+from probe.configfile import ca_fault, explain
 from probe.targets import AnyTarget
 from probe.wire import Measurement
 
@@ -131,10 +131,14 @@ def target_from_flags(spec: dict[str, Any], kind: type[T]) -> T:
     """The target a ``once`` command line describes (``spec``: its keys), or ValueError
     naming the key and the fault (``probe.configfile.explain``)."""
     try:
-        return msgspec.convert(spec, kind)
+        target = msgspec.convert(spec, kind)
     except msgspec.ValidationError as exc:
         fault = explain(kind, spec, exc, strict=True)
         raise ValueError(f"{fault.path}: {fault.text}" if fault.path else fault.text) from None
+    ca = spec.get("tls_ca")
+    if ca and (why := ca_fault(ca)):  # at start, in one line: not a traceback per fetch
+        raise ValueError(f"--tls-ca: {why}")
+    return target
 
 
 def ms(ns: int | None) -> float | None:
