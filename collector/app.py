@@ -128,6 +128,18 @@ def create_app(state: CollectorState, data_dir: Path) -> web.Application:
     return app
 
 
+async def _not_here(request: web.Request) -> web.Response:
+    """A probe pointed at the admin listener: say so, and where to go instead."""
+    return web.json_response(
+        {
+            "error": "this is the collector's admin listener (admin_listen, port 8081 by "
+            "default); probes send to and ask the public API (listen, port 8080 by "
+            "default): set collector_url to it"
+        },
+        status=404,
+    )
+
+
 def host_allowed(host: str, names: frozenset[str]) -> bool:
     """Whether a request's ``Host`` may reach the admin listener: an IP address, a name
     of one label (a container's or a host's), ``localhost`` and its subdomains, a
@@ -188,6 +200,8 @@ def create_admin_app(
         max_headers=limits.max_headers,
     )
     app[STATE] = state
+    for path in ("/api/v1/measurements", "/api/v1/config"):
+        app.router.add_route("*", path, _not_here)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prom)
     return app

@@ -378,6 +378,7 @@ async def _run(cfg: CollectorConfig) -> None:
                 alerts_cli.evaluator(cfg, state.sink, active, served),  # if alerts.enabled
             ):
                 await stop.wait()
+                log.info("collector stopping (a signal): finishing writes, then exiting")
         finally:
             await admin.cleanup()
             await runner.cleanup()
@@ -393,7 +394,12 @@ async def _start_admin(admin: web.AppRunner, listen: str) -> None:
     except OSError as exc:
         why = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigError(f"admin_listen: cannot listen on {listen}: {why}") from None
-    log.info("admin listener (/metrics, /readyz) on http://%s:%d", host, port)
+    shown = f"[{host}]" if ":" in host else host
+    log.info(
+        "admin listener on http://%s:%d: the status page at /, /metrics and /readyz",
+        shown,
+        port,
+    )
 
 
 def _wrap(text: str) -> str:

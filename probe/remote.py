@@ -144,7 +144,10 @@ async def _pull_once(
         except TooLarge as exc:
             raise _Unusable(str(exc)) from None
         if resp.status == 404:
-            log.info("config from %s: this collector serves no targets%s", url, _reason(body))
+            why = _reason(body)
+            if "admin listener" in why:  # collector_url names the wrong port
+                raise _Unusable(f"HTTP 404{why}")
+            log.info("config from %s: this collector serves no targets%s", url, why)
             return etag  # the local list stays
         if resp.status != 200:
             raise _Unusable(f"HTTP {resp.status}{_reason(body)}")

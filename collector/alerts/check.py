@@ -64,7 +64,7 @@ async def check(influx: InfluxQL, cfg: AlertsConfig, at: float, out: TextIO = sy
         since = firing.get(c.labels)
         verb = f"fires (since {_when(since.since)})" if since else "would fire"
         where = " ".join(f"{k}={v}" for k, v in c.labels if k not in ("alertname", "severity"))
-        base = f" baseline={text['baseline']}" if "baseline" in text else ""
+        base = "".join(f" {k}={text[k]}" for k in ("baseline", "threshold") if k in text)
         print(
             f"{verb}: {c.rule} ({c.label('severity')}) {where} value={text['value']}{base} "
             f"probes={text['probes']}: {c.summary}",

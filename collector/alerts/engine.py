@@ -201,6 +201,7 @@ class Engine:
         lines = [e.to_line() for e in events] + [to_line(c) for c in changes]
         await self._write(lines)
         if changes:
+            self._log(changes)
             self._notify(changes)
         for rule in RULES:
             name = rule.alertname
@@ -235,6 +236,22 @@ class Engine:
                 len(self._unwritten),
                 exc,
             )
+
+    def _log(self, changes: list[Change]) -> None:
+        """One INFO line per state change: the rule, where, the state, and the value
+        against its line."""
+        for change in changes:
+            labels = dict(change.alert.labels)
+            where = " ".join(
+                f"{k}={labels[k]}" for k in ("region", "target", "probe", "site") if k in labels
+            )
+            c = change.alert.condition
+            text = annotate(c) if c is not None else {}
+            line = next(
+                (f" against {k} {text[k]}" for k in ("threshold", "baseline") if k in text), ""
+            )
+            value = f", value {text['value']}{line}" if "value" in text else ""
+            log.info("alert %s %s: %s%s", labels.get("alertname", "?"), change.state, where, value)
 
     def notice(self, a: Tracked, state: str, wall: float) -> Notice:
         """What the notifiers get about alert ``a``."""

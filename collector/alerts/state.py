@@ -3,7 +3,7 @@
 An alert fires after ``for`` consecutive evaluations in which its condition holds, and
 resolves after ``keep_firing_for`` consecutive ones in which it does not. Each change is
 a point of ``alert`` (tags: rule, severity, region, target, topology, probe, site,
-state; fields: value, baseline, probes, message). A starting engine reads the last
+state; fields: value, baseline or threshold, probes, message). A starting engine reads the last
 point of every alert of the last 30 days back: those whose last state is ``firing``
 fire on, with the time they started, so a restart sends no second "new" alert.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from collector.alerts.rules import Condition, Labels
+from collector.alerts.rules import Condition, Labels, line_of
 from collector.store.influxql import InfluxQL
 from collector.store.lineproto import FieldValue, line
 from collector.store.query import Between, Fn, Select
@@ -122,7 +122,7 @@ def to_line(change: Change) -> str:
     c = a.condition
     fields: dict[str, FieldValue | None] = {
         "value": float(c.value) if c else 0.0,
-        "baseline": float(c.baseline) if c and c.baseline is not None else None,
+        line_of(d["alertname"]): float(c.baseline) if c and c.baseline is not None else None,
         "probes": ",".join(c.probes) if c else "",
         "message": (c.summary if c else "") + (" (resolved)" if change.state == "resolved" else ""),
     }

@@ -21,7 +21,7 @@ ENGINE: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     ),
     "alert": (
         words("rule severity region target topology probe site state"),
-        words("value baseline probes message"),
+        words("value threshold baseline probes message"),
     ),
     # the baselines' 5-minute medians (kind: the record kind, or "done": a bucket's marker)
     "rollup_5m": (

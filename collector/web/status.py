@@ -99,7 +99,13 @@ def queries() -> dict[str, list[Select]]:
         "alerts": [
             Select(
                 "alert",
-                (Fn("last", "message", "message"), Col("value"), Col("baseline"), Col("probes")),
+                (
+                    Fn("last", "message", "message"),
+                    Col("value"),
+                    Col("baseline"),
+                    Col("threshold"),
+                    Col("probes"),
+                ),
                 (Ago(ALERT_HISTORY),),
                 group_by=("rule", "severity", "region", "target", "state"),
             )
@@ -218,6 +224,7 @@ def firing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "message": r.get("message"),
             "value": r.get("value"),
             "baseline": r.get("baseline"),
+            "threshold": r.get("threshold"),
             "probes": r.get("probes"),
         }
         for r in latest.values()

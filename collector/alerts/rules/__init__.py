@@ -83,8 +83,15 @@ def assess(inp: Inputs) -> list[Condition]:
     return out
 
 
+def line_of(rule: str) -> str:
+    """Whether ``rule``'s conditions compare with a ``baseline`` or a ``threshold``."""
+    found = BY_ALERTNAME.get(rule)
+    return found.line if found else "baseline"
+
+
 def annotate(c: Condition) -> dict[str, str]:
-    """The condition's value, baseline and probes, as annotation text."""
+    """The condition's value, its baseline or threshold, and its probes, as annotation
+    text."""
     out = {
         "summary": c.summary,
         "value": fmt(c.value, c.unit),
@@ -92,7 +99,8 @@ def annotate(c: Condition) -> dict[str, str]:
     }
     if c.baseline is not None:
         rule = BY_ALERTNAME.get(c.rule)
-        out["baseline"] = f"{fmt(c.baseline, c.unit)} ({rule.baseline_is if rule else ''})"
+        key = rule.line if rule else "baseline"
+        out[key] = f"{fmt(c.baseline, c.unit)} ({rule.baseline_is if rule else ''})"
     out.update(c.extra)
     return out
 
@@ -111,4 +119,5 @@ __all__ = [
     "annotate",
     "assess",
     "labels",
+    "line_of",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import msgspec
 
@@ -178,6 +178,9 @@ class Rule(Generic[S]):
     doc: ClassVar[str] = ""
     #: what a condition's ``baseline`` is, in its annotation ("" when it has none)
     baseline_is: ClassVar[str] = ""
+    #: whether that number is the series' own baseline (latency) or a threshold the
+    #: config sets (errors, silence...): the annotation and the ``alert`` field say which
+    line: ClassVar[Literal["baseline", "threshold"]] = "threshold"
 
     def of(self, rules: msgspec.Struct) -> S:
         """This rule's settings in a ``Rules`` or ``TargetRules`` struct."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -79,6 +79,7 @@ class Latency(QuorumRule[LatencySettings]):
     alertname: ClassVar[str] = "latency"
     settings: ClassVar[type[LatencySettings]] = LatencySettings
     baseline_is: ClassVar[str] = "median of the previous 24 h"
+    line: ClassVar[Literal["baseline", "threshold"]] = "baseline"
     doc: ClassVar[str] = "a region's probes slower than their own baselines"
 
     def judge(
