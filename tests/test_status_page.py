@@ -34,6 +34,9 @@ PROBES = {  # id: (region, country, lat, lon, anycast site)
     "p-fra-1": ("eu-west", "DE", 50.11, 8.68, "pop-iad1"),
     "p-iad-1": ("us-east", "US", 38.9, -77.04, "pop-iad1"),
 }
+#: a probe registered without coordinates (the README's own `probes add probe-1 --region
+#: eu-central`), and one whose heartbeats stopped 20 minutes ago (its silence alert fires)
+UNMAPPED, SILENT = "p-nocoord", "p-quiet"
 
 
 def records(probe: str, now: int) -> list[dict[str, Any]]:
@@ -127,9 +130,25 @@ def post(url: str, token: str, recs: list[dict[str, Any]]) -> dict[str, Any]:
         return answer
 
 
+def heartbeat(ts: int) -> dict[str, Any]:
+    return {
+        "kind": "probe",
+        "ts": ts,
+        "version": "0.1.0",
+        "uptime_s": 60.0,
+        "spool_depth": 0,
+        "dropped": 0,
+        "rejected": 0,
+    }
+
+
 def seed_alerts(influx: InfluxDB, now: int) -> None:
-    """A latency alert firing in eu-west; one in us-east that fired and resolved."""
+    """A latency alert firing in eu-west; one in us-east that fired and resolved; the
+    quiet probe's silence alert firing."""
     lines = [
+        f"alert,probe={SILENT},region=us-east,rule=silence,severity=warning,state=firing "
+        f'value=1200.0,threshold=180.0,probes="{SILENT}",'
+        f'message="probe {SILENT} (us-east) is silent" {now - 30 * 10**9}',
         "alert,region=eu-west,rule=latency,severity=critical,state=firing,target=ns-anycast "
         'value=48.5,baseline=12.25,probes="p-par-1,p-fra-1",'
         f'message="eu-west ns-anycast p50 48.5 ms against 12.25 ms" {now - 20 * 10**9}',
@@ -154,12 +173,20 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
         for probe, (region, cc, lat, lon, _) in PROBES.items():
             flags = ("--country", cc, "--lat", str(lat), "--lon", str(lon))
             tokens |= register(tmp, {probe: region}, *flags)
+        tokens |= register(tmp, {UNMAPPED: "eu-west"})
+        tokens |= register(tmp, {SILENT: "us-east"}, "--lat", "40.7", "--lon", "-74.0")
         c = Collector(influx, tmp, DB)
         c.start()
         try:
             now = time.time_ns()
             for probe, token in tokens.items():
-                answer = post(c.url, token, records(probe, now))
+                if probe == UNMAPPED:
+                    recs = [heartbeat(now - 2 * 10**9)]
+                elif probe == SILENT:
+                    recs = [heartbeat(now - 1200 * 10**9)]
+                else:
+                    recs = records(probe, now)
+                answer = post(c.url, token, recs)
                 assert answer["rejected"] == [], answer
             seed_alerts(influx, now)
             yield c
@@ -184,8 +211,11 @@ def test_status_json_holds_what_the_page_shows(collector: Collector) -> None:
     d = json.loads(body)
     assert {(p["probe"], p["region"], p["lat"], p["lon"]) for p in d["probes"]} == {
         (p, r, lat, lon) for p, (r, _, lat, lon, _) in PROBES.items()
-    }
-    assert all(p["median_ms"] is not None for p in d["probes"])
+    } | {(UNMAPPED, "eu-west", None, None), (SILENT, "us-east", 40.7, -74.0)}
+    state = {p["probe"]: (p["state"], p["median_ms"]) for p in d["probes"]}
+    assert all(state[p][0] == "ok" and state[p][1] is not None for p in PROBES)
+    assert state[UNMAPPED] == ("ok", None)  # listed, though it has no coordinates
+    assert state[SILENT] == ("silent", None)  # never a green dot while silent
     cells = {(r["region"], r["target"]): r for r in d["latency"]}
     assert set(cells) == {
         (r, t) for r in ("eu-west", "us-east") for t in ("ns-anycast", "ns-unicast")
@@ -203,7 +233,8 @@ def test_status_json_holds_what_the_page_shows(collector: Collector) -> None:
         ("us-east", "www"): pytest.approx(0.12),
     }
     assert [(a["rule"], a["region"], a["target"]) for a in d["alerts"]] == [
-        ("latency", "eu-west", "ns-anycast")
+        ("latency", "eu-west", "ns-anycast"),
+        ("silence", "us-east", ""),
     ]
 
 
@@ -267,8 +298,13 @@ def test_the_page_in_chromium_shows_regions_sites_and_the_firing_alert(
     ):
         assert text in dom, text
     assert "us-east slow" not in dom
-    assert len(re.findall(r"<circle ", dom)) == len(PROBES)
-    assert re.search(r'id="meta">last 15m, 3 probes · updated', dom), "the data did not load"
+    # the probes with coordinates are on the map, the silent one greyed; the one
+    # without coordinates is in the list, which says it is not on the map
+    assert len(re.findall(r"<circle ", dom)) == len(PROBES) + 1
+    assert len(re.findall(r'<circle [^>]*class="p-stale"', dom)) == 1
+    assert "(1 without coordinates, not on the map)" in dom and UNMAPPED in dom
+    assert re.search(r'id="meta">last 15m, 5 probes · updated', dom), "the data did not load"
+    assert re.search(r"[0-9]{1,2}:[0-9]{2}:[0-9]{2}\s?(AM |PM )?(UTC|GMT)", dom), "no time zone"
 
 
 def test_the_page_says_when_influxdb_does_not_answer(tmp_path: Path) -> None:

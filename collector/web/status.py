@@ -20,6 +20,11 @@ from collector.store.schema import ALERT_HISTORY
 
 #: how far back the page looks for measurements (alerts: ALERT_HISTORY)
 WINDOW: Final = "15m"
+#: how far back it looks for each probe's last heartbeat: a probe silent for hours is
+#: listed, greyed, not left out
+HEARTBEATS: Final = "1d"
+#: a probe whose last heartbeat is older than this is stale (3 x the default heartbeat_s)
+STALE_S: Final = 180
 
 
 def _value(kind: Kind[Any]) -> str:
@@ -37,7 +42,7 @@ def queries() -> dict[str, list[Select]]:
             Select(
                 k.measurement,
                 (Fn("last", "uptime_s", "uptime_s"), Col("lat"), Col("lon"), Col("spool_depth")),
-                (since,),
+                (Ago(HEARTBEATS),),
                 group_by=("probe", "region", "version"),
             )
             for k in feeding("probes")
@@ -107,7 +112,7 @@ def queries() -> dict[str, list[Select]]:
                     Col("probes"),
                 ),
                 (Ago(ALERT_HISTORY),),
-                group_by=("rule", "severity", "region", "target", "state"),
+                group_by=("rule", "severity", "region", "target", "probe", "state"),
             )
         ],
     }
@@ -122,21 +127,42 @@ def _key(row: dict[str, Any], *names: str) -> tuple[str, ...]:
     return tuple(str(row.get(n) or "") for n in names)
 
 
-def probes(probe_rows: list[dict[str, Any]], medians: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def probes(
+    probe_rows: list[dict[str, Any]],
+    medians: list[dict[str, Any]],
+    alerts: list[dict[str, Any]],
+    now_ms: int,
+) -> list[dict[str, Any]]:
+    """Every probe heard from in the last day, with its state: ``silent`` while its
+    silence alert fires, ``sick`` while its probe alert does, ``stale`` when its last
+    heartbeat is older than ``STALE_S``, else ``ok``."""
     median = {r["probe"]: r["median_ms"] for r in medians}
-    out = [
-        {
-            "probe": r["probe"],
-            "region": r.get("region", ""),
-            "version": r.get("version", ""),
-            "lat": r.get("lat"),
-            "lon": r.get("lon"),
-            "last_seen_ms": r["time"] // 1_000_000,
-            "spool_depth": r.get("spool_depth"),
-            "median_ms": median.get(r["probe"]),
-        }
-        for r in probe_rows
-    ]
+    firing_for = {(a["rule"], a.get("probe") or "") for a in alerts}
+    out = []
+    for r in probe_rows:
+        last = r["time"] // 1_000_000
+        probe = r["probe"]
+        if ("silence", probe) in firing_for:
+            state = "silent"
+        elif ("probe", probe) in firing_for:
+            state = "sick"
+        elif now_ms - last > STALE_S * 1000:
+            state = "stale"
+        else:
+            state = "ok"
+        out.append(
+            {
+                "probe": probe,
+                "region": r.get("region", ""),
+                "version": r.get("version", ""),
+                "lat": r.get("lat"),
+                "lon": r.get("lon"),
+                "last_seen_ms": last,
+                "spool_depth": r.get("spool_depth"),
+                "median_ms": median.get(probe) if state in ("ok", "sick") else None,
+                "state": state,
+            }
+        )
     return sorted(out, key=lambda p: (p["region"], p["probe"]))
 
 
@@ -213,13 +239,14 @@ def firing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The alerts whose latest state change is to firing."""
     latest: dict[tuple[str, ...], dict[str, Any]] = {}
     for r in sorted(rows, key=lambda r: r["time"]):
-        latest[_key(r, "rule", "region", "target")] = r
+        latest[_key(r, "rule", "region", "target", "probe")] = r
     out = [
         {
             "rule": r.get("rule", ""),
             "severity": r.get("severity", ""),
             "region": r.get("region", ""),
             "target": r.get("target", ""),
+            "probe": r.get("probe", ""),
             "since_ms": r["time"] // 1_000_000,
             "message": r.get("message"),
             "value": r.get("value"),
@@ -241,12 +268,14 @@ async def gather(influx: InfluxQL) -> dict[str, Any]:
     got: dict[str, list[dict[str, Any]]] = {name: [] for name in wanted}
     for (name, _), result in zip(flat, results, strict=True):
         got[name] += _rows(result)
+    now_ms = int(time.time() * 1000)
+    alerts = firing(got["alerts"])
     return {
         "window": WINDOW,
-        "generated_ms": int(time.time() * 1000),
-        "probes": probes(got["probes"], got["probe_latency"]),
+        "generated_ms": now_ms,
+        "probes": probes(got["probes"], got["probe_latency"], alerts, now_ms),
         "latency": latency(got["latency"], got["answered"]),
         "sites": sites(got["sites"]),
         "ttfb": ttfb(got["ttfb"]),
-        "alerts": firing(got["alerts"]),
+        "alerts": alerts,
     }
