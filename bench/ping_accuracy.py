@@ -9,8 +9,8 @@ Two paths, both measured in every run:
 * **loopback**, to a real Knot (tcp to its DNS port). Here the whole handshake happens
   inside the ``connect()`` call, and the kernel takes its RTT sample only when that call
   releases the socket, so the tcp figure carries the rest of the call with it;
-* **the lab path** (tests/support/web.py): a host in a network namespace behind a user-space relay
-  between two TUN devices, captured on our TUN device. Replies arrive after ``connect()``
+* **the lab path** (tests/support/web.py): a host in a network namespace behind the lab's
+  user-space wire between two TUN devices, captured on our TUN device. Replies arrive after ``connect()``
   has returned, as on any real network.
 
 Peers in the same run: blackbox_exporter's ICMP prober (its ``rtt`` phase) on the same

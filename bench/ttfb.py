@@ -1,7 +1,7 @@
 """Phase accuracy of the HTTP check, next to blackbox_exporter's http prober.
 
-Against tests/support/web.py's server (in its own netns behind the user-space delay line), each
-tool fetches the page with no delay (the baseline) and with a configured delay in one
+Against tests/support/web.py's server (in its own netns behind the lab's user-space wire),
+each tool fetches the page with no delay (the baseline) and with a configured delay in one
 phase at a time: TCP connect (SYN-ACK held), TLS handshake, time to first byte, body.
 For each tool and phase the deviation is
 

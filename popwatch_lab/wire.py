@@ -10,6 +10,18 @@ leave in the order they came (the jitter never reorders them). A packet toward t
 server is dropped with the link's loss probability, so a lost query is ``loss`` of them;
 a dark link (a failed site) drops everything.
 
+A link can also hold the TCP SYN-ACKs its server sends from chosen ports for a set time
+(``synack_ms``): a server cannot delay its own handshake (the kernel answers the SYN
+before ``accept``), so this is how the HTTP tests' web host (``tests/support/web.py``)
+gets a slow connect phase, exactly the extra connect time a far server would add. Held
+SYN-ACKs wait in a queue of their own: they hold up no other packet of the path.
+
+The spec (JSON): ``links``: name -> ``outer``, ``inner``: [netns or null, TUN device];
+``peers``: region -> its /24 and /64 prefixes; ``params``: link name -> ``paths``
+(region -> [round trip ms, one-way jitter ms]), and optionally ``extra_ms`` (round
+trip), ``loss`` (0 to 1, toward the server), ``dark``, ``synack_ms`` (server port ->
+ms). A packet of no known region has no path delay.
+
 The timing: ``select`` sleeps until a little before the earliest packet is due (timer
 slack 1 µs, so the kernel wakes it on time), then the loop spins the last stretch. What
 it costs and how close it comes is measured by ``bench/lab_forwarder.py`` with tcpdump
@@ -32,6 +44,7 @@ import os
 import random
 import select
 import signal
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -57,7 +70,10 @@ class Link:
     extra_s: float = 0.0  # one way: half the extra round trip
     loss: float = 0.0  # toward the server
     dark: bool = False
-    #: when the last packet of each path and direction (True: toward the server) is due
+    #: server port -> seconds its SYN-ACKs are held (on a queue of their own)
+    synack_s: dict[int, float] = field(default_factory=dict)
+    #: when the last packet of each queue (a path, or its held SYN-ACKs) and direction
+    #: (True: toward the server) is due
     last_due: dict[tuple[str, bool], float] = field(default_factory=dict)
 
 
@@ -83,6 +99,22 @@ def peer_key(pkt: bytes, toward_server: bool) -> bytes | None:
         at = 8 if toward_server else 24
         return pkt[at : at + 8]
     return None
+
+
+def synack_port(pkt: bytes) -> int | None:
+    """The source port of a TCP SYN-ACK (IPv4, or IPv6 without extension headers)."""
+    if not pkt:
+        return None
+    version = pkt[0] >> 4
+    if version == 4 and len(pkt) >= 20 and pkt[9] == 6:
+        tcp = (pkt[0] & 0x0F) * 4
+    elif version == 6 and len(pkt) >= 40 and pkt[6] == 6:
+        tcp = 40
+    else:
+        return None
+    if len(pkt) < tcp + 14 or pkt[tcp + 13] & 0x12 != 0x12:  # SYN and ACK
+        return None
+    return int(struct.unpack_from("!H", pkt, tcp)[0])
 
 
 class Wire:
@@ -126,7 +158,8 @@ class Wire:
         os.write(self.wake_w, b"x")
 
     def apply(self, spec: dict[str, Any]) -> None:
-        """Take the spec's parameters: peers, path delays, extra delay, loss, dark."""
+        """Take the spec's parameters: peers, path delays, extra delay, loss, dark, and
+        SYN-ACK holds."""
         self.peers = {prefix_key(p): peer for peer, ps in spec["peers"].items() for p in ps}
         for name, link in self.links.items():
             params = spec["params"][name]
@@ -137,12 +170,16 @@ class Wire:
             link.extra_s = params.get("extra_ms", 0.0) / 2000.0
             link.loss = params.get("loss", 0.0)
             link.dark = params.get("dark", False)
+            link.synack_s = {
+                int(port): ms / 1000.0 for port, ms in params.get("synack_ms", {}).items() if ms
+            }
 
     def on_hup(self, *_: object) -> None:
         self.reload_needed = True
 
     def delay(self, link: Link, pkt: bytes, toward: bool) -> tuple[str, float] | None:
-        """The packet's path (its region) and seconds to hold it; None to drop it."""
+        """The packet's queue (its region's path; its held SYN-ACKs apart) and seconds
+        to hold it; None to drop it."""
         if link.dark or (toward and link.loss and self.rng.random() < link.loss):
             return None
         key = peer_key(pkt, toward)
@@ -151,7 +188,12 @@ class Wire:
         d = base + link.extra_s
         if jitter:
             d += self.rng.gauss(0.0, jitter)
-        return peer, max(d, 0.0)
+        d = max(d, 0.0)
+        if not toward and link.synack_s:
+            hold = link.synack_s.get(synack_port(pkt) or -1)
+            if hold:
+                return f"{peer} syn-ack", d + hold
+        return peer, d
 
     def read(self, fd: int, now: float) -> None:
         link, toward = self.sources[fd]
@@ -164,7 +206,7 @@ class Wire:
             held = self.delay(link, pkt, toward)
             if held is None:
                 continue
-            # FIFO per path and direction: jitter never reorders a flow's packets, and
+            # FIFO per queue and direction: jitter never reorders a flow's packets, and
             # a far region's packets never hold up a near one's
             path = (held[0], toward)
             due = max(now + held[1], link.last_due.get(path, 0.0))

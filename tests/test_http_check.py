@@ -1,8 +1,8 @@
 """The HTTP check against a real HTTPS server whose phases are slowed on purpose.
 
-The server runs in a network namespace of its own behind a user-space delay line
-(tests/support/web.py, tests/support/delayline.py); its host name resolves through a real
-Knot on loopback.
+The server runs in a network namespace of its own behind the lab's user-space wire
+(tests/support/web.py, popwatch_lab/wire.py); its host name resolves through a real Knot
+on loopback.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ async def medians(t: HttpTarget, n: int = 5) -> dict[str, float]:
 @pytest.mark.parametrize(
     ("port", "query", "phase"),
     [
-        (web.CONNECT_PORT, {}, "connect_ms"),  # the delay line holds the SYN-ACK
+        (web.CONNECT_PORT, {}, "connect_ms"),  # the wire holds the SYN-ACK
         (web.TLS_PORT, {}, "tls_ms"),  # the server waits before the handshake
         (web.PLAIN_PORT, {"ttfb": DELAY}, "ttfb_ms"),  # ... before the headers
         (web.PLAIN_PORT, {"body": DELAY}, "total_ms"),  # ... between headers and body

@@ -1,10 +1,11 @@
 """A web server in a test host of its own, whose every phase can be slowed on purpose.
 
 ``WebLab`` makes a network namespace (the test host), joins it to this one through two
-TUN devices and :mod:`delayline`, and runs this module's HTTPS server inside it (aiohttp,
-a throwaway self-signed certificate). Each phase can be delayed:
+TUN devices and the lab's wire (:mod:`popwatch_lab.wire`, a user-space forwarder), and
+runs this module's HTTPS server inside it (aiohttp, a throwaway self-signed
+certificate). Each phase can be delayed:
 
-* **connect**: port ``CONNECT_PORT``, where the delay line holds the SYN-ACK;
+* **connect**: port ``CONNECT_PORT``, where the wire holds the SYN-ACK;
 * **TLS**: port ``TLS_PORT``, where the server waits before it reads the ClientHello;
 * **TTFB**: ``?ttfb=SECONDS``, the handler waits before sending the headers;
 * **body**: ``?body=SECONDS``, the handler waits between the headers and the body.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -141,7 +143,7 @@ def _ip(*args: str) -> None:
 
 
 class WebLab:
-    """A test host in its own netns, reached through a delay line. Needs root."""
+    """A test host in its own netns, reached through the lab's wire. Needs root."""
 
     def __init__(self, connect_delay: float = 0.0, tls_delay: float = 0.0) -> None:
         self.connect_delay = connect_delay
@@ -178,19 +180,24 @@ class WebLab:
             self.server_dev,
         )
         _ip("-n", self.netns, "link", "set", self.server_dev, "up")
-        relay = [
-            sys.executable,
-            str(HERE / "delayline.py"),
-            "--client-dev",
-            self.client_dev,
-            "--netns",
-            self.netns,
-            "--server-dev",
-            self.server_dev,
-        ]
-        if self.connect_delay:
-            relay += ["--synack-delay", f"{CONNECT_PORT}={self.connect_delay}"]
-        self._spawn(relay)
+        # one link, no regions: no delay but the SYN-ACKs held on CONNECT_PORT
+        spec = self.dir / "wire.json"
+        synack_ms = {str(CONNECT_PORT): self.connect_delay * 1000} if self.connect_delay else {}
+        spec.write_text(
+            json.dumps(
+                {
+                    "links": {
+                        "web": {
+                            "outer": [None, self.client_dev],
+                            "inner": [self.netns, self.server_dev],
+                        }
+                    },
+                    "peers": {},
+                    "params": {"web": {"paths": {}, "synack_ms": synack_ms}},
+                }
+            )
+        )
+        self._spawn([sys.executable, "-m", "popwatch_lab.wire", str(spec)])
         self._spawn(
             [
                 "ip",
@@ -220,7 +227,7 @@ class WebLab:
         if line.strip() != b"ready":
             err = proc.stderr.read().decode() if proc.stderr else ""
             self.stop()
-            raise RuntimeError(f"{argv[1]}: did not start: {line!r} {err}")
+            raise RuntimeError(f"{' '.join(argv)}: did not start: {line!r} {err}")
 
     def url(self, port: int = PLAIN_PORT, host: str | None = None, **query: object) -> str:
         scheme = "http" if port == HTTP_PORT else "https"
