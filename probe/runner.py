@@ -11,7 +11,6 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,12 +54,6 @@ async def run_job(job: Job) -> Measurement:
 @functools.lru_cache(maxsize=1024)
 def _counter(kind: str, transport: str, outcome: str) -> Any:
     return metrics.MEASUREMENTS.labels(kind, transport, outcome)
-
-
-def expand(target: AnyTarget, addresses: Iterable[tuple[int, str]]) -> list[Job]:
-    """Every series of a target, given the addresses of its host."""
-    jobs: list[Job] = check_for(target).jobs(target, list(addresses))
-    return jobs
 
 
 @dataclass(frozen=True, eq=False)
