@@ -28,7 +28,7 @@ from probe import net
 from probe.checks.dns import DnsJob
 from probe.config import Target
 from probe.runner import run_job
-from probe.wire import DnsRecord
+from probe.wire import NS, DnsRecord
 
 PROBE_QNAME = "www.example.test."
 BB_QNAME = "mail.example.test."
@@ -67,7 +67,7 @@ class Blackbox(BlackboxExporter):
         """One probe; the ``request`` phase in ns, or None."""
         body = self.probe("dns_a", f"127.0.0.1:{dns_port}")
         m = re.search(r'probe_dns_duration_seconds\{phase="request"\} (\S+)', body)
-        return float(m.group(1)) * 1e9 if m else None
+        return float(m.group(1)) * NS if m else None
 
 
 def errors_us(records: list[DnsRecord], wire: list[tuple[int, int]]) -> tuple[list[float], int]:

@@ -43,9 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _common import ROOT, servers
-
-sys.path.insert(0, str(ROOT / "lab"))
+from _common import servers
 from support.alertmanager import Alertmanager, Receiver
 from support.influx import InfluxDB
 
@@ -55,8 +53,8 @@ from collector.alerts.rollup import BUCKET_S, DELAY_S
 from collector.ingest.registry import Registry
 from collector.store.influxql import InfluxQL
 from collector.store.sink import InfluxV1Sink
+from probe.wire import NS
 
-NS = 1_000_000_000
 COLLECTOR = str(Path(sys.executable).parent / "popwatch-collector")
 DB = "bench_alerts"
 SERIAL = 2026010100

@@ -44,7 +44,7 @@ from support.influx import InfluxDB
 
 from collector.ingest.points import Identity, to_line
 from collector.ingest.registry import Registry
-from probe.wire import Batch, DnsRecord, encode
+from probe.wire import NS, Batch, DnsRecord, encode
 
 BATCH_ID = b"00000000-0000-0000-0000-000000000000"  # replaced per post
 COLLECTOR = shutil.which("popwatch-collector", path=str(Path(sys.executable).parent))
@@ -185,7 +185,7 @@ async def latency(host: str, port: int, tokens: list[str], seconds: float) -> li
     a running probe has.
     """
     lat: list[float] = []
-    base = time.time_ns() - 60 * 10**9
+    base = time.time_ns() - 60 * NS
     sends = int(seconds) + 1
 
     def request(k: int, n: int) -> bytes:
@@ -293,7 +293,7 @@ def main() -> None:
             influx.query('CREATE DATABASE "direct"')
             for run in range(args.runs):
                 # an hour ago, apart per run: inside the collector's accepted window
-                base = time.time_ns() - 3600 * 10**9 + run * 100 * 10**9
+                base = time.time_ns() - 3600 * NS + run * 100 * NS
                 sets = [records(args.batch, base + j * args.batch) for j in range(20)]
                 col_bodies = [
                     encode(Batch(schema=1, batch=BATCH_ID.decode(), sent_at=base, measurements=rs))

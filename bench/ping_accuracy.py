@@ -47,7 +47,7 @@ from probe import net
 from probe.checks.ping import CHECK, PingJob
 from probe.errors import PING_GROUP_RANGE
 from probe.targets import PingTarget
-from probe.wire import PingRecord
+from probe.wire import NS, PingRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,7 @@ class Blackbox(BlackboxExporter):
         """One probe; the ``rtt`` phase in ns, or None."""
         body = self.probe("icmp6" if ":" in address else "icmp4", address)
         m = re.search(r'probe_icmp_duration_seconds\{phase="rtt"\} (\S+)', body)
-        return float(m.group(1)) * 1e9 if m else None
+        return float(m.group(1)) * NS if m else None
 
 
 def measure_phase(

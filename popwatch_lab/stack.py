@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from popwatch_lab.world import ANYCAST_V4, CORE_ADDRESS, WORLD, ZONE, Node, World, path_rtt_ms
+from probe.wire import NS
 
 COLLECTOR_PORT: Final = 8080
 ADMIN_PORT: Final = 8081
@@ -233,11 +234,11 @@ def warm_baselines(cfg: LabConfig, now_s: float, world: World = WORLD) -> list[s
             }
             tagtext = ",".join(f"{k}={v}" for k, v in sorted(tags.items()) if v)
             for b in _warm_buckets(now_s):
-                ts = b * ROLLUP_BUCKET_S * 10**9
+                ts = b * ROLLUP_BUCKET_S * NS
                 lines.append(f"{ROLLUP},{tagtext} p50={float(p50)},n={int(n)}i {ts}")
     for b in _warm_buckets(now_s):
         per_bucket = 3 * len(world.regions)
-        ts = b * ROLLUP_BUCKET_S * 10**9
+        ts = b * ROLLUP_BUCKET_S * NS
         lines.append(f"{ROLLUP},kind=done buckets={per_bucket}i {ts}")
     return lines
 

@@ -31,6 +31,7 @@ from support import pcap
 from popwatch_lab import influx, netns
 from popwatch_lab.stack import ALERTMANAGER_URL, DATABASE, INFLUXDB_URL
 from popwatch_lab.world import ANYCAST_V4, UNICAST_REGION, WORLD
+from probe.wire import NS
 
 LAB = str(Path(sys.executable).parent / "popwatch-lab")
 RUN_DIR = Path("/run/popwatch-lab")
@@ -62,7 +63,7 @@ def query(q: str, after: float | None = None) -> list[dict[str, Any]]:
     """InfluxQL on the lab's database; ``$after`` in ``q`` is "time after ``after``"
     (epoch seconds)."""
     if after is not None:
-        q = q.replace("$after", f"time > {int(after * 1e9)}")
+        q = q.replace("$after", f"time > {int(after * NS)}")
     return influx.query(INFLUXDB_URL, q, DATABASE)
 
 
@@ -359,7 +360,7 @@ def pcap_soa(path: Path) -> list[tuple[float, bool, int, str | None]]:
         if not msg.question or msg.question[0].rdtype != dns.rdatatype.SOA:
             continue
         nsid = next((o.to_wire().decode() for o in msg.options if o.otype == dns.edns.NSID), None)
-        out.append((d.ts_ns / 1e9, d.qr, msg.id, nsid))
+        out.append((d.ts_ns / NS, d.qr, msg.id, nsid))
     return out
 
 
@@ -384,7 +385,7 @@ def test_fail_moves_the_catchment_and_popwatch_measures_the_outage(
                 "AND site = 'ams' AND $after LIMIT 1",
                 t_fail,
             )
-            return rows[0]["time"] / 1e9 if rows else None
+            return rows[0]["time"] / NS if rows else None
 
         t_moved = wait_for("ap-south answered by ams", moved, CONVERGENCE_S + 10 + 5)
         assert t_moved - t_fail <= CONVERGENCE_S + 10
@@ -424,7 +425,7 @@ def test_fail_moves_the_catchment_and_popwatch_measures_the_outage(
     section = readme[readme.index("## See it work: the lab") :]
     shown = re.search(r"`(SELECT [^`]+FROM event[^`]+)`", section)
     assert shown, "the README shows no event query"
-    rows = [r for r in query(shown.group(1)) if r["time"] >= t_fail * 1e9]
+    rows = [r for r in query(shown.group(1)) if r["time"] >= t_fail * NS]
     assert [(r["from_site"], r["to_site"]) for r in rows] == [("sin", "ams")], rows
 
     fired = wait_for(
@@ -495,7 +496,7 @@ def test_every_dashboard_panel_shows_lab_data(the_lab: Lab) -> None:
         start_ns: int
         end_ns: int
 
-    span = Span(int(the_lab.started * 1e9), time.time_ns())
+    span = Span(int(the_lab.started * NS), time.time_ns())
     missing = []
     for pq in queries():
         q = interpolate(pq.select.render(), span, {}, 1000)  # type: ignore[arg-type]

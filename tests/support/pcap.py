@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-NS = 1_000_000_000
+from probe.wire import NS
 
 _CAPTURED = re.compile(rb"(\d+) packets? captured")
 _DROPPED = re.compile(rb"(\d+) packets? dropped by kernel")

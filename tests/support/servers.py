@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run by hand: python tests/support/servers.py
 
 from popwatch_lab import knot as knotconf
 from popwatch_lab.certs import make_cert
+from probe.wire import NS
 from support.need import need
 
 # The daemons (knotd, nsd, influxd...) live in sbin, which a plain user's PATH lacks:
@@ -321,7 +322,7 @@ def series_spacing(
     gaps = []
     for stamps in by.values():
         stamps.sort()
-        gaps += [(b - a) / 1e9 for a, b in itertools.pairwise(stamps)]
+        gaps += [(b - a) / NS for a, b in itertools.pairwise(stamps)]
     return gaps
 
 
