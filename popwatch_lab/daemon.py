@@ -28,7 +28,6 @@ from typing import Any
 
 import yaml
 
-from collector.config import CollectorConfig
 from popwatch_lab import influx, knot, netem, netns, network, stack
 from popwatch_lab.certs import make_cert
 from popwatch_lab.procs import Proc, Procs, sbin_on_path
@@ -44,7 +43,6 @@ from popwatch_lab.world import (
     World,
     zone_text,
 )
-from probe.config import ProbeConfig
 
 BIN = Path(sys.executable).parent
 
@@ -103,6 +101,7 @@ class Lab:
         self.wire: Proc | None = None
         self.stop_event = threading.Event()
         self.netns_was_mount = os.path.ismount(netns.NETNS_DIR)
+        self.down = False  # torn down
 
     # ------------------------------------------------------------------ building
 
@@ -231,8 +230,7 @@ class Lab:
         p = self.procs.start("influxdb", ["influxd", "-config", str(idir / "influxdb.conf")], core)
         influx.wait_ready(stack.INFLUXDB_URL, p.popen, p.log)
         influx.query(stack.INFLUXDB_URL, f"CREATE DATABASE {stack.DATABASE}")
-        fields = frozenset(CollectorConfig.__struct_fields__)
-        if self.cfg.warm_baselines and "alerts" in fields:
+        if self.cfg.warm_baselines:
             influx.write(
                 stack.INFLUXDB_URL, stack.DATABASE, stack.warm_baselines(self.cfg, time.time())
             )
@@ -257,7 +255,7 @@ class Lab:
         targets = _yaml(self.run_dir / "targets.yaml", stack.targets(self.cfg, self.cert))
         conf = _yaml(
             self.run_dir / "collector.yaml",
-            stack.collector_config(self.cfg, cdir, targets, fields),
+            stack.collector_config(self.cfg, cdir, targets),
         )
         self.tokens = {}
         for r in self.world.regions:
@@ -292,14 +290,11 @@ class Lab:
         _wait_http(f"{stack.COLLECTOR_URL}/healthz", p, "the collector")
 
     def start_probes(self) -> None:
-        fields = frozenset(ProbeConfig.__struct_fields__)
         env = {k: v for k, v in os.environ.items() if not k.startswith("POPWATCH_")}
         for r in self.world.regions:
             d = self.run_dir / "probes" / r.name
             d.mkdir(parents=True)
-            conf = _yaml(
-                d / "probe.yaml", stack.probe_config(self.cfg, r, self.tokens[r.name], d, fields)
-            )
+            conf = _yaml(d / "probe.yaml", stack.probe_config(self.cfg, r, self.tokens[r.name], d))
             self.procs.start(
                 f"probe-{r.name}",
                 [tool("popwatch-probe"), "run", "--config", str(conf)],
@@ -541,9 +536,9 @@ class Lab:
 
     def teardown(self) -> None:
         """Stop every process, delete every namespace, remove the run directory."""
-        if getattr(self, "_down", False):
+        if self.down:
             return
-        self._down = True
+        self.down = True
         self.procs.stop_all()
         network.destroy(self.world, self.netns_was_mount)
         shutil.rmtree(self.run_dir, ignore_errors=True)

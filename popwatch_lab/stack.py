@@ -107,12 +107,9 @@ def targets(cfg: LabConfig, tls_ca: Path, world: World = WORLD) -> dict[str, Any
     }
 
 
-def probe_config(
-    cfg: LabConfig, region: Node, token: str, data_dir: Path, fields: frozenset[str]
-) -> dict[str, Any]:
-    """One region's probe: it ships to the collector and pulls its targets from it.
-    ``fields``: the keys this probe knows (``insecure`` only where it has it)."""
-    out: dict[str, Any] = {
+def probe_config(cfg: LabConfig, region: Node, token: str, data_dir: Path) -> dict[str, Any]:
+    """One region's probe: it ships to the collector and pulls its targets from it."""
+    return {
         "id": probe_id(region),
         "collector_url": COLLECTOR_URL,
         "token": token,
@@ -124,10 +121,8 @@ def probe_config(
         "resolver": WORLD.unicast.v4,
         "resolve_interval_s": 30,
         "log_level": "warning",
+        "insecure": True,  # plain http to the core: the lab's own network
     }
-    if "insecure" in fields:
-        out["insecure"] = True  # plain http to the core: the lab's own network
-    return out
 
 
 def alerts(cfg: LabConfig) -> dict[str, Any]:
@@ -149,12 +144,10 @@ def alerts(cfg: LabConfig) -> dict[str, Any]:
     }
 
 
-def collector_config(
-    cfg: LabConfig, data_dir: Path, targets_file: Path, fields: frozenset[str]
-) -> dict[str, Any]:
-    """``popwatch-collector run --config``; ``fields``: the keys this collector knows
-    (an ``alerts`` section and an admin listener only where it has them)."""
-    out: dict[str, Any] = {
+def collector_config(cfg: LabConfig, data_dir: Path, targets_file: Path) -> dict[str, Any]:
+    """``popwatch-collector run --config``: the collector, its admin listener (the status
+    page) and its alert engine."""
+    return {
         "listen": f"{CORE_ADDRESS}:{COLLECTOR_PORT}",
         "data_dir": str(data_dir),
         "targets": str(targets_file),
@@ -162,12 +155,9 @@ def collector_config(
         "influxdb_api": "v1",
         "influxdb_bucket": DATABASE,
         "log_level": "warning",
+        "admin_listen": f"{CORE_ADDRESS}:{ADMIN_PORT}",
+        "alerts": alerts(cfg),
     }
-    if "admin_listen" in fields:
-        out["admin_listen"] = f"{CORE_ADDRESS}:{ADMIN_PORT}"
-    if "alerts" in fields:
-        out["alerts"] = alerts(cfg)
-    return out
 
 
 def alertmanager_config() -> str:

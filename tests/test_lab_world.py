@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import CollectorConfig, load_config
+from collector.alerts.config import load_alerts
+from collector.config import load_config
 from popwatch_lab import netem, stack
 from popwatch_lab.stack import LabConfig
 from popwatch_lab.wire import Link, Wire, peer_key, prefix_key
@@ -31,7 +32,6 @@ from popwatch_lab.world import (
     path_rtt_ms,
     zone_text,
 )
-from probe.config import ProbeConfig
 from probe.config import load_config as load_probe_config
 from probe.targets import load_targets
 
@@ -360,23 +360,20 @@ def test_the_lab_configures_popwatch_with_what_popwatch_accepts(tmp_path: Path) 
     assert anycast.queries[0].qtype == "SOA"  # type: ignore[union-attr]
     assert targets["unicast"].topology == "unicast"
     assert targets["www"].resolver == ANYCAST_V4  # type: ignore[union-attr]
-    fields = frozenset(CollectorConfig.__struct_fields__)
     conf = tmp_path / "collector.yaml"
-    conf.write_text(yaml.safe_dump(stack.collector_config(cfg, tmp_path, targets_file, fields)))
+    conf.write_text(yaml.safe_dump(stack.collector_config(cfg, tmp_path, targets_file)))
     loaded = load_config(conf, env={})
     assert loaded.targets == str(targets_file)
     region = WORLD.region("ap-south")
     probe = tmp_path / "probe.yaml"
-    fields = frozenset(ProbeConfig.__struct_fields__)
-    probe.write_text(yaml.safe_dump(stack.probe_config(cfg, region, "t0ken", tmp_path, fields)))
+    probe.write_text(yaml.safe_dump(stack.probe_config(cfg, region, "t0ken", tmp_path)))
     p = load_probe_config(probe, env={})
     assert p.id == "probe-ap-south" and p.collector_url == stack.COLLECTOR_URL
 
 
 def test_alert_section_is_accepted_by_the_alert_engine() -> None:
     """The lab's ``alerts:`` section loads with the engine's own loader."""
-    alerts_config = pytest.importorskip("collector.alerts.config")
-    a = alerts_config.load_alerts(stack.alerts(LabConfig()), env={})
+    a = load_alerts(stack.alerts(LabConfig()), env={})
     assert a.enabled and a.evaluate_every_s == 2.0
 
 
