@@ -10,7 +10,7 @@ Schema versions: every batch says ``schema``; samples of every version live in
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -25,6 +25,9 @@ Label = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 Transport = Literal["udp", "tcp", "tls", "https"]
 Topology = Literal["unicast", "anycast", "resolver"]
 Timestamping = Literal["kernel", "user"]
+#: an ask's id (an on-demand request, docs/design.md "Asks"): 16 hex digits, chosen by
+#: the collector, so a probe cannot invent tag values with it
+AskId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$")]
 
 
 class DnsRecord(msgspec.Struct, tag="dns", tag_field="kind", omit_defaults=True, kw_only=True):
@@ -53,6 +56,7 @@ class DnsRecord(msgspec.Struct, tag="dns", tag_field="kind", omit_defaults=True,
     topology: Topology | None = None
     provider: str | None = None
     family: Literal[4, 6] | None = None  # address family of ``server``
+    ask: AskId | None = None  # the ask this record answers; scheduled records: absent
 
 
 class HttpRecord(msgspec.Struct, tag="http", tag_field="kind", omit_defaults=True, kw_only=True):
@@ -82,6 +86,7 @@ class HttpRecord(msgspec.Struct, tag="http", tag_field="kind", omit_defaults=Tru
     topology: Topology | None = None
     provider: str | None = None
     family: Literal[4, 6] | None = None
+    ask: AskId | None = None  # the ask this record answers; scheduled records: absent
 
 
 class PingRecord(msgspec.Struct, tag="ping", tag_field="kind", omit_defaults=True, kw_only=True):
@@ -107,6 +112,7 @@ class PingRecord(msgspec.Struct, tag="ping", tag_field="kind", omit_defaults=Tru
     topology: Topology | None = None
     provider: str | None = None
     family: Literal[4, 6] | None = None
+    ask: AskId | None = None  # the ask this record answers; scheduled records: absent
 
 
 class ProbeRecord(msgspec.Struct, tag="probe", tag_field="kind", omit_defaults=True, kw_only=True):
@@ -162,6 +168,37 @@ class IngestAnswer(msgspec.Struct):
     accepted: Annotated[int, msgspec.Meta(ge=0)]
     rejected: list[Rejected]
     duplicate: bool
+
+
+class Command(msgspec.Struct, kw_only=True):
+    """An ask as the collector hands it to a probe (``GET /api/v1/commands``): measure
+    ``target`` (a target of check kind ``kind``, in its target type's keys) ``count``
+    times, ``interval_s`` apart, from when it arrives. ``allow``: the networks the probe
+    may send to (empty: any); an address outside them is not measured."""
+
+    id: AskId
+    kind: Label  # a check kind the probe has (probe.checks.CHECKS)
+    target: dict[str, Any]  # the target spec, e.g. {"server": ..., "queries": [...]}
+    count: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    interval_s: Annotated[float, msgspec.Meta(ge=0.01, le=3600)] = 1.0
+    allow: list[str] = msgspec.field(default_factory=list)
+    created_at: EpochNs  # epoch ns, the collector's clock
+
+
+class Commands(msgspec.Struct):
+    """The answer to a command long-poll: the asks for this probe not yet in its hands
+    (empty when ``wait_s`` passed without one)."""
+
+    commands: list[Command]
+
+
+class AskState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a probe says of an ask (``POST /api/v1/asks/{id}/state``): it has made every
+    measurement (``done``), or it will not (``refused``, with why)."""
+
+    state: Literal["done", "refused"]
+    measurements: Annotated[int, msgspec.Meta(ge=0)] = 0
+    message: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
 _encoder: Final = msgspec.json.Encoder()

@@ -43,10 +43,14 @@ def readme_schema() -> dict[str, tuple[set[str], set[str]]]:
     return {m: (set(tags.split(", ")), set(fields.split(", "))) for m, tags, fields in rows}
 
 
+#: an ask's id: what the records answering an ask carry in their ``ask`` tag
+ASK = "0123456789abcdef"
+
+
 def records(now: int) -> list[dict[str, Any]]:
     """Every tag and field of the schema at least once: two names of one target, DoH
     over HTTP/2, a timeout, a page over IPv4 and IPv6 with redirects, a failed fetch,
-    echoes and a failed TCP ping, a heartbeat."""
+    echoes and a failed TCP ping, a heartbeat; one of each kind answering an ask."""
     dns = {"provider": "acme", "answers": 1, "size": 94, "ttl": 300}
     http = {
         "kind": "http",
@@ -92,6 +96,7 @@ def records(now: int) -> list[dict[str, Any]]:
             for i in range(3)
         ),
         dns_record(ts=now - 7 * s, rcode="TIMEOUT", rtt_ms=None, error="timeout: no answer"),
+        dns_record(ts=now - 8 * s, rtt_ms=11.0, ask=ASK, **dns),  # an ask's answer
         *(
             {
                 **http,
@@ -103,8 +108,10 @@ def records(now: int) -> list[dict[str, Any]]:
             for i in range(4)
         ),
         {**http, "ts": now - 9 * s, "family": 4, "error": "status: 503", "status": 503},
+        {**http, "ts": now - 10 * s, "family": 4, "ttfb_ms": 51.0, "ask": ASK},
         *({**ping, "ts": now - i * s, "rtt_ms": 9.0 + i} for i in range(3)),
         {**ping, "ts": now - 8 * s, "method": "tcp", "error": "timeout: connect timed out"},
+        {**ping, "ts": now - 9 * s, "rtt_ms": 9.5, "ask": ASK},
         {
             "kind": "probe",
             "ts": now,

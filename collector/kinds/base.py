@@ -8,9 +8,11 @@ own module reads these fields and never branches on the kind's name.
 
 from __future__ import annotations
 
+import argparse
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from collector.identity import Identity
 from probe.wire import Measurement
@@ -29,7 +31,7 @@ def words(text: str) -> tuple[str, ...]:
 #: the tags whose values a probe chooses and that name series (the identity tags come
 #: from the registry): what a probe's budget of new series counts, and what InfluxDB's
 #: max-values-per-tag is watched for
-SERIES_TAGS: tuple[str, ...] = ("target", "site", "qname", "server", "ip")
+SERIES_TAGS: tuple[str, ...] = ("target", "site", "qname", "server", "ip", "ask")
 
 #: sections of the status page a kind can feed (collector/web/status.py):
 #: ``latency`` (p50, p95, availability per region and target), ``median`` (each probe's
@@ -55,6 +57,52 @@ class Alerting:
     serial: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Askable:
+    """How an ask of this kind (``POST /api/v1/asks``, collector/asks) becomes the target
+    a probe measures: the kind's side of the ask, as ``once`` is the check's.
+
+    ``spec`` turns the ask's ``target`` and ``options`` into a target spec of
+    ``target_type`` (probe.targets: the probe converts the same spec with its check's
+    target type), raising ``ValueError`` with a one-line reason; ``host`` is the address
+    or name a converted target sends to (the per-target rate, the allow-list) and
+    ``series`` how many measurements one round of it makes at most. The ``ask`` command
+    line's flags of the kind are ``add_arguments``, read back into options by
+    ``options``; ``columns`` are its live table's (title, width, the result row's
+    column), ``value`` the field its summary takes the median of.
+    """
+
+    target_type: type[Any]
+    spec: Callable[[str, dict[str, Any]], dict[str, Any]]
+    host: Callable[[Any], str]
+    series: Callable[[Any], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    options: Callable[[argparse.Namespace], dict[str, Any]]
+    columns: tuple[tuple[str, int, str], ...]
+    value: str
+    example: str  # an ``ask`` command line of the kind, for --help
+
+
+#: keys of a target spec an ask's options may not set: the ask sets them itself
+RESERVED_OPTIONS: frozenset[str] = frozenset({"name", "kind", "server", "url", "interval"})
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+
+
+def ask_name(host: str) -> str:
+    """The ``target`` tag of an ask's records: its host where that is a valid target
+    name (an address, a host name), else ``ask``."""
+    host = host.strip("[]")
+    return host if _NAME_RE.match(host) else "ask"
+
+
+def ask_options(options: dict[str, Any]) -> dict[str, Any]:
+    """An ask's options, refused (ValueError) where they set what the ask sets itself."""
+    for key in options:
+        if key in RESERVED_OPTIONS:
+            raise ValueError(f"options.{key}: set by the ask itself (its target), not an option")
+    return dict(options)
+
+
 @dataclass(frozen=True)
 class Kind(Generic[R]):
     """The collector's side of one check kind.
@@ -73,6 +121,19 @@ class Kind(Generic[R]):
     to_line: Callable[[R, Identity], str]
     alerting: Alerting | None = None
     status: frozenset[StatusSection] = frozenset()
+    #: how an ask of this kind is made (None: the kind cannot be asked for)
+    ask: Askable | None = None
 
 
-__all__ = ["IDENTITY_TAGS", "SERIES_TAGS", "Alerting", "Kind", "StatusSection", "words"]
+__all__ = [
+    "IDENTITY_TAGS",
+    "RESERVED_OPTIONS",
+    "SERIES_TAGS",
+    "Alerting",
+    "Askable",
+    "Kind",
+    "StatusSection",
+    "ask_name",
+    "ask_options",
+    "words",
+]

@@ -7,11 +7,21 @@ through the generic ``line`` (tests/test_points.py holds the two equal).
 
 from __future__ import annotations
 
-from typing import Final
+import argparse
+from typing import Any, Final
 
 from collector.identity import Identity
-from collector.kinds.base import IDENTITY_TAGS, Alerting, Kind, words
+from collector.kinds.base import (
+    IDENTITY_TAGS,
+    Alerting,
+    Askable,
+    Kind,
+    ask_name,
+    ask_options,
+    words,
+)
 from collector.store.lineproto import INT64_MAX, Unrepresentable, field, string_field, tag_value
+from probe.targets import QTYPES, DnsTarget
 from probe.wire import DnsRecord
 
 #: rcodes that mean the server answered the question as asked (``ok`` true)
@@ -20,6 +30,7 @@ OK_RCODES: Final = frozenset({"NOERROR", "NXDOMAIN"})
 # escaped "dns,<tags> ok=<bool>" per series: the tags of a series repeat in every record
 _DnsKey = tuple[
     tuple[str, str, str],
+    str | None,
     int | None,
     str | None,
     str,
@@ -44,6 +55,7 @@ def _dns_head(key: _DnsKey) -> str:
     """The measurement, sorted escaped tags and the ``ok`` field of a dns series."""
     (
         ident,
+        ask,
         family,
         provider,
         qname,
@@ -58,6 +70,7 @@ def _dns_head(key: _DnsKey) -> str:
     ) = key
     country, probe, region = ident
     tags = (
+        ("ask", ask or ""),
         ("country", country),
         ("family", "" if family is None else str(family)),
         ("probe", probe),
@@ -86,6 +99,7 @@ def _dns_line(r: DnsRecord, who: Identity) -> str:
     """
     key: _DnsKey = (
         (who.country, who.probe, who.region),
+        r.ask,
         r.family,
         r.provider,
         r.qname,
@@ -139,6 +153,72 @@ def _dns_line(r: DnsRecord, who: Identity) -> str:
     return f"{out} {r.ts}"
 
 
+def _ask_spec(target: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A DnsTarget spec from an ask: ``qname`` and ``qtype`` (default SOA) make its one
+    query, ``transport`` its one transport, ``nsid`` or ``chaos`` how the site is told
+    (neither: not asked); any other key is a key of a dns target."""
+    opts = ask_options(options)
+    spec: dict[str, Any] = {
+        "name": ask_name(target),
+        "topology": opts.pop("topology", "unicast"),
+        "server": target,
+        "interval": 3600,  # never scheduled: the ask's count and interval_s say when
+    }
+    qname, qtype = opts.pop("qname", None), opts.pop("qtype", "SOA")
+    if "queries" not in opts:
+        if not isinstance(qname, str) or not qname:
+            raise ValueError("options.qname: required: the name to ask (e.g. example.com)")
+        spec["queries"] = [{"qname": qname, "qtype": str(qtype).upper()}]
+    if "transport" in opts:
+        spec["transports"] = [opts.pop("transport")]
+    nsid, chaos = opts.pop("nsid", False), opts.pop("chaos", False)
+    spec["identify"] = "nsid" if nsid else "chaos" if chaos else "none"
+    return {**spec, **opts}
+
+
+def _ask_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qname", required=True, help="the name to ask, e.g. example.com")
+    p.add_argument(
+        "--qtype", default="SOA", type=str.upper, choices=QTYPES, metavar="QTYPE",
+        help=f"one of {', '.join(QTYPES)} (default SOA)",
+    )  # fmt: skip
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--tcp", action="store_true", help="over TCP (default UDP)")
+    g.add_argument("--tls", action="store_true", help="over TLS (port 853)")
+    ident = p.add_mutually_exclusive_group()
+    ident.add_argument("--nsid", action="store_true", help="ask for NSID: the site that answers")
+    ident.add_argument("--chaos", action="store_true", help="ask CHAOS id.server after each query")
+    p.add_argument("--port", type=int, help="the port (default 53)")
+    p.add_argument("--rd", action="store_true", help="set RD (ask a resolver to recurse)")
+    p.add_argument("--dnssec", action="store_true", help="set the DO bit")
+    p.add_argument("--timeout", type=float, help="seconds to wait for each answer (default 2)")
+
+
+def _ask_options(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"qname": args.qname, "qtype": args.qtype}
+    if args.tcp or args.tls:
+        out["transport"] = "tcp" if args.tcp else "tls"
+    for key in ("nsid", "chaos", "rd", "dnssec"):
+        if getattr(args, key):
+            out[key] = True
+    for key in ("port", "timeout"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    return out
+
+
+ASK: Final = Askable(
+    target_type=DnsTarget,
+    spec=_ask_spec,
+    host=lambda t: t.server,
+    series=lambda t: len(t.transports) * len(t.queries) * len(t.families),
+    add_arguments=_ask_arguments,
+    options=_ask_options,
+    columns=(("site", 10, "site"), ("rcode", 9, "rcode"), ("rtt_ms", 9, "rtt_ms")),
+    value="rtt_ms",
+    example="dns 198.51.100.53 --qname example.com --nsid",
+)
+
 KIND: Final = Kind(
     name="dns",
     record=DnsRecord,
@@ -147,6 +227,7 @@ KIND: Final = Kind(
         *IDENTITY_TAGS,
         *words("target topology provider server family transport qname qtype rcode site"),
         "timestamping",
+        "ask",
     ),
     fields=words(
         "rtt_ms connect_ms tls_ms ok truncated answers size ttl serial http_version error"
@@ -154,6 +235,7 @@ KIND: Final = Kind(
     to_line=_dns_line,
     alerting=Alerting(value="rtt_ms", by_rcode=True, site=True, serial=True),
     status=frozenset({"latency", "median", "sites"}),
+    ask=ASK,
 )
 
 __all__ = ["KIND", "OK_RCODES"]

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Final
+import argparse
+import urllib.parse
+from typing import Any, Final
 
 from collector.identity import Identity
-from collector.kinds.base import IDENTITY_TAGS, Alerting, Kind, words
+from collector.kinds.base import (
+    IDENTITY_TAGS,
+    Alerting,
+    Askable,
+    Kind,
+    ask_name,
+    ask_options,
+    words,
+)
 from collector.store.lineproto import FieldValue, line
+from probe.targets import HttpTarget
 from probe.wire import HttpRecord
 
 
@@ -19,6 +30,7 @@ def _http_line(r: HttpRecord, who: Identity) -> str:
         "probe": who.probe,
         "region": who.region,
         "country": who.country,
+        "ask": _str(r.ask),
         "target": r.target,
         "topology": _str(r.topology),
         "provider": _str(r.provider),
@@ -42,11 +54,54 @@ def _http_line(r: HttpRecord, who: Identity) -> str:
     return line("http", tags, {k: v for k, v in fields.items() if v is not None}, r.ts)
 
 
+def _host(url: str) -> str:
+    try:
+        return urllib.parse.urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
+def _ask_spec(target: str, options: dict[str, Any]) -> dict[str, Any]:
+    """An HttpTarget spec from an ask: the target is the URL; options are its keys."""
+    opts = ask_options(options)
+    return {
+        "name": ask_name(_host(target)),
+        "topology": opts.pop("topology", "unicast"),
+        "url": target,
+        "interval": 3600,
+        **opts,
+    }
+
+
+def _ask_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=("GET", "HEAD"), help="default GET")
+    p.add_argument("--resolver", metavar="IP[:PORT]", help="the resolver of the DNS phase")
+    p.add_argument("--family", type=int, choices=(4, 6), help="connect over IPv4 or IPv6 only")
+    p.add_argument("--timeout", type=float, help="seconds for each phase (default 5)")
+
+
+def _ask_options(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("method", "resolver", "family", "timeout")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+ASK: Final = Askable(
+    target_type=HttpTarget,
+    spec=_ask_spec,
+    host=lambda t: _host(t.url),
+    series=lambda t: 1,
+    add_arguments=_ask_arguments,
+    options=_ask_options,
+    columns=(("status", 6, "status"), ("ttfb_ms", 9, "ttfb_ms"), ("total_ms", 9, "total_ms")),
+    value="ttfb_ms",
+    example="http https://www.example.com/ --family 4",
+)
+
 KIND: Final = Kind(
     name="http",
     record=HttpRecord,
     measurement="http",
-    tags=(*IDENTITY_TAGS, "target", "topology", "provider", "family", "ip", "status"),
+    tags=(*IDENTITY_TAGS, "target", "topology", "provider", "family", "ip", "status", "ask"),
     fields=words(
         "dns_ms connect_ms tls_ms ttfb_ms total_ms ok bytes redirects http_version cert_days error"
     ),
@@ -54,6 +109,7 @@ KIND: Final = Kind(
     # a failure: an error, or a status the target does not expect (``ok`` false)
     alerting=Alerting(value="ttfb_ms"),
     status=frozenset({"ttfb"}),
+    ask=ASK,
 )
 
 __all__ = ["KIND"]

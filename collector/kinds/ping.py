@@ -6,11 +6,13 @@ alert rules do not judge it.
 
 from __future__ import annotations
 
-from typing import Final
+import argparse
+from typing import Any, Final
 
 from collector.identity import Identity
-from collector.kinds.base import IDENTITY_TAGS, Kind
+from collector.kinds.base import IDENTITY_TAGS, Askable, Kind, ask_name, ask_options
 from collector.store.lineproto import FieldValue, line
+from probe.targets import PingTarget
 from probe.wire import PingRecord
 
 
@@ -23,6 +25,7 @@ def _ping_line(r: PingRecord, who: Identity) -> str:
         "probe": who.probe,
         "region": who.region,
         "country": who.country,
+        "ask": _str(r.ask),
         "target": r.target,
         "topology": _str(r.topology),
         "provider": _str(r.provider),
@@ -38,13 +41,49 @@ def _ping_line(r: PingRecord, who: Identity) -> str:
     return line("ping", tags, {k: v for k, v in fields.items() if v is not None}, r.ts)
 
 
+def _ask_spec(target: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A PingTarget spec from an ask: the target is the server; options are its keys."""
+    opts = ask_options(options)
+    return {
+        "name": ask_name(target),
+        "topology": opts.pop("topology", "unicast"),
+        "server": target,
+        "interval": 3600,
+        **opts,
+    }
+
+
+def _ask_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=("icmp", "tcp"), help="echo (default) or TCP handshake")
+    p.add_argument("--port", type=int, help="the TCP port for --method tcp (default 53)")
+    p.add_argument("--timeout", type=float, help="seconds to wait for each reply (default 2)")
+
+
+def _ask_options(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("method", "port", "timeout")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+ASK: Final = Askable(
+    target_type=PingTarget,
+    spec=_ask_spec,
+    host=lambda t: t.server,
+    series=lambda t: len(t.families),
+    add_arguments=_ask_arguments,
+    options=_ask_options,
+    columns=(("rtt_ms", 9, "rtt_ms"), ("error", 24, "error")),
+    value="rtt_ms",
+    example="ping 198.51.100.53 --method tcp --port 53",
+)
+
 KIND: Final = Kind(
     name="ping",
     record=PingRecord,
     measurement="ping",
-    tags=(*IDENTITY_TAGS, "target", "topology", "provider", "server", "family", "method"),
+    tags=(*IDENTITY_TAGS, "target", "topology", "provider", "server", "family", "method", "ask"),
     fields=("rtt_ms", "ok", "error"),
     to_line=_ping_line,
+    ask=ASK,
 )
 
 __all__ = ["KIND"]

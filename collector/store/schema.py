@@ -15,9 +15,10 @@ from collector.kinds.base import words
 
 #: measurement -> (tags, fields) of what the alert engine writes
 ENGINE: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    # kind drill (and the ask tag, flips): a failover drill's site changes (collector/asks)
     "event": (
-        words("kind probe region target from_site to_site"),
-        words("outage_ms lost flaps_1h serial lag_s message"),
+        words("kind probe region target from_site to_site ask"),
+        words("outage_ms lost flaps_1h flips serial lag_s message"),
     ),
     "alert": (
         words("rule severity region target topology probe site state"),
@@ -30,6 +31,16 @@ ENGINE: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     ),
 }
 
+#: measurement -> (tags, fields) of the asks (collector/asks): a request (no probe tag:
+#: ``request`` its JSON, ``probes`` how many were chosen), and what each chosen probe said
+#: of it (``probe``, ``state`` done or refused, ``measurements``, ``message``)
+ASKS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "ask": (
+        words("id operator type probe state"),
+        words("request probes measurements message"),
+    ),
+}
+
 #: how far back a firing alert's last state change is looked for (the ``alert``
 #: measurement holds state changes: an alert firing for a week changed state a week ago)
 ALERT_HISTORY_DAYS: Final = 30
@@ -39,7 +50,7 @@ ALERT_HISTORY_S: Final = ALERT_HISTORY_DAYS * 86400
 #: measurement -> (tags, fields)
 SCHEMA: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
     **{k.measurement: (frozenset(k.tags), frozenset(k.fields)) for k in KINDS},
-    **{m: (frozenset(t), frozenset(f)) for m, (t, f) in ENGINE.items()},
+    **{m: (frozenset(t), frozenset(f)) for m, (t, f) in {**ENGINE, **ASKS}.items()},
 }
 
 
@@ -51,4 +62,4 @@ def fields(measurement: str) -> frozenset[str]:
     return SCHEMA[measurement][1]
 
 
-__all__ = ["ALERT_HISTORY", "ALERT_HISTORY_S", "ENGINE", "SCHEMA", "fields", "tags"]
+__all__ = ["ALERT_HISTORY", "ALERT_HISTORY_S", "ASKS", "ENGINE", "SCHEMA", "fields", "tags"]
