@@ -35,7 +35,7 @@ from collector.ingest.body import BodyError, ClientGone, Inflater, read_raw
 from collector.ingest.limits import Limits
 from collector.ingest.points import Identity, to_line
 from collector.ingest.ratelimit import TokenBuckets
-from collector.ingest.registry import Registry
+from collector.ingest.registry import OPERATOR_PREFIX, Registry
 from collector.ingest.series import SeriesBudget, values_of
 from collector.ingest.served import ServedTargets
 from collector.ingest.validate import NotABatch, decode
@@ -43,7 +43,7 @@ from collector.store.lineproto import Unrepresentable
 from collector.store.sink import Sink, SinkUnavailable, encode
 from collector.store.spool import Spool, SpoolFull
 from probe.configfile import ConfigError
-from probe.wire import NS
+from probe.wire import NS, Measurement
 
 log = logging.getLogger("popwatch.collector")
 
@@ -75,12 +75,20 @@ def _error(status: int, reason: str, **headers: str) -> web.Response:
     return web.json_response({"error": reason}, status=status, headers=headers)
 
 
+def identity(request: web.Request) -> Identity | web.Response:
+    """The probe a request's token names, or the 401/403 saying why not."""
+    return _identity(request)
+
+
 def _identity(request: web.Request) -> Identity | web.Response:
     state = request.app[STATE]
     auth = request.headers.get("Authorization", "")
     if not auth.startswith("Bearer "):
         return _error(401, "missing 'Authorization: Bearer <probe token>'")
-    who = state.registry.authenticate(auth.removeprefix("Bearer ").strip())
+    token = auth.removeprefix("Bearer ").strip()
+    if token.startswith(OPERATOR_PREFIX):
+        return _error(403, "an operator token: the probe API takes probe tokens only")
+    who = state.registry.authenticate(token)
     if who is None:
         return _error(401, "unknown or revoked token")
     return who
@@ -127,6 +135,51 @@ async def _body(request: web.Request, limits: Limits) -> bytes | web.Response:
         return _error(exc.status, exc.reason)
 
 
+def lines_of(
+    request: web.Request,
+    who: Identity,
+    records: list[str | Measurement],
+    accept: Callable[[Measurement], str | None] | None = None,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The line of each record that may be stored, and the reasons of the others (their
+    index and error): decoded, not too old nor ahead, representable, within the probe's
+    series budget, and (``accept``) whatever the caller asks more (None: taken)."""
+    state = request.app[STATE]
+    lines: list[str] = []
+    rejected: list[dict[str, Any]] = []
+    budget = request.app[SERIES]
+    now = state.clock()
+    oldest = int((now - state.limits.max_age_s) * NS)
+    newest = int((now + state.limits.max_future_s) * NS)
+    for i, record in enumerate(records):
+        if isinstance(record, str):
+            rejected.append({"index": i, "error": record})
+        elif record.ts < oldest:
+            age = state.limits.max_age_s
+            rejected.append(
+                {"index": i, "error": f"ts {record.ts} is more than {age:g} s in the past"}
+            )
+        elif record.ts > newest:
+            ahead = state.limits.max_future_s
+            rejected.append(
+                {"index": i, "error": f"ts {record.ts} is more than {ahead:g} s in the future"}
+            )
+        elif accept is not None and (why := accept(record)) is not None:
+            rejected.append({"index": i, "error": why})
+        else:
+            try:
+                line = to_line(record, who)
+            except Unrepresentable as exc:
+                rejected.append({"index": i, "error": str(exc)})
+                continue
+            if (over := budget.admit(who.probe, values_of(record))) is not None:
+                rejected.append({"index": i, "error": over})
+                metrics.OVER_SERIES_BUDGET.inc()
+                continue
+            lines.append(line)
+    return lines, rejected
+
+
 async def _ingest(request: web.Request) -> web.Response:
     state = request.app[STATE]
     who = _identity(request)
@@ -154,36 +207,7 @@ async def _ingest(request: web.Request) -> web.Response:
     if seen.seen(who.probe, envelope.batch):
         metrics.DUPLICATES.inc()
         return web.json_response({"accepted": 0, "rejected": [], "duplicate": True})
-    lines: list[str] = []
-    rejected: list[dict[str, Any]] = []
-    budget = request.app[SERIES]
-    now = state.clock()
-    oldest = int((now - state.limits.max_age_s) * NS)
-    newest = int((now + state.limits.max_future_s) * NS)
-    for i, record in enumerate(records):
-        if isinstance(record, str):
-            rejected.append({"index": i, "error": record})
-        elif record.ts < oldest:
-            age = state.limits.max_age_s
-            rejected.append(
-                {"index": i, "error": f"ts {record.ts} is more than {age:g} s in the past"}
-            )
-        elif record.ts > newest:
-            ahead = state.limits.max_future_s
-            rejected.append(
-                {"index": i, "error": f"ts {record.ts} is more than {ahead:g} s in the future"}
-            )
-        else:
-            try:
-                line = to_line(record, who)
-            except Unrepresentable as exc:
-                rejected.append({"index": i, "error": str(exc)})
-                continue
-            if (over := budget.admit(who.probe, values_of(record))) is not None:
-                rejected.append({"index": i, "error": over})
-                metrics.OVER_SERIES_BUDGET.inc()
-                continue
-            lines.append(line)
+    lines, rejected = lines_of(request, who, records)
     try:
         await state.sink.write(encode(lines))
     except SinkUnavailable as exc:
@@ -231,5 +255,7 @@ __all__ = [
     "CollectorState",
     "config",
     "healthz",
+    "identity",
     "ingest",
+    "lines_of",
 ]

@@ -8,6 +8,7 @@ restated: batch ids are kept as long as a record may be old (``max_age_s``).
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
 import msgspec
@@ -54,8 +55,27 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     max_line_size: Annotated[int, msgspec.Meta(ge=256)] = 4096  # the request line
     max_field_size: Annotated[int, msgspec.Meta(ge=256)] = 4096  # one header
     max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 32
+    # asks (collector/asks): what any operator may make the fleet send. Probes in one ask;
+    # queries per second one probe is asked for, over every ask it runs; queries per
+    # second to one target (address or host name) over every ask of the fleet; how long
+    # one ask may run (count x interval_s); the target networks asks may reach (empty:
+    # any); how long an ask and its results are served; the longest command long-poll
+    max_ask_probes: Count = 100
+    max_ask_qps_per_probe: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 20.0
+    max_ask_qps_per_target: Rate = 200.0
+    max_ask_duration_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 600.0
+    ask_target_networks: list[str] = msgspec.field(default_factory=list)
+    ask_keep_s: Annotated[float, msgspec.Meta(ge=60, le=366 * 86400)] = 7 * 86400.0
+    max_command_wait_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 60.0
 
     def __post_init__(self) -> None:
+        for i, net in enumerate(self.ask_target_networks):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"ask_target_networks[{i}]: {net!r} is not a network (e.g. 192.0.2.0/24)"
+                ) from None
         if self.max_decoded_bytes < self.max_body_bytes:
             raise ValueError(
                 f"max_decoded_bytes: {self.max_decoded_bytes} is less than max_body_bytes "

@@ -1,4 +1,5 @@
-"""The probe registry: who may send, and the identity tags their points carry.
+"""The probe registry: who may send, and the identity tags their points carry; and the
+operators, who may ask the fleet (``/api/v1/asks``), in a second table of the same file.
 
 SQLite under the data directory. A token is ``pw1_<key id>_<secret>``. Only a SHA-256 of
 the secret is stored; the secret has 256 bits, so a fast hash is enough. The stored hash
@@ -24,6 +25,9 @@ from collector.identity import Identity
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")  # as probe ids: tag-safe
 _COUNTRY_RE: Final = re.compile(r"[A-Z]{2}")
 _TOKEN_RE: Final = re.compile(r"pw1_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+#: an operator's token: another prefix, so neither kind is ever taken for the other
+_OPERATOR_RE: Final = re.compile(r"pwo1_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+OPERATOR_PREFIX: Final = "pwo1_"
 ASN_MAX: Final = 2**32 - 1  # AS numbers are 32 bits (RFC 6793)
 
 _SCHEMA: Final = """
@@ -33,6 +37,13 @@ CREATE TABLE IF NOT EXISTS probes (
     country TEXT NOT NULL DEFAULT '',
     city TEXT NOT NULL DEFAULT '',
     lat REAL, lon REAL, asn INTEGER,
+    key_id TEXT NOT NULL UNIQUE,
+    secret_sha256 TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS operators (
+    name TEXT PRIMARY KEY,
     key_id TEXT NOT NULL UNIQUE,
     secret_sha256 TEXT NOT NULL,
     created_at REAL NOT NULL,
@@ -149,6 +160,61 @@ class Registry:
         if not hmac.compare_digest(digest, row[7]):
             return None
         return Identity(*row[:7])
+
+    # ------------------------------------------------------------ operators
+
+    def add_operator(self, name: str) -> str:
+        """Register an operator and return its token (shown once, stored only hashed)."""
+        if not _ID_RE.fullmatch(name):
+            raise RegistryError(
+                f"operator {name!r}: use 1-63 of A-Z a-z 0-9 _ . : - (a letter or digit first)"
+            )
+        row = self._db.execute(
+            "SELECT revoked_at FROM operators WHERE name = ?", (name,)
+        ).fetchone()
+        if row is not None and row[0] is None:
+            raise RegistryError(f"operator {name} exists; revoke it first to issue a new token")
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        self._db.execute("DELETE FROM operators WHERE name = ?", (name,))
+        self._db.execute(
+            "INSERT INTO operators (name, key_id, secret_sha256, created_at) VALUES (?, ?, ?, ?)",
+            (name, key_id, digest, time.time()),
+        )
+        return f"{OPERATOR_PREFIX}{key_id}_{secret}"
+
+    def authenticate_operator(self, token: str) -> str | None:
+        """The name of a valid, unrevoked operator token; None otherwise."""
+        m = _OPERATOR_RE.fullmatch(token)
+        if not m:
+            return None
+        row = self._db.execute(
+            "SELECT name, secret_sha256 FROM operators WHERE key_id = ? AND revoked_at IS NULL",
+            (m.group(1),),
+        ).fetchone()
+        digest = hashlib.sha256(m.group(2).encode()).hexdigest()
+        if row is None:
+            hmac.compare_digest(digest, digest)  # same work whether or not the key exists
+            return None
+        return str(row[0]) if hmac.compare_digest(digest, row[1]) else None
+
+    def revoke_operator(self, name: str) -> None:
+        cur = self._db.execute(
+            "UPDATE operators SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+            (time.time(), name),
+        )
+        if cur.rowcount == 0:
+            raise RegistryError(f"no active operator {name!r}")
+
+    def operators(self) -> list[tuple[str, float, float | None]]:
+        """(name, created_at, revoked_at) of every operator."""
+        rows = self._db.execute(
+            "SELECT name, created_at, revoked_at FROM operators ORDER BY name"
+        ).fetchall()
+        return [(str(r[0]), float(r[1]), r[2]) for r in rows]
+
+    # ------------------------------------------------------------ probes
 
     def revoke(self, probe_id: str) -> None:
         cur = self._db.execute(
