@@ -20,7 +20,11 @@ The spec (JSON): ``links``: name -> ``outer``, ``inner``: [netns or null, TUN de
 ``peers``: region -> its /24 and /64 prefixes; ``params``: link name -> ``paths``
 (region -> [round trip ms, one-way jitter ms]), and optionally ``extra_ms`` (round
 trip), ``loss`` (0 to 1, toward the server), ``dark``, ``synack_ms`` (server port ->
-ms). A packet of no known region has no path delay.
+ms). A packet of no known region has no path delay. Every figure is a finite number:
+a delay from 0 to ``MAX_MS``, a loss from 0 to 1. A spec that says otherwise is refused
+whole: at the start the wire does not start, and on SIGHUP it keeps the parameters it
+had (and says why on its standard error). A NaN deadline would never come due, and the
+loop would spin on it.
 
 The timing: ``select`` sleeps until a little before the earliest packet is due (timer
 slack 1 µs, so the kernel wakes it on time), then the loop spins the last stretch. What
@@ -56,6 +60,8 @@ from popwatch_lab.netns import open_tun
 #: the loop sleeps until this long before a packet is due, then spins
 SPIN_S: Final = 0.0002
 PR_SET_TIMERSLACK: Final = 29
+#: the longest delay a spec may ask for (ms): a minute, more than any probe's timeout
+MAX_MS: Final = 60_000.0
 
 
 @dataclass
@@ -75,6 +81,14 @@ class Link:
     #: when the last packet of each queue (a path, or its held SYN-ACKs) and direction
     #: (True: toward the server) is due
     last_due: dict[tuple[str, bool], float] = field(default_factory=dict)
+
+
+def figure(value: object, what: str, top: float = MAX_MS) -> float:
+    """``value`` if it is a finite number from 0 to ``top``, as a float; else ValueError
+    naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= top:
+        raise ValueError(f"{what} must be a number from 0 to {top:g}, not {value!r}")
+    return float(value)
 
 
 def prefix_key(prefix: str) -> bytes:
@@ -159,20 +173,43 @@ class Wire:
 
     def apply(self, spec: dict[str, Any]) -> None:
         """Take the spec's parameters: peers, path delays, extra delay, loss, dark, and
-        SYN-ACK holds."""
-        self.peers = {prefix_key(p): peer for peer, ps in spec["peers"].items() for p in ps}
-        for name, link in self.links.items():
+        SYN-ACK holds. All of them or, when one is out of range (ValueError), none."""
+        peers = {prefix_key(p): peer for peer, ps in spec["peers"].items() for p in ps}
+        new = {}
+        for name in self.links:
             params = spec["params"][name]
-            link.paths = {
-                peer: (ms / 2000.0, jitter / 1000.0)
+            paths = {
+                peer: (
+                    figure(ms, f"{name}: {peer}'s round trip") / 2000.0,
+                    figure(jitter, f"{name}: {peer}'s jitter") / 1000.0,
+                )
                 for peer, (ms, jitter) in params["paths"].items()
             }
-            link.extra_s = params.get("extra_ms", 0.0) / 2000.0
-            link.loss = params.get("loss", 0.0)
-            link.dark = params.get("dark", False)
-            link.synack_s = {
-                int(port): ms / 1000.0 for port, ms in params.get("synack_ms", {}).items() if ms
+            extra_s = figure(params.get("extra_ms", 0.0), f"{name}: extra_ms") / 2000.0
+            loss = figure(params.get("loss", 0.0), f"{name}: loss", 1.0)
+            dark = params.get("dark", False)
+            if not isinstance(dark, bool):
+                raise ValueError(f"{name}: dark must be true or false, not {dark!r}")
+            synack_s = {
+                int(port): figure(ms, f"{name}: synack_ms of port {port}") / 1000.0
+                for port, ms in params.get("synack_ms", {}).items()
+                if ms
             }
+            new[name] = (paths, extra_s, loss, dark, synack_s)
+        self.peers = peers
+        for name, (paths, extra_s, loss, dark, synack_s) in new.items():
+            link = self.links[name]
+            link.paths, link.extra_s, link.loss, link.dark = paths, extra_s, loss, dark
+            link.synack_s = synack_s
+
+    def reload(self) -> None:
+        """Re-read the spec's parameters; when it cannot be taken, keep the ones the wire
+        has (a broken spec must not stop the data plane) and say why."""
+        assert self.spec_path is not None
+        try:
+            self.apply(json.loads(self.spec_path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"{self.spec_path}: {exc}; the wire keeps its parameters", file=sys.stderr)
 
     def on_hup(self, *_: object) -> None:
         self.reload_needed = True
@@ -226,7 +263,7 @@ class Wire:
                 return
             if self.reload_needed and self.spec_path is not None:
                 self.reload_needed = False
-                self.apply(json.loads(self.spec_path.read_text()))
+                self.reload()
             now = clock()
             while heap and heap[0][0] <= now:
                 _, _, dst, pkt = heapq.heappop(heap)

@@ -5,6 +5,7 @@ popwatch. No root needed (tests/test_lab.py runs the lab itself)."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import select
 import socket
@@ -309,6 +310,72 @@ def test_the_wires_jitter_has_the_asked_spread() -> None:
     ms = [h[1] * 1000 for h in held if h]
     assert statistics.mean(ms) == pytest.approx(10.0, abs=0.1)
     assert statistics.stdev(ms) == pytest.approx(1.0, abs=0.1)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _bad_path(rtt: float) -> dict[str, object]:
+    spec = _spec()
+    spec["params"]["ams"]["paths"]["eu-central"] = [rtt, 0.0]  # type: ignore[index]
+    return spec
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        _spec(extra_ms=NAN),
+        _spec(extra_ms=INF),
+        _spec(extra_ms=-1.0),
+        _spec(extra_ms=1e300),
+        _spec(extra_ms="5"),
+        _spec(loss=NAN),
+        _spec(loss=1.5),
+        _spec(synack_ms={"443": NAN}),
+        _spec(dark="yes"),
+        _bad_path(NAN),
+        _bad_path(-4.0),
+    ],
+)
+def test_the_wire_takes_no_figure_that_is_not_finite_or_in_range(spec: dict[str, object]) -> None:
+    """A NaN, infinite, negative or huge delay, or a loss outside 0 to 1: the spec is
+    refused whole, and a running wire keeps the parameters it had."""
+    with pytest.raises(ValueError, match="must be"):
+        Wire({"ams": Link("ams", -1, -2)}, spec)
+    wire = Wire({"ams": Link("ams", -1, -2)}, _spec(extra_ms=10.0))
+    before = vars(wire.links["ams"]).copy()
+    with pytest.raises(ValueError, match="must be"):
+        wire.apply(spec)
+    assert vars(wire.links["ams"]) == before
+
+
+def test_a_nan_spec_on_sighup_leaves_the_wire_forwarding_and_idle(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon once wrote a degrade's NaN delay into the spec: the wire took it, held
+    every packet for ever and spun at 100 % of a core. Now a reload it cannot take
+    leaves it as it was: packets still pass with their delay, and it sleeps when idle."""
+    eu = WORLD.region("eu-central")
+    pipes = Pipes(_spec())
+    try:
+        spec_path = tmp_path / "wire.json"
+        spec_path.write_text(json.dumps(_spec(extra_ms=NAN)))  # json writes NaN
+        pipes.wire.spec_path = spec_path
+        pipes.wire.on_hup()
+        os.write(pipes.wire.wake_w, b"x")  # as the signal's wake-up byte does
+        pipes.inner_a.settimeout(2)
+        for _ in range(3):
+            t0 = time.perf_counter()
+            pipes.outer_a.send(_v4(eu.v4, ANYCAST_V4, b"after"))
+            assert pipes.inner_a.recv(2048).endswith(b"after")
+            assert time.perf_counter() - t0 >= 0.002  # the old 2 ms, not NaN
+        cpu = time.process_time()
+        time.sleep(0.5)
+        assert time.process_time() - cpu < 0.2  # asleep in select, not spinning
+        assert pipes.thread.is_alive()
+    finally:
+        pipes.close()
+    assert "extra_ms must be a number from 0 to 60000, not nan" in capfd.readouterr().err
 
 
 # ----------------------------------------------------------------------------- netem
