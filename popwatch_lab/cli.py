@@ -266,15 +266,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+#: per command: what is done, and what is said when there was nothing to do
+DONE = {"fail": "failed", "restore": "restored", "cut": "cut off"}
+NOTHING_TO_DO = {
+    "fail": "{} is failed already",
+    "cut": "{} is cut off already",
+    "restore": "{} is not {}: nothing to restore",
+}
+
+
 def _simple(cmd: str, key: str) -> Any:
     def run(args: argparse.Namespace) -> int:
-        answer = request(run_dir(args), {"cmd": cmd, key: getattr(args, key)})
+        name = getattr(args, key)
+        answer = request(run_dir(args), {"cmd": cmd, key: name})
         conv = answer.get("converges_at")
-        what = {"fail": "failed", "restore": "restored", "cut": "cut off"}[cmd]
-        tail = ""
-        if conv:
-            tail = f"; routes move in {max(0.0, conv - time.time()):.1f} s"
-        print(f"{getattr(args, key)} {what}{tail}")
+        tail = f"; routes move in {max(0.0, conv - time.time()):.1f} s" if conv else ""
+        if answer.get("changed", True):
+            print(f"{name} {DONE[cmd]}{tail}")
+        elif cmd == "restore" and conv:
+            print(f"{name} is restored already{tail}")
+        else:
+            kind = WORLD.names[name].kind
+            state = {"region": "cut off", "site": "failed or degraded"}.get(kind, "degraded")
+            print(NOTHING_TO_DO[cmd].format(name, state) + tail)
         return 0
 
     return run

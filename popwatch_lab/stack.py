@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from popwatch_lab.wire import MAX_MS, figure
 from popwatch_lab.world import ANYCAST_V4, CORE_ADDRESS, WORLD, ZONE, Node, World, path_rtt_ms
 from probe.wire import NS
 
@@ -20,11 +21,24 @@ ADMIN_PORT: Final = 8081
 INFLUXDB_PORT: Final = 8086
 ALERTMANAGER_PORT: Final = 9093
 DATABASE: Final = "popwatch"
+#: the longest convergence delay or interval ``up`` takes (s), and the shortest interval
+MAX_S: Final = 3600.0
+MIN_INTERVAL_S: Final = 0.1
 
 COLLECTOR_URL: Final = f"http://{CORE_ADDRESS}:{COLLECTOR_PORT}"
 ADMIN_URL: Final = f"http://{CORE_ADDRESS}:{ADMIN_PORT}"
 INFLUXDB_URL: Final = f"http://{CORE_ADDRESS}:{INFLUXDB_PORT}"
 ALERTMANAGER_URL: Final = f"http://{CORE_ADDRESS}:{ALERTMANAGER_PORT}"
+
+
+def urls() -> dict[str, str]:
+    """Where the lab's faces are, from the host."""
+    return {
+        "status_page": f"{ADMIN_URL}/",
+        "collector": COLLECTOR_URL,
+        "influxdb": INFLUXDB_URL,
+        "alertmanager": ALERTMANAGER_URL,
+    }
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,17 @@ class LabConfig:
     keep_firing_for: int = 2  # good evaluations before it resolves
     heartbeat_s: float = 2.0  # the probes' heartbeat
     warm_baselines: bool = True  # give the alert engine an hour of baselines at the start
+
+    def __post_init__(self) -> None:
+        """Every figure finite and in range: a NaN convergence never comes due."""
+        figure(self.convergence_s, "convergence_s", MAX_S)
+        figure(self.interval_s, "interval_s", MAX_S)
+        if self.interval_s < MIN_INTERVAL_S:
+            raise ValueError(f"interval_s must be at least {MIN_INTERVAL_S:g}")
+        figure(self.jitter_ms, "jitter_ms", MAX_MS)
+        figure(self.jitter_share, "jitter_share", 1.0)
+        figure(self.evaluate_every_s, "evaluate_every_s", MAX_S)
+        figure(self.heartbeat_s, "heartbeat_s", MAX_S)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
