@@ -13,6 +13,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from collector.asks.api import add_routes as add_ask_routes
+from collector.asks.board import Board
 from collector.ingest import metrics
 from collector.ingest.api import (
     BUCKETS,
@@ -78,7 +80,10 @@ class _QuietOnBadRequests(logging.LoggerAdapter[logging.Logger]):
         super().log(level, msg, *args, **kwargs)
 
 
-def create_app(state: CollectorState, data_dir: Path) -> web.Application:
+def create_app(
+    state: CollectorState, data_dir: Path, board: Board | None = None
+) -> web.Application:
+    """The public API; with ``board``, the asks' routes too (collector.asks)."""
     limits = state.limits
     app = web.Application(
         client_max_size=limits.max_decoded_bytes,
@@ -125,6 +130,8 @@ def create_app(state: CollectorState, data_dir: Path) -> web.Application:
     app.router.add_post("/api/v1/measurements", ingest)
     app.router.add_get("/api/v1/config", config)
     app.router.add_get("/healthz", healthz)
+    if board is not None:
+        add_ask_routes(app, board)
     return app
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from collector import __version__, certs
 from collector.alerts import cli as alerts_cli
 from collector.app import CollectorState, create_admin_app, create_app
+from collector.asks.board import Board
 from collector.config import MEANING, SECTIONS, CollectorConfig, ConfigError, load_config, variable
 from collector.ingest.api import SERVED
 from collector.ingest.gate import GatedSite
@@ -308,7 +309,18 @@ async def _run(cfg: CollectorConfig) -> None:
             warnings=[spooling.warnings, *_cert_warnings(cfg)],
             targets_file=Path(cfg.targets) if cfg.targets else None,
         )
-        runner = web.AppRunner(create_app(state, data_dir), access_log=None)
+        board = Board(
+            InfluxQL(
+                cfg.influxdb_url,
+                cfg.influxdb_bucket,
+                cfg.influxdb_token,
+                cfg.influxdb_timeout_s,
+                client="asks",
+            ),
+            state.sink,
+            cfg.limits,
+        )
+        runner = web.AppRunner(create_app(state, data_dir, board), access_log=None)
         await runner.setup()
         admin_app = create_admin_app(state, frozenset(h.lower() for h in cfg.admin_hosts))
         status_influx = InfluxQL(
@@ -374,6 +386,8 @@ async def _run(cfg: CollectorConfig) -> None:
             state.warnings.append(headroom.warnings)
             async with (
                 headroom.influx,
+                board.influx,
+                board.running(),  # asks: others' commands, drills' events
                 headroom.watching(),
                 alerts_cli.evaluator(cfg, state.sink, active, served),  # if alerts.enabled
             ):

@@ -180,6 +180,19 @@ def lines_of(
     return lines, rejected
 
 
+async def read_body(request: web.Request) -> bytes | web.Response:
+    """The decoded body within the ``limits``, or the response saying why not."""
+    try:
+        return await _body(request, request.app[STATE].limits)
+    except ClientGone:
+        return _error(400, "the body did not arrive")
+
+
+def slow_down(request: web.Request, probe: str) -> web.Response | None:
+    """A 429 when ``probe`` is over its requests/s, else None (and one is taken)."""
+    return _slow_down(request, probe, 1, records=False)
+
+
 async def _ingest(request: web.Request) -> web.Response:
     state = request.app[STATE]
     who = _identity(request)
@@ -258,4 +271,6 @@ __all__ = [
     "identity",
     "ingest",
     "lines_of",
+    "read_body",
+    "slow_down",
 ]
