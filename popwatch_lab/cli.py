@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from popwatch_lab import netns, network, procs, stack
-from popwatch_lab.stack import LabConfig
+from popwatch_lab.stack import MAX_S, MIN_INTERVAL_S, LabConfig
+from popwatch_lab.wire import MAX_MS, figure
 from popwatch_lab.world import ANYCAST_V4, ANYCAST_V6, WORLD, ZONE
 
 DEFAULT_RUN_DIR = "/run/popwatch-lab"
@@ -44,6 +45,25 @@ the unicast server: {WORLD.unicast.name} (in {WORLD.unicast.place.city}).
 
 class LabError(Exception):
     """A command could not be done; the message is one line for the user."""
+
+
+def number(what: str, top: float, bottom: float = 0.0) -> Any:
+    """An argparse type: a finite number from ``bottom`` to ``top`` (a usage error,
+    exit 2, otherwise: argparse's float takes "nan", "inf" and "-5")."""
+
+    def parse(text: str) -> float:
+        try:
+            value = figure(float(text), what, top)
+        except ValueError:
+            value = -1.0
+        if not bottom <= value:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {what} is a number from {bottom:g} to {top:g}"
+            )
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
 def fail(msg: str, code: int = 1) -> NoReturn:
@@ -335,13 +355,24 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--run-dir", help=where, default=argparse.SUPPRESS)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=help)
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            parents=[common],
+            help=help,
+            description=f"{help[0].upper()}{help[1:]}. {description}",
+        )
 
-    up = command("up", help="build the lab and start everything in it")
+    up = command(
+        "up",
+        "build the lab and start everything in it",
+        "Needs root. Makes the namespaces, the links and their delays, Knot at every "
+        "anycast site and the unicast server, the web page, InfluxDB, Alertmanager, the "
+        "collector and one probe per region; then prints where to look. About 5 s.",
+    )
     up.add_argument(
         "--convergence",
-        type=float,
+        type=number("seconds", MAX_S),
         default=LabConfig.convergence_s,
         metavar="S",
         help="seconds before a failed or restored site's routes "
@@ -349,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--interval",
-        type=float,
+        type=number("interval", MAX_S, MIN_INTERVAL_S),
         default=LabConfig.interval_s,
         metavar="S",
         help="every probe target's interval (default %(default)s)",
@@ -376,35 +407,68 @@ def parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--quiet", action="store_true", help="no progress lines")
     up.set_defaults(func=cmd_up)
-    command("down", help="stop everything and leave nothing behind").set_defaults(func=cmd_down)
-    st = command("status", help="each region's current site and latency")
+    command(
+        "down",
+        "stop everything and leave nothing behind",
+        "Stops every process of the lab and deletes its namespaces, its host link and its "
+        "run directory; also what a crashed lab left.",
+    ).set_defaults(func=cmd_down)
+    st = command(
+        "status",
+        "each region's current site and latency",
+        "Per region: the site the backbone routes it to, that path's round trip, and one "
+        "SOA query timed now from the region (with its NSID and serial); per server: "
+        "failed, withdrawn or degraded, and its serial.",
+    )
     st.add_argument("--json", action="store_true", help="everything, as JSON")
     st.add_argument("--no-measure", action="store_true", help="no live query per region")
     st.set_defaults(func=cmd_status)
-    f = command("fail", help="take an anycast site down; its routes follow later")
+    f = command(
+        "fail",
+        "take an anycast site down; its routes follow later",
+        "The site drops every packet at once; its routes are withdrawn --convergence "
+        "seconds later (up's, default 5), and its regions move to their next nearest "
+        "site, the way BGP converges after a PoP goes down.",
+    )
     f.add_argument("site", choices=WORLD.site_names)
     f.set_defaults(func=_simple("fail", "site"))
-    r = command("restore", help="bring back a failed or degraded site, or a cut region")
+    r = command(
+        "restore",
+        "bring back a failed or degraded site, or a cut region",
+        "A failed site answers at once and is announced again --convergence seconds "
+        "later; a degraded one loses its extra delay and loss; a cut region rejoins the "
+        "backbone. A site or region that is none of these is left as it is.",
+    )
     r.add_argument("name", choices=[*WORLD.site_names, WORLD.unicast.name, *WORLD.region_names])
     r.set_defaults(func=_simple("restore", "name"))
-    d = command("degrade", help="slow a site down (an attack it absorbs)")
+    d = command(
+        "degrade",
+        "slow a site down (an attack it absorbs)",
+        "Every path through the site gets --delay more milliseconds of round trip and "
+        "loses --loss of the packets toward it; the routes stay. restore undoes it.",
+    )
     d.add_argument("site", choices=[*WORLD.site_names, WORLD.unicast.name])
     d.add_argument(
         "--delay",
-        type=float,
+        type=number("milliseconds", MAX_MS),
         required=True,
         metavar="MS",
-        help="extra round-trip milliseconds on every path through the site",
+        help=f"extra round-trip milliseconds on every path through the site (0 to {MAX_MS:g})",
     )
     d.add_argument(
         "--loss",
-        type=float,
+        type=number("share", 1.0),
         default=0.0,
         metavar="P",
         help="share of the queries dropped on the way in (0 to 1)",
     )
     d.set_defaults(func=cmd_degrade)
-    b = command("bump-serial", help="a new zone serial, at the named sites only")
+    b = command(
+        "bump-serial",
+        "a new zone serial, at the named sites only",
+        "Writes the zone with the next serial at the named servers and reloads their "
+        "Knot; the others keep the old one, so their regions lag behind.",
+    )
     b.add_argument(
         "--sites",
         nargs="+",
@@ -412,10 +476,19 @@ def parser() -> argparse.ArgumentParser:
         help="default: every site and the unicast server",
     )
     b.set_defaults(func=cmd_bump_serial)
-    c = command("cut", help="cut a region (its probe) off the backbone")
+    c = command(
+        "cut",
+        "cut a region (its probe) off the backbone",
+        "The region's link to the backbone goes down: its probe reaches nothing, the "
+        "collector included, and spools what it measures. restore mends it.",
+    )
     c.add_argument("region", choices=WORLD.region_names)
     c.set_defaults(func=_simple("cut", "region"))
-    e = command("exec", help="run a command in a node's namespace (a region, say)")
+    e = command(
+        "exec",
+        "run a command in a node's namespace (a region, say)",
+        f"NODE is a region, a site, the unicast server, or core ({', '.join(WORLD.names)}).",
+    )
     e.add_argument("node", metavar="NODE")
     e.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     e.set_defaults(func=cmd_exec)

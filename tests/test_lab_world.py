@@ -467,12 +467,49 @@ def test_up_without_root_says_so_in_one_line_and_exits_2() -> None:
     assert not Path("/nonexistent/popwatch-lab").exists()
 
 
-def test_every_command_has_help() -> None:
-    """``popwatch-lab COMMAND --help`` works for every command."""
+def test_every_command_has_help_with_a_description() -> None:
+    """``popwatch-lab COMMAND --help`` works for every command, and says what the
+    command does, after its usage (it showed the usage and the options only)."""
     lab = str(Path(sys.executable).parent / "popwatch-lab")
-    for cmd in ("up", "down", "status", "fail", "restore", "degrade", "bump-serial", "cut"):
+    cmds = ("up", "down", "status", "fail", "restore", "degrade", "bump-serial", "cut", "exec")
+    for cmd in cmds:
         out = subprocess.run([lab, cmd, "--help"], capture_output=True, text=True, check=True)
         assert out.stdout.startswith("usage: popwatch-lab"), cmd
+        description = out.stdout.split("\n\n")[1]
+        assert not description.startswith(("options:", "positional arguments:")), out.stdout
+        assert len(description) > 80 and description.count(". ") >= 1, (cmd, description)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["degrade", "iad", "--delay", "-5"], "argument --delay: '-5': milliseconds is a "),
+        (["degrade", "iad", "--delay", "nan"], "argument --delay: 'nan': milliseconds is a "),
+        (["degrade", "iad", "--delay", "inf"], "argument --delay: 'inf': milliseconds"),
+        (["degrade", "iad", "--delay", "1e400"], "argument --delay: '1e400': milliseconds"),
+        (["degrade", "iad", "--delay", "61000"], "argument --delay: '61000': milliseconds"),
+        (["degrade", "iad", "--delay", "x"], "argument --delay: 'x': milliseconds is a "),
+        (["degrade", "iad", "--delay", "5", "--loss", "1.5"], "argument --loss: '1.5': share"),
+        (["degrade", "iad", "--delay", "5", "--loss", "nan"], "argument --loss: 'nan': share"),
+        (["up", "--convergence", "nan"], "argument --convergence: 'nan': seconds is a "),
+        (["up", "--convergence", "-1"], "argument --convergence: '-1': seconds is a "),
+        (["up", "--interval", "0"], "argument --interval: '0': interval is a number from 0.1"),
+        (["up", "--interval", "inf"], "argument --interval: 'inf': interval is a number"),
+    ],
+)
+def test_a_figure_that_is_no_figure_is_a_usage_error(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A negative, NaN, infinite or out-of-range figure is a usage error (exit 2, as
+    every usage error) before anything is asked of the lab: ``degrade iad --delay -5``
+    exited 1 from the daemon's refusal, and ``--delay nan`` was taken."""
+    from popwatch_lab.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--run-dir", "/nonexistent/popwatch-lab", *argv])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: popwatch-lab ") and says in err.splitlines()[-1], err
 
 
 README = Path(__file__).parent.parent / "README.md"
