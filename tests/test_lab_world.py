@@ -4,6 +4,7 @@ popwatch. No root needed (tests/test_lab.py runs the lab itself)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -12,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -452,18 +454,53 @@ def test_anycast_prefix_is_what_routes_carry() -> None:
 # ----------------------------------------------------------------------------- the CLI
 
 
+def as_nobody(argv: list[str]) -> tuple[int, str, str]:
+    """``popwatch-lab ARGV`` as a plain user (nobody, when this runs as root): its exit
+    status, standard output and standard error.
+
+    It runs in a forked child of this process that drops to uid and gid 65534 and calls
+    the command's ``main``: a new process as nobody would have to reach the venv's
+    interpreter and this clone's code, which a clone under a directory of mode 0700
+    (``mktemp -d`` makes them) keeps it from. The child needs nothing from the disk."""
+    from popwatch_lab.cli import main
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child: never back into pytest
+            code = 70
+            try:
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setresgid(65534, 65534, 65534)
+                    os.setresuid(65534, 65534, 65534)
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - until _exit
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                try:
+                    main(argv)
+                    code = 0
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 1
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode()
+
+
 def test_up_without_root_says_so_in_one_line_and_exits_2() -> None:
     """Run as a plain user, ``popwatch-lab up`` prints one line saying it needs root and
-    exits 2, touching nothing."""
-    lab = str(Path(sys.executable).parent / "popwatch-lab")
-    argv = [lab, "up", "--run-dir", "/nonexistent/popwatch-lab"]
-    if os.geteuid() == 0:
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 2
-    assert proc.stdout == ""
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "needs root" in lines[0], proc.stderr
+    exits 2, touching nothing; wherever the clone lives."""
+    code, out, err = as_nobody(["up", "--run-dir", "/nonexistent/popwatch-lab"])
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "needs root" in lines[0], err
     assert not Path("/nonexistent/popwatch-lab").exists()
 
 
