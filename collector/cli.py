@@ -24,6 +24,7 @@ from aiohttp import web
 from collector import __version__, certs
 from collector.alerts import cli as alerts_cli
 from collector.app import CollectorState, create_admin_app, create_app
+from collector.asks import cli as asks_cli
 from collector.asks.board import Board
 from collector.config import MEANING, SECTIONS, CollectorConfig, ConfigError, load_config, variable
 from collector.ingest.api import SERVED
@@ -116,6 +117,8 @@ the probe and add it again.
 TOP_EXAMPLES = """\
 examples:
   popwatch-collector probes add probe-fra-1 --region eu-central --data-dir ./data
+  popwatch-collector operators add alice --data-dir ./data
+  popwatch-collector ask --from region=eu-central dns 192.0.2.53 --qname example.com --nsid
   popwatch-collector run --config collector.yaml
   popwatch-collector example
 
@@ -523,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_parser(sub)
     dashboards_cli.add_parser(sub)
     alerts_cli.add_parser(sub)
+    asks_cli.add_parsers(sub, common)  # ask, operators
     return p
 
 
@@ -534,6 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return certs.run(args)
     if args.command == "alerts":
         return alerts_cli.main(args)
+    if args.command == "operators":
+        return asks_cli.operators(args, _data_dir(args))
+    if args.command == "ask":
+        return asks_cli.ask(args)
     if args.command == "dashboards":
         return dashboards_cli.main(args)
     if args.command == "example":

@@ -245,6 +245,22 @@ async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
         pulls = tg.create_task(
             pull_config(cfg.collector_url, cfg.token, prober, cfg.config_s, stop, tls, cfg.insecure)
         )
+        asks = None
+        if cfg.asks:  # the command long-poll: on-demand measurements (probe/asks.py)
+            from probe.asks import Asks
+
+            asks = tg.create_task(
+                Asks(
+                    cfg.collector_url,
+                    cfg.token,
+                    shipper,
+                    max_qps=cfg.ask_max_qps,
+                    wait_s=cfg.command_wait_s,
+                    resolver=cfg.resolver,
+                    tls=tls,
+                    insecure=cfg.insecure,
+                ).run(stop)
+            )
         try:
             await prober.run(stop)
         finally:
@@ -252,6 +268,8 @@ async def _run_shipping(cfg: ProbeConfig, stop: asyncio.Event) -> None:
             sender_stop.set()
             beats.cancel()
             pulls.cancel()  # a pull may be waiting on a collector that does not answer
+            if asks is not None:
+                asks.cancel()  # a long-poll waits up to command_wait_s
         # the spool keeps what is not sent: a last try must not outlast a container
         # runtime's grace period (Docker's is 10 s)
         try:

@@ -63,6 +63,9 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     spool_max_bytes: Annotated[int, msgspec.Meta(ge=1_000_000)] = 200_000_000
     heartbeat_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
     config_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0  # target pulls
+    asks: bool = True  # long-poll the collector for asks (on-demand measurements)
+    ask_max_qps: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 20.0  # our own cap
+    command_wait_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 25.0  # one long-poll
     targets: list[AnyTarget] = msgspec.field(default_factory=list)
 
 

@@ -154,8 +154,9 @@ def _dns_line(r: DnsRecord, who: Identity) -> str:
 
 
 def _ask_spec(target: str, options: dict[str, Any]) -> dict[str, Any]:
-    """A DnsTarget spec from an ask: ``qname`` and ``qtype`` (default SOA) make its one
-    query, ``transport`` its one transport, ``nsid`` or ``chaos`` how the site is told
+    """A DnsTarget spec from an ask: ``qname`` (default the root, ``.``: any server
+    answers it, if only to refuse, and says its NSID) and ``qtype`` (default SOA) make
+    its one query, ``transport`` its one transport, ``nsid`` or ``chaos`` how the site is told
     (neither: not asked); any other key is a key of a dns target."""
     opts = ask_options(options)
     spec: dict[str, Any] = {
@@ -164,11 +165,9 @@ def _ask_spec(target: str, options: dict[str, Any]) -> dict[str, Any]:
         "server": target,
         "interval": 3600,  # never scheduled: the ask's count and interval_s say when
     }
-    qname, qtype = opts.pop("qname", None), opts.pop("qtype", "SOA")
+    qname, qtype = opts.pop("qname", "."), opts.pop("qtype", "SOA")
     if "queries" not in opts:
-        if not isinstance(qname, str) or not qname:
-            raise ValueError("options.qname: required: the name to ask (e.g. example.com)")
-        spec["queries"] = [{"qname": qname, "qtype": str(qtype).upper()}]
+        spec["queries"] = [{"qname": qname, "qtype": str(qtype).upper() if qtype else qtype}]
     if "transport" in opts:
         spec["transports"] = [opts.pop("transport")]
     nsid, chaos = opts.pop("nsid", False), opts.pop("chaos", False)
@@ -177,7 +176,7 @@ def _ask_spec(target: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ask_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--qname", required=True, help="the name to ask, e.g. example.com")
+    p.add_argument("--qname", default=".", help="the name to ask (default the root, '.')")
     p.add_argument(
         "--qtype", default="SOA", type=str.upper, choices=QTYPES, metavar="QTYPE",
         help=f"one of {', '.join(QTYPES)} (default SOA)",
