@@ -148,6 +148,7 @@ def limit_variable(key: str) -> str:
 
 
 _HINTS: Final = typing.get_type_hints(CollectorConfig, include_extras=True)
+_LIMIT_HINTS: Final = typing.get_type_hints(Limits)
 
 
 def _choices(key: str) -> tuple[str, ...]:
@@ -201,7 +202,10 @@ def _limits(data: dict[str, Any], file: str, env: dict[str, str]) -> dict[str, s
             from_env[key] = variable(key)
     for key in LIMIT_KEYS:
         if limit_variable(key) in env:
-            section[key] = env[limit_variable(key)]
+            value: Any = env[limit_variable(key)]
+            if typing.get_origin(_LIMIT_HINTS.get(key)) is list:  # a list: comma-separated
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            section[key] = value
             from_env[key] = limit_variable(key)
     data["limits"] = section
     return from_env
