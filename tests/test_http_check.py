@@ -141,11 +141,15 @@ async def test_ip_literal_has_no_dns_phase(
 
 
 async def test_redirect_chain_is_followed_and_counted(target: Callable[..., HttpTarget]) -> None:
-    """A chain of 3 redirects ends in a 200 and says redirects=3; phases sum the hops."""
-    one = await medians(target(), n=3)
-    r = await measure(HttpJob(target(query={"redirect": 3})))
+    """A chain of 3 redirects ends in a 200 and says redirects=3; phases sum the hops:
+    on the port whose SYN-ACKs the wire holds 50 ms, the connect phase is four holds or
+    more (four connections), where the last hop alone would be one.
+
+    A lower bound only: the wire never lets a SYN-ACK go early, and a loaded machine
+    only adds to it (a ratio to a connect of 0.19 ms, 2.5 x, failed on a busy machine)."""
+    r = await measure(HttpJob(target(web.CONNECT_PORT, query={"redirect": 3})))
     assert r.error is None and r.status == 200 and r.redirects == 3
-    assert r.connect_ms and r.connect_ms > 2.5 * one["connect_ms"]  # four connections
+    assert r.connect_ms and r.connect_ms >= 4 * DELAY * 1000, r
 
 
 async def test_too_many_redirects(target: Callable[..., HttpTarget]) -> None:
