@@ -363,6 +363,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
             cutoff = newest - 2 * STREAM_LOOKBACK_NS
             if len(seen) > 10_000:
                 seen = {k: t for k, t in seen.items() if t >= cutoff}
+            if board.closing:
+                break  # the collector stops: the client reads /asks/ID elsewhere
             if over:
                 body = _encoder.encode(await _status(request, board, ask))
                 await resp.write(b"event: finished\ndata: " + body + b"\n\n")

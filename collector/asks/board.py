@@ -23,6 +23,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
+from prometheus_client import Gauge
+
 from collector.asks import drill
 from collector.asks.model import START_WITHIN_S, Ask, decode, encode
 from collector.ingest.limits import Limits
@@ -35,6 +37,10 @@ from collector.store.sink import encode as encode_lines
 from probe.wire import NS, AskState, Command
 
 log = logging.getLogger("popwatch.collector.asks")
+
+WAITING: Final = Gauge(
+    "popwatch_collector_command_waits", "probes' command long-polls waiting on this collector"
+)
 
 #: seconds between reads of the asks other collectors made, while probes wait here
 POLL_S: Final = 0.25
@@ -62,6 +68,8 @@ class Board:
         self._finished: set[str] = set()  # drills whose events are written
         self._next_check: dict[str, float] = {}
         self._failing = False
+        self.closing = False  # the collector stops: long-polls answer at once
+        WAITING.set_function(lambda: self.waiting)
 
     # ------------------------------------------------------------ commands
 
@@ -94,7 +102,7 @@ class Board:
     async def wait(self, probe: str, have: set[str], wait_s: float) -> list[Command]:
         """The commands for ``probe``, waiting up to ``wait_s`` for one to be made."""
         found = self.commands_for(probe, have)
-        if found:
+        if found or self.closing:
             return found
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(probe, set())
@@ -218,7 +226,7 @@ class Board:
     def active(self) -> list[Ask]:
         """The asks that may still be sending (for the rate bounds)."""
         now = self.clock_ns()
-        return [a for a in self.asks.values() if a.runs_until + int(a.timeout_s * NS) > now]
+        return [a for a in self.asks.values() if a.sends_until > now]
 
     # ------------------------------------------------------------ the loop
 
@@ -230,8 +238,20 @@ class Board:
         try:
             yield
         finally:
+            self.close()
             stop.set()
             await task
+
+    def close(self) -> None:
+        """Answer every waiting long-poll now, and every later one at once: a stopping
+        collector does not hold its probes (they come back to another, or to it)."""
+        self.closing = True
+        for waiters in self._waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        for ev in self._changed.values():
+            ev.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read others' asks while probes wait, write drills' events when they end."""

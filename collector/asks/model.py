@@ -88,6 +88,12 @@ class Ask(msgspec.Struct, kw_only=True):
         return self.series / (self.interval_s if self.count > 1 else 1.0)
 
     @property
+    def sends_until(self) -> int:
+        """Epoch ns by which its probes are done sending, when they start it as it comes
+        (the rate bounds count it until then)."""
+        return self.created_at + int(((self.count - 1) * self.interval_s + self.timeout_s) * NS)
+
+    @property
     def runs_until(self) -> int:
         """Epoch ns by which its last round has been sent, at the latest."""
         return self.created_at + int((START_WITHIN_S + (self.count - 1) * self.interval_s) * NS)

@@ -38,7 +38,12 @@ class Collector:
     ``tls``, a (certificate, key) pair), /metrics and /readyz on ``admin_port``."""
 
     def __init__(
-        self, influx: InfluxDB, data: Path, db: str, tls: tuple[Path, Path] | None = None
+        self,
+        influx: InfluxDB,
+        data: Path,
+        db: str,
+        tls: tuple[Path, Path] | None = None,
+        log: Path | None = None,
     ) -> None:
         self.port = servers.free_port()
         self.admin_port = servers.free_port()
@@ -55,6 +60,7 @@ class Collector:
         if tls:
             self.env["POPWATCH_TLS_CERT"], self.env["POPWATCH_TLS_KEY"] = map(str, tls)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log = log  # its standard error goes there (appended), else nowhere
 
     @property
     def url(self) -> str:
@@ -65,7 +71,12 @@ class Collector:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([COLLECTOR, "run"], env=self.env, stderr=subprocess.DEVNULL)
+        err = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen([COLLECTOR, "run"], env=self.env, stderr=err)
+        finally:
+            if self.log:
+                err.close()  # type: ignore[union-attr]
         STARTED.append(self)
         servers.wait_http(f"{self.admin_url}/metrics")  # it starts after the public API
 
