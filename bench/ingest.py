@@ -37,9 +37,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-from _common import ROOT, median, pct, servers
-
-sys.path.insert(0, str(ROOT / "lab"))
+from _common import median, pct, servers
 from support.influx import InfluxDB
 
 from collector.ingest.points import Identity, to_line

@@ -22,14 +22,11 @@ import argparse
 import asyncio
 import re
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import msgspec
-from _common import ROOT, BlackboxExporter, median
-
-sys.path.insert(0, str(ROOT / "lab"))
+from _common import BlackboxExporter, median
 from support import web
 
 from probe.checks.http import HttpJob, measure
