@@ -140,7 +140,7 @@ def fleet(
     tmp = tmp_path_factory.mktemp("asks")
     data = tmp / "collector"
     db = "asks_" + uuid.uuid4().hex[:8]
-    tokens = {}
+    tokens: dict[str, str] = {}
     for probe, (region, country) in FLEET.items():
         tokens |= register(data, {probe: region}, "--country", country)
     operator = subprocess.run(
@@ -252,7 +252,10 @@ def test_a_sick_probe_is_skipped_and_the_answer_says_so(fleet: Fleet) -> None:
     needs half an hour of baselines (tests/test_alerts.py covers it writing these)."""
     now = time.time_ns()
     point = "alert,probe=p-eu-1,region=eu-central,rule=probe,severity=info,state={} value=1 {}"
-    write = lambda line: influxdb.write(fleet.influx.url, fleet.db, [line])  # noqa: E731
+
+    def write(line: str) -> None:
+        influxdb.write(fleet.influx.url, fleet.db, [line])
+
     write(point.format("firing", now - 10**9))
     status, made, _ = fleet.ask(locations=[{"region": "eu-central"}], limit=2)
     assert status == 202
@@ -336,7 +339,10 @@ def test_the_rate_to_one_target_over_the_fleet_is_bounded(fleet: Fleet) -> None:
     third is 429 naming the key, and another target is not held up; nor may one probe
     be asked for more than 20/s over its asks."""
     time.sleep(3)  # the asks of the tests before have sent all they will (and timed out)
-    burst = {"locations": [{"region": "eu-central"}, {"probe": "p-ap-1"}], "limit": 3}
+    burst: dict[str, Any] = {
+        "locations": [{"region": "eu-central"}, {"probe": "p-ap-1"}],
+        "limit": 3,
+    }
     burst |= {"count": 10, "interval_s": 0.2, "target": "::1"}
     first, _, _ = fleet.ask(**burst)
     second, _, _ = fleet.ask(**burst)
