@@ -1,10 +1,12 @@
 """A failover drill's figures, from an ask's results: per probe and series, each site
 change, its outage and the queries lost, and the flips.
 
-A result is answered when it has its kind's value (``rtt_ms`` for dns). Times are when
-the answers arrived (``ts`` + the round trip): a change's outage runs from the last
-answer of the old site to the first answer of the new one, to the millisecond, and its
-``lost`` are the queries in between that got no answer. ``flips`` counts the site
+A result is answered when it has its kind's value (``rtt_ms`` for dns). A change's
+outage is how long the queries sent went unanswered: from the send of the first query
+that got no answer after the old site's last to the send of the first query the new site
+answered (the probe's kernel stamps, so to the millisecond; what it measures is as fine
+as the drill's interval), 0 when none was lost; its ``lost`` are the queries in between
+that got no answer. ``flips`` counts the site
 changes of the series. The same figures are written as ``event`` points (kind
 ``drill``, the ask's id in ``ask``), one per change, and one with no change for a series
 whose site never changed.
@@ -23,7 +25,7 @@ SERIES_KEYS = ("server", "transport", "qname", "family", "url", "method")
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    at: int  # epoch ns of the first answer from the new site
+    at: int  # epoch ns: the send of the first query the new site answered
     from_site: str
     to_site: str
     outage_ms: float
@@ -90,25 +92,25 @@ def analyse(rows: list[dict[str, Any]], value: str) -> list[Report]:
     for (probe, series), items in sorted(groups.items()):
         items.sort(key=lambda r: int(r["time"]))
         rep = Report(probe, str(items[0].get("region", "")), series)
-        last_at: int | None = None  # arrival of the last answer
         last_site = ""
         lost_since = 0
+        first_lost = 0  # the send of the first query unanswered since the last answer
         for r in items:
             rep.queries += 1
-            v = r.get(value)
-            if v is None:
+            sent = int(r["time"])
+            if r.get(value) is None:
+                if not lost_since:
+                    first_lost = sent
                 lost_since += 1
                 continue
             rep.answered += 1
-            at = int(r["time"]) + int(float(v) * 1_000_000)
             site = str(r.get("site") or "")
-            if not rep.first_site:
+            if rep.answered == 1:
                 rep.first_site = site
-            elif site != last_site and last_at is not None:
-                rep.changes.append(
-                    Change(at, last_site, site, round((at - last_at) / 1_000_000, 3), lost_since)
-                )
-            last_at, last_site, lost_since = at, site, 0
+            elif site != last_site:
+                outage = round((sent - first_lost) / 1_000_000, 3) if lost_since else 0.0
+                rep.changes.append(Change(sent, last_site, site, outage, lost_since))
+            last_site, lost_since = site, 0
         rep.last_site = last_site
         out.append(rep)
     return out
