@@ -17,6 +17,8 @@ results <= 1 s on loopback.
     .venv/bin/python bench/asks.py [--runs 3] [--idle-s 60]
 """
 
+# ruff: noqa: S310 - loopback URLs of the servers this benchmark starts
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from _common import median, servers
 from support.influx import InfluxDB
-from support.procs import COLLECTOR, PROBE, Collector
+from support.procs import PROBE, Collector
 
 from collector.ingest.registry import Registry
 
