@@ -45,8 +45,10 @@ log = logging.getLogger("popwatch.probe.asks")
 
 #: results of one ask are posted at most this often (the first at once)
 POST_EVERY_S: Final = 0.1
-#: command ids are remembered this long (the collector hands a command out for 10 s)
-REMEMBER_S: Final = 60.0
+#: command ids are remembered this long (the collector hands a command out for 10 s
+#: after it is made), and at most this many are told the collector (it takes 256)
+REMEMBER_S: Final = 30.0
+MAX_HAVE: Final = 256
 _MAX_BACKOFF_S: Final = 30.0
 _commands: Final = msgspec.json.Decoder(Commands)
 
@@ -109,7 +111,8 @@ class Asks:
         while not stop.is_set():
             now = time.monotonic()
             self._got = {k: t for k, t in self._got.items() if now - t < REMEMBER_S}
-            params = {"wait_s": f"{self.wait_s:g}", "have": ",".join(sorted(self._got))}
+            newest = sorted(self._got, key=self._got.__getitem__)[-MAX_HAVE:]
+            params = {"wait_s": f"{self.wait_s:g}", "have": ",".join(newest)}
             wait = 0.0
             try:
                 async with session.get(
