@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +70,34 @@ def target(lab: web.WebLab, dns: servers.Knot) -> Callable[..., HttpTarget]:
     return make
 
 
-async def medians(t: HttpTarget, n: int = 5) -> dict[str, float]:
-    """Median of each phase over ``n`` fetches (all must succeed)."""
+PHASES = ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "total_ms")
+
+
+@dataclass
+class Phases:
+    """Each phase over ``n`` fetches: its median, and how far that median could be off
+    (the spread of the middle three fetches: what this machine's noise was just now)."""
+
+    samples: dict[str, list[float]]
+
+    @property
+    def median(self) -> dict[str, float]:
+        return {p: statistics.median(v) for p, v in self.samples.items()}
+
+    @property
+    def noise(self) -> dict[str, float]:
+        out = {}
+        for p, v in self.samples.items():
+            s, mid = sorted(v), len(v) // 2
+            out[p] = s[mid + 1] - s[mid - 1]
+        return out
+
+
+async def phases(t: HttpTarget, n: int = 7) -> Phases:
+    """Every phase of ``n`` fetches (all must succeed)."""
     records = [await measure(HttpJob(t)) for _ in range(n)]
     assert all(r.error is None for r in records), records
-    return {
-        phase: statistics.median(getattr(r, phase) or 0.0 for r in records)
-        for phase in ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "total_ms")
-    }
+    return Phases({p: [getattr(r, p) or 0.0 for r in records] for p in PHASES})
 
 
 @pytest.mark.parametrize(
@@ -91,16 +112,27 @@ async def medians(t: HttpTarget, n: int = 5) -> dict[str, float]:
 async def test_a_delay_shows_in_its_phase_only(
     target: Callable[..., HttpTarget], port: int, query: dict[str, Any], phase: str
 ) -> None:
-    """A 50 ms delay lands in its own phase (within 3 ms) and in no other."""
-    base = await medians(target())
-    slow = await medians(target(port, query=query))
-    extra = {p: slow[p] - base[p] for p in base}
-    assert abs(extra[phase] - DELAY * 1000) <= 3.0, extra
+    """A 50 ms delay lands in its own phase (within 3 ms) and in no other (within 3 ms
+    of nothing); the whole fetch grows by it too (within 5 ms).
+
+    Each "within" is of the medians of 7 fetches with the delay and 7 without, plus the
+    noise the same test measured: how far each median could be off (the spread of its
+    middle three fetches, with and without). On a quiet machine that is a millisecond
+    or less; a busy one widens it instead of failing the test. The phase itself
+    can never be shorter than the delay: that bound has no slack."""
+    base = await phases(target())
+    slow = await phases(target(port, query=query))
+    b, s = base.median, slow.median
+    extra = {p: s[p] - b[p] for p in PHASES}
+    slack = {p: base.noise[p] + slow.noise[p] for p in PHASES}
+    seen = {"extra": extra, "slack": slack, "base": base.samples, "slow": slow.samples}
+    assert s[phase] >= DELAY * 1000, seen
+    assert abs(extra[phase] - DELAY * 1000) <= 3.0 + slack[phase], seen
     for other in ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms"):
         if other != phase:
-            assert abs(extra[other]) < 3.0, (other, extra)
+            assert abs(extra[other]) < 3.0 + slack[other], (other, seen)
     # the time to first byte and the whole fetch grow by the same delay, body aside
-    assert abs(extra["total_ms"] - DELAY * 1000) <= 5.0, extra
+    assert abs(extra["total_ms"] - DELAY * 1000) <= 5.0 + slack["total_ms"], seen
 
 
 async def test_dns_phase_is_one_query_on_the_nameserver(
@@ -350,7 +382,9 @@ def test_run_measures_http_and_dns_targets(
     assert proc.returncode == 0, err
     records = [json.loads(x) for x in output.read_text().splitlines()]
     gaps = servers.series_spacing(records, lambda r: r["kind"])
-    assert all(abs(g - 1.0) < 0.1 for g in gaps), gaps  # each target every second
+    # each target once a second: no run skipped (2 s), none doubled (0 s); half an
+    # interval of margin either way, which a busy machine's start lag never eats
+    assert gaps and all(0.5 < g < 1.5 for g in gaps), gaps
     assert all(r["status"] == 200 and r["ttfb_ms"] > 0 for r in records if r["kind"] == "http")
 
 
