@@ -38,7 +38,7 @@ from probe.checks import CHECKS, Job, check
 from probe.configfile import explain
 from probe.resolve import ResolveError, resolve
 from probe.runner import RecordSink, run_job
-from probe.shipper import collector_connector
+from probe.shipper import TooLarge, collector_connector, read_bounded
 from probe.wire import SCHEMA_VERSION, AskState, Batch, Command, Commands, Measurement, encode
 
 log = logging.getLogger("popwatch.probe.asks")
@@ -49,6 +49,9 @@ POST_EVERY_S: Final = 0.1
 #: after it is made), and at most this many are told the collector (it takes 256)
 REMEMBER_S: Final = 30.0
 MAX_HAVE: Final = 256
+#: the longest answer read from the collector (a command list, a result's ack): the rest
+#: of a longer one is never read
+MAX_COMMANDS_BYTES: Final = 1024 * 1024
 _MAX_BACKOFF_S: Final = 30.0
 _commands: Final = msgspec.json.Decoder(Commands)
 
@@ -120,7 +123,7 @@ class Asks:
                 async with session.get(
                     url, params=params, timeout=timeout, allow_redirects=False
                 ) as resp:
-                    body = await resp.read()
+                    body = await read_bounded(resp, MAX_COMMANDS_BYTES)
                     status = resp.status
                 if status == 200:
                     for cmd in _commands.decode(body).commands:
@@ -133,7 +136,7 @@ class Asks:
                     wait = 60.0
                 else:
                     log.warning("commands from %s: HTTP %d %s", url, status, why)
-            except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as exc:
+            except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError, TooLarge) as exc:
                 log.info("commands from %s: %s", url, exc or type(exc).__name__)
             if not wait:
                 wait = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
@@ -262,10 +265,10 @@ class Asks:
             async with session.post(
                 self.base + path, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
-                answer: Any = await resp.read()
+                answer: Any = await read_bounded(resp, MAX_COMMANDS_BYTES)
                 if resp.status != 200:
                     log.info("%s: HTTP %d %s", path, resp.status, answer[:200])
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, TooLarge) as exc:
             # the spool has the records: they arrive the normal way
             log.info("%s: %s", path, exc or type(exc).__name__)
 
