@@ -82,7 +82,9 @@ def request(rd: Path, req: dict[str, Any], timeout: float = 60.0) -> dict[str, A
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(str(path))
-            s.sendall(json.dumps(req).encode() + b"\n")
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                # a busy daemon answers and closes before reading: its answer is queued
+                s.sendall(json.dumps(req).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(65536)

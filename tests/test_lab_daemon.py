@@ -341,7 +341,8 @@ def read_answer(s: socket.socket) -> tuple[bytes, bool]:
 def ask(path: Path, data: bytes) -> dict[str, Any]:
     """Send ``data`` on a new connection; the one-line answer (the server closes)."""
     with connect(path) as s:
-        s.sendall(data)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(data)  # a busy daemon answers and closes before it reads
         line, closed = read_answer(s)
     assert closed and line, (data[:80], line)
     answer: dict[str, Any] = json.loads(line)
