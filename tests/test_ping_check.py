@@ -381,7 +381,7 @@ def test_ping_targets_are_validated_when_loaded(tmp_path: Path) -> None:
     [t] = load_targets(path)
     assert isinstance(t, PingTarget) and t.method == "icmp" and t.families == [4, 6]
     for bad, fault in (
-        ("method: udp", "targets[0].method: invalid enum value 'udp'"),
+        ("method: udp", "targets[0].method: 'udp' is not one of icmp, tcp"),
         ("timeout: 5", "targets[0]: timeout (5s) must be shorter than interval (2s)"),
         ("families: [4, 4]", "targets[0]: families lists a value twice: [4, 4]"),
         ("port: 0", "targets[0].port: expected an integer >= 1, got 0"),

@@ -85,7 +85,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument("name", help="the operator's name (1-63 of A-Z a-z 0-9 _ . : -)")
     osub.add_parser("list", parents=[common], help="list operators")
     rev = osub.add_parser("revoke", parents=[common], help="refuse an operator's token")
-    rev.add_argument("name")
+    rev.add_argument("name", help="the name of the operator whose token stops working")
 
     ask = sub.add_parser(
         "ask",
