@@ -350,7 +350,7 @@ async def detection(world: World, influx: InfluxDB, data: Path, runs: int) -> No
     """A second collector, with the engine on, next to the one the probes send to (any
     number of collectors may serve probes; exactly one evaluates)."""
     cfg = AlertsConfig()
-    goal = world.interval + (cfg.for_ + 1) * cfg.evaluate_every_s
+    goal = world.interval + cfg.for_s + 2 * cfg.evaluate_every_s
     evaluator = data / "evaluator"
     evaluator.mkdir()
     shutil.copy(data / "registry.sqlite", evaluator / "registry.sqlite")
@@ -405,7 +405,7 @@ async def detection(world: World, influx: InfluxDB, data: Path, runs: int) -> No
                 print(
                     f"DETECTION: median {statistics.median(latencies):.1f} s over {len(latencies)} runs "
                     f"(runs {' / '.join(f'{x:.1f}' for x in latencies)}); goal <= probe interval "
-                    f"{world.interval} s + (for {cfg.for_} + 1) x evaluate_every {cfg.evaluate_every_s:g} s "
+                    f"{world.interval} s + for_s {cfg.for_s:g} s + 2 x evaluate_every {cfg.evaluate_every_s:g} s "
                     f"= {goal:g} s; other alerts meanwhile: {others or 'none'}",
                     flush=True,
                 )

@@ -52,8 +52,8 @@ class LabConfig:
     jitter_ms: float = 0.05  # every path's jitter (standard deviation, one way) ...
     jitter_share: float = 0.01  # ... plus this share of its one-way delay
     evaluate_every_s: float = 2.0  # the alert engine's cycle
-    alert_for: int = 2  # bad evaluations before an alert fires
-    keep_firing_for: int = 2  # good evaluations before it resolves
+    for_s: float = 4.0  # seconds a condition holds before its alert fires (2 evaluations)
+    keep_firing_for_s: float = 4.0  # seconds it is gone before the alert resolves
     heartbeat_s: float = 2.0  # the probes' heartbeat
     warm_baselines: bool = True  # give the alert engine an hour of baselines at the start
 
@@ -158,8 +158,8 @@ def alerts(cfg: LabConfig) -> dict[str, Any]:
         "alertmanager_url": ALERTMANAGER_URL,
         "resend_s": 10,
         "quorum": 2,  # or every probe of a region with fewer (one per region here)
-        "for": cfg.alert_for,
-        "keep_firing_for": cfg.keep_firing_for,
+        "for_s": cfg.for_s,
+        "keep_firing_for_s": cfg.keep_firing_for_s,
         "rules": {
             "latency": {"window_s": 10, "min_delta_ms": 20},
             "errors": {"window_s": 10},

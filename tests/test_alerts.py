@@ -394,16 +394,18 @@ async def test_a_sick_probe_raises_a_probe_alert_and_no_regional_one(
 
 
 @pytest.mark.parametrize("shift", [0, 3], ids=["above-first", "below-first"])
-@pytest.mark.parametrize("hysteresis", [0.1, 0.0], ids=["default", "without"])
+@pytest.mark.parametrize("holds", [True, False], ids=["default", "without"])
 async def test_a_value_hovering_at_the_threshold_does_not_flap(
-    world: World, alertmanager: Alertmanager, receiver: Receiver, hysteresis: float, shift: int
+    world: World, alertmanager: Alertmanager, receiver: Receiver, holds: bool, shift: int
 ) -> None:
     """eu's probes hover at their threshold on ns-uni for 20 evaluations: three samples
     4 % above it, three 2 % below, and again (starting above or below). The window's
-    median crosses the threshold both ways, twice in a row each time. With the default
-    hysteresis (a firing alert holds until its samples are back below baseline + 90 %
-    of the way to the threshold) the alert fires once and resolves once, after the
-    probes are back to normal; without it, the same samples make it flap."""
+    median crosses the threshold both ways, twice in a row each time. With the defaults
+    (a firing alert holds while its probes' answers of the last ``hold_s`` are past
+    baseline + 90 % of the way to the threshold, and resolves ``keep_firing_for_s``
+    after that stops) the alert fires once and resolves once, after the probes are back
+    to normal; without those holds (hysteresis 0, hold_s 1, keep_firing_for_s 0), the
+    same samples make it flap."""
     await world.seed()
     eu = {p for p, r in PROBES.items() if r == "eu"}
     start, end = world.t0, world.t0 + 20 * STEP_S
@@ -416,11 +418,14 @@ async def test_a_value_hovering_at_the_threshold_does_not_flap(
         return None
 
     world.overrides.append(hover)
-    rules = {"latency": {"hysteresis": hysteresis}}
-    async with engine(world, alertmanager_url=alertmanager.url, rules=rules) as e:
+    off: dict[str, Any] = {
+        "rules": {"latency": {"hysteresis": 0, "hold_s": 1}},
+        "keep_firing_for_s": 0,
+    }
+    async with engine(world, alertmanager_url=alertmanager.url, **({} if holds else off)) as e:
         during = [state for _, state, _ in changes(await run(world, e, 1, 20))]
         after = [state for _, state, _ in changes(await run(world, e, 21, 40))]
-    if hysteresis == 0:
+    if not holds:
         assert during.count("firing") >= 2 and "resolved" in during, during
         return
     assert (during, after) == (["firing"], ["resolved"])
@@ -646,13 +651,13 @@ def test_the_variables_set_the_section() -> None:
         env={
             "POPWATCH_ALERTMANAGER_URL": "http://am:9093",
             "POPWATCH_ALERTS_ENABLED": "1",
-            "POPWATCH_ALERTS_FOR": "3",
+            "POPWATCH_ALERTS_FOR_S": "90",
         },
     )
-    assert (cfg.alertmanager_url, cfg.enabled, cfg.for_, cfg.resend_s) == (
+    assert (cfg.alertmanager_url, cfg.enabled, cfg.for_s, cfg.resend_s) == (
         "http://am:9093",
         True,
-        3,
+        90,
         30,
     )
     with pytest.raises(
@@ -694,7 +699,7 @@ async def test_alerts_check_prints_what_fires_with_value_baseline_and_probes(
         "would fire: latency (critical) region=eu target=ns-uni topology=unicast "
         "value=65.0 ms baseline=13.0 ms (median of the previous 24 h) "
         "probes=eu-1, eu-2, eu-3 (3 of 3): eu: ns-uni latency 65.0 ms, 5.0x its baseline "
-        "13.0 ms, seen by eu-1, eu-2, eu-3 (3 of 3 probes)"
+        "13.0 ms (line 33.0 ms), seen by eu-1, eu-2, eu-3 (3 of 3 probes)"
     ]
     calm = await asyncio.to_thread(check, world.t0 - 3600)
     assert (calm.returncode, calm.stdout) == (0, ""), calm.stderr
@@ -727,7 +732,7 @@ async def test_the_baselines_are_influxdbs_medians_of_the_rollup(world: World) -
         for r in rows:
             key = (r["kind"], r["probe"], r["target"], r.get("site") or "")
             mine = e.rollups.baseline(key, lo, hi)
-            assert mine is not None and mine[0] == r["median"], (key, mine, r["median"])
+            assert mine is not None and mine.p50 == r["median"], (key, mine, r["median"])
 
 
 class Live:
@@ -740,6 +745,8 @@ class Live:
             POPWATCH_ALERTS_ENABLED="1",
             POPWATCH_ALERTS_EVALUATE_EVERY_S="1",
             POPWATCH_ALERTS_RESEND_S="2",
+            POPWATCH_ALERTS_FOR_S="1",
+            POPWATCH_ALERTS_KEEP_FIRING_FOR_S="2",
             POPWATCH_ALERTMANAGER_URL=am.url,
         )
 

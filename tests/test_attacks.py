@@ -400,7 +400,7 @@ async def test_invented_targets_raise_no_regional_alerts_and_few_of_any(world: W
             records.append(r)
     await world.post("eu-1", records)
     await world.tick(at)
-    async with engine_for(world, probe_warnings=True, **{"for": 1}) as e:
+    async with engine_for(world, probe_warnings=True, for_s=0) as e:
         result = await e.step(at * NS)
     errors = [c for c in result.conditions if c.rule == "errors"]
     assert [c for c in errors if not c.label("probe")] == []
@@ -482,7 +482,7 @@ async def test_an_honest_regions_alert_fires_while_a_probe_attacks(world: World)
 
     world.overrides.append(lie)
     fired: list[tuple[int, dict[str, str]]] = []
-    async with engine_for(world, **{"for": 2}) as e:
+    async with engine_for(world, for_s=STEP_S) as e:
         for k in range(1, 7):
             at = world.t0 + k * STEP_S
             ts = (at - 15) * NS

@@ -101,8 +101,8 @@ def test_a_threshold_is_called_a_threshold() -> None:
         probes=("a", "b"),
         of=3,
         summary="eu: t failing",
-        for_=2,
-        keep_firing_for=2,
+        for_s=30,
+        keep_firing_for_s=60,
     )
     text = annotate(c)
     assert text["threshold"] == "5.0% (the most failures allowed)" and "baseline" not in text

@@ -3,7 +3,7 @@
 Each line is an alert whose condition holds at the evaluation time (``fires``: already
 firing by the ``alert`` measurement; ``would fire``: not yet), or one firing now whose
 condition no longer holds (``would resolve``), with its value, baseline and probes.
-``for`` and ``keep_firing_for`` are not applied: this shows what the rules see at that
+``for_s`` and ``keep_firing_for_s`` are not applied: this shows what the rules see at that
 time. The exit status is 1 when anything fires or would fire.
 """
 

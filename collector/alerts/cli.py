@@ -26,7 +26,7 @@ examples:
 One line per alert whose condition holds at that time ("fires" when the alert
 measurement says it is firing, else "would fire"), and per firing alert whose
 condition no longer holds ("would resolve"), each with its value, baseline and probes.
-Nothing is written or sent; for and keep_firing_for are not applied. Exit status 1 when
+Nothing is written or sent; for_s and keep_firing_for_s are not applied. Exit status 1 when
 something fires or would fire, 0 when nothing does, 2 for a bad config.
 """
 

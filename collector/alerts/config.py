@@ -1,8 +1,8 @@
 """The ``alerts:`` section of the collector's config: typed, validated when loaded.
 
 Every key has a default (``collector/example.yaml`` lists them all). Rules are set once
-for every target (``alerts.rules``, ``alerts.quorum``, ``alerts.for``,
-``alerts.keep_firing_for``), and a ``group`` of targets (matched by name, topology or
+for every target (``alerts.rules``, ``alerts.quorum``, ``alerts.for_s``,
+``alerts.keep_firing_for_s``), and a ``group`` of targets (matched by name, topology or
 provider) may override any of them for its targets.
 
 A bad section raises :class:`probe.configfile.ConfigError` with one line naming the key
@@ -27,6 +27,9 @@ from collector.alerts.rules.base import AnyRule
 from probe.configfile import ConfigError, explain, keys_of, url_fault
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Duration = Annotated[float, msgspec.Meta(ge=0, le=86400)]
+#: keys that became durations: their old name, and the new one's
+RENAMED: Final = {"for": "for_s", "keep_firing_for": "keep_firing_for_s"}
 
 
 def _section(name: str, rules: tuple[AnyRule, ...]) -> type[msgspec.Struct]:
@@ -59,8 +62,8 @@ class Group(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     )
     providers: list[str] = msgspec.field(default_factory=list)
     quorum: Count | None = None
-    for_: Count | None = msgspec.field(default=None, name="for")
-    keep_firing_for: Count | None = None
+    for_s: Duration | None = None
+    keep_firing_for_s: Duration | None = None
     rules: TargetRules = msgspec.field(default_factory=TargetRules)  # type: ignore[valid-type]
 
     def __post_init__(self) -> None:
@@ -97,8 +100,11 @@ class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     webhooks: list[Webhook] = msgspec.field(default_factory=list)
     dashboard_url: str | None = None  # a Grafana dashboard; alerts link to it
     quorum: Count = 2  # healthy probes of a region that must agree
-    for_: Count = msgspec.field(default=2, name="for")  # bad evaluations to fire
-    keep_firing_for: Count = 2  # good evaluations to resolve
+    # seconds a condition must hold before its alert fires, and must be gone before a
+    # firing alert resolves: durations, as in Prometheus (an evaluation at a time of the
+    # evaluate_every_s grid, so a changed grid changes nothing of how long they wait)
+    for_s: Duration = 30.0
+    keep_firing_for_s: Duration = 60.0
     probe_warnings: bool = False  # a probe degraded alone on a target: a warning
     rules: Rules = msgspec.field(default_factory=Rules)  # type: ignore[valid-type]
     groups: list[Group] = msgspec.field(default_factory=list)
@@ -132,23 +138,23 @@ def settings_for(cfg: AlertsConfig, target: str, topology: str, provider: str) -
             return TargetSettings(
                 group=g.name,
                 quorum=g.quorum or cfg.quorum,
-                for_=g.for_ or cfg.for_,
-                keep_firing_for=g.keep_firing_for or cfg.keep_firing_for,
+                for_s=cfg.for_s if g.for_s is None else g.for_s,
+                keep_firing_for_s=(
+                    cfg.keep_firing_for_s if g.keep_firing_for_s is None else g.keep_firing_for_s
+                ),
                 rules=g.rules,
             )
     return TargetSettings(
         group=None,
         quorum=cfg.quorum,
-        for_=cfg.for_,
-        keep_firing_for=cfg.keep_firing_for,
+        for_s=cfg.for_s,
+        keep_firing_for_s=cfg.keep_firing_for_s,
         rules=TargetRules(**{name: getattr(cfg.rules, name) for name in TARGET_RULES}),
     )
 
 
 #: every key of the section, at any depth: what an unknown key is compared with
-ALERT_KEYS: Final = keys_of(AlertsConfig, Rules, Group, Webhook, *(r.settings for r in RULES)) | {
-    "for"
-}
+ALERT_KEYS: Final = keys_of(AlertsConfig, Rules, Group, Webhook, *(r.settings for r in RULES))
 
 #: the section's top-level keys that are variables, and their variable
 VARIABLES: Final = {
@@ -162,14 +168,36 @@ VARIABLES: Final = {
         "resend_s",
         "dashboard_url",
         "quorum",
-        "for",
-        "keep_firing_for",
+        "for_s",
+        "keep_firing_for_s",
         "probe_warnings",
     )
 }
 
 _BOOLS: Final = {"1": True, "true": True, "yes": True, "on": True}
 _BOOLS.update({"0": False, "false": False, "no": False, "off": False, "": False})
+
+
+#: keys of a rule that are gone, and what replaced them
+REMOVED: Final = {
+    ("errors", "hysteresis"): "the ratio is judged with its confidence bounds instead: "
+    "confidence (to fire) and resolve_confidence (to resolve)",
+}
+
+
+def _renamed(section: dict[str, Any], file: str, path: str) -> None:
+    """A key that became a duration is named with its new name, not taken as a count;
+    a key that is gone says what replaced it."""
+    for old, new in RENAMED.items():
+        if old in section:
+            raise ConfigError(
+                f"{file}: {path}.{old}: renamed {new}: a duration in seconds (it was a count "
+                f"of evaluations: {old}: 2 at evaluate_every_s 30 is {new}: 30)"
+            )
+    rules = section.get("rules")
+    for (rule, key), instead in REMOVED.items():
+        if isinstance(rules, dict) and isinstance(rules.get(rule), dict) and key in rules[rule]:
+            raise ConfigError(f"{file}: {path}.rules.{rule}.{key}: removed: {instead}")
 
 
 def _deep_merge(base: Any, over: Any) -> Any:
@@ -217,6 +245,17 @@ def load_alerts(
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: alerts: expected a mapping of keys, got {data!r}")
     data = copy.deepcopy(data)
+    _renamed(data, file, "alerts")
+    for i, g in enumerate(data.get("groups") or []):
+        if isinstance(g, dict):
+            _renamed(g, file, f"alerts.groups[{i}]")
+    for old, new in RENAMED.items():
+        var = f"POPWATCH_ALERTS_{old.upper()}"
+        if env is not None and var in env:
+            raise ConfigError(
+                f"{var}: renamed POPWATCH_ALERTS_{new.upper()}: a duration in seconds "
+                "(it was a count of evaluations)"
+            )
     from_env: dict[str, str] = {}
     for key, var in VARIABLES.items():
         if env is not None and var in env:

@@ -2,10 +2,10 @@
 
 An evaluation (``step``) rolls up the buckets that have closed, reads the window's raw
 samples and the heartbeats, follows the anycast sites and serials (``event`` points),
-judges the rules, applies hysteresis, writes the state changes (``alert`` points) and
-hands them to the notifiers. It keeps nothing a restart would lose: the firing alerts
-come back from ``alert``, the baselines from ``rollup_5m``, the last sites and serials
-from the raw points of the hour before.
+judges the rules, applies the waits (``for_s``, ``keep_firing_for_s``), writes the
+state changes (``alert`` points) and hands them to the notifiers. It keeps nothing a
+restart would lose: the firing alerts come back from ``alert``, the baselines from
+``rollup_5m``, the last sites and serials from the raw points of the hour before.
 
 Points go through ``writer`` (the collector's sink: InfluxDB, or the collector's spool
 while InfluxDB is away). Points it could not take are kept and written with the next
@@ -29,7 +29,7 @@ from collector.alerts.config import AlertsConfig, TargetSettings, settings_for
 from collector.alerts.notify import Alertmanager, Notice, Notifier, Webhook
 from collector.alerts.rollup import BASELINE_S, BUCKET_S, Rollups, bucket_of
 from collector.alerts.rules import RULES, Condition, Firing, Inputs, annotate, assess
-from collector.alerts.state import Change, States, Tracked, to_line
+from collector.alerts.state import Change, States, Tracked, message, to_line
 from collector.alerts.window import NS, fetch
 from collector.store.influxql import InfluxQL, QueryError
 
@@ -54,7 +54,7 @@ class StepResult:
     """What one evaluation saw and did."""
 
     at: int  # epoch ns evaluated
-    conditions: list[Condition]
+    conditions: list[Condition]  # those that hold now
     changes: list[Change]
     events: list[Event]
     seconds: float  # the whole evaluation, wall time
@@ -97,7 +97,7 @@ class Engine:
         self.registered = registered
         self.served = served
         self.dry = dry
-        self.states = States(default_keep=cfg.keep_firing_for)
+        self.states = States(default_for_s=cfg.for_s, default_keep_s=cfg.keep_firing_for_s)
         self.rollups = Rollups(influx, write=not dry)
         self.catchments = Catchments()
         self.serials = Serials()
@@ -186,7 +186,9 @@ class Engine:
             usual_site=lambda kind, probe, target: self.rollups.usual_site(
                 kind, probe, target, lo, hi
             ),
-            firing=Firing(a.labels for a in self.states.firing()),
+            firing=Firing(
+                (a.labels, a.condition.probes if a.condition else ()) for a in self.states.firing()
+            ),
             serials=serials,
             newest_since=newest_since,
             registered=registered,
@@ -208,7 +210,8 @@ class Engine:
             metrics.FIRING.labels(name).set(sum(1 for a in self.states.firing() if a.rule == name))
         seconds = time.perf_counter() - t0
         metrics.EVALUATION_SECONDS.observe(seconds)
-        return StepResult(at, conditions, changes, events, seconds, self.influx.take_seconds())
+        holding = [c for c in conditions if c.holds]
+        return StepResult(at, holding, changes, events, seconds, self.influx.take_seconds())
 
     def _forget(self) -> None:
         """Bound what is kept per series: settings of targets not seen for a while."""
@@ -257,6 +260,8 @@ class Engine:
         """What the notifiers get about alert ``a``."""
         labels = dict(a.labels)
         annotations = annotate(a.condition) if a.condition is not None else {}
+        if a.condition is not None:
+            annotations["summary"] = message(a, state)
         link = self.link(labels, a.since, None if state == "firing" else wall)
         if link:
             annotations["dashboard"] = link

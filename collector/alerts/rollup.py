@@ -1,18 +1,27 @@
-"""Baselines: the ``rollup_5m`` measurement, and the medians over it the rules compare with.
+"""Baselines: the ``rollup_5m`` measurement, and what the rules compare with over it.
 
 Every 5-minute bucket, once it has been closed for ``DELAY_S``, is rolled up by one
-InfluxQL query per judged kind: the median of the kind's value field (``rtt_ms`` for dns,
-``ttfb_ms`` for http: ``collector.kinds``) and the count of answers, per probe, target
-and site. Those rows are written to ``rollup_5m`` (tags
-``kind``, probe, region, target, site, topology, provider; fields ``p50``, ``n``), with
-one marker row per bucket (``kind=done``), so a restarted engine knows which buckets
-exist and computes only the missing ones (a first start computes the last day's).
+InfluxQL query per judged kind: the median and the 95th percentile of the kind's value
+field (``rtt_ms`` for dns, ``ttfb_ms`` for http: ``collector.kinds``) and the count of
+answers, per probe, target and site, over the scheduled measurements (not the asked
+ones). Those rows are written to ``rollup_5m`` (tags ``kind``, probe, region, target,
+site, topology, provider; fields ``p50``, ``p95``, ``n``), with one marker row per
+bucket (``kind=done``: the rows it made, ``buckets``, and the raw points it saw,
+``points``), so a restarted engine knows which buckets exist and computes only the
+missing ones (a first start computes the last day's).
 
-A series' baseline is the median of its bucket medians over the 24 hours before the
-window: 288 rows, not 24 h of raw points. The engine keeps those rows in memory (about
-5 kB per series), loaded from ``rollup_5m`` when it starts and extended by each new
-bucket, so a cycle asks InfluxDB only for the window. Points that reach InfluxDB more
-than ``DELAY_S`` after their bucket closed are not in its row.
+A series' :class:`Baseline` comes from its bucket rows over the 24 hours before the
+window: the median of the bucket medians (the usual value), their 90th percentile (how
+far a 5-minute median usually wanders: the spread the latency rule's line keeps clear
+of) and the median of the bucket p95s (how far one answer usually goes: the line a fast
+onset must pass). That is 288 rows, not 24 h of raw points. The engine keeps those rows
+in memory (about 8 kB per series), loaded from ``rollup_5m`` when it starts and
+extended by each new bucket, so a cycle asks InfluxDB only for the window.
+
+Points that reach InfluxDB after their bucket was rolled up (a probe's spool replaying
+after an outage, history imported after the engine started) are found by ``recheck``:
+once per bucket it counts the raw points of each bucket of the day (one query per kind,
+grouped by time only) and rolls up again each bucket whose count is not its marker's.
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ import logging
 import statistics
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from collector.alerts.window import SCHEDULED
 from collector.kinds import Kind, alerted
 from collector.store.influxql import InfluxQL, Series
 from collector.store.lineproto import Unrepresentable, line
@@ -45,6 +56,18 @@ MEASUREMENT = "rollup_5m"
 Key = tuple[str, str, str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """A series' day before the window, from its bucket rows: ``p50`` the median of the
+    bucket medians, ``p90`` their 90th percentile, ``tail`` the median of the bucket
+    p95s (None when the rows predate the field), ``buckets`` how many rows."""
+
+    p50: float
+    p90: float
+    tail: float | None
+    buckets: int
+
+
 def _tags(kind: Kind[Any]) -> tuple[str, ...]:
     """The tags a kind's rollup rows are kept by."""
     a = kind.alerting
@@ -58,25 +81,30 @@ def _value(kind: Kind[Any]) -> str:
 
 
 class _Ring:
-    """One series' bucket medians, oldest first: bucket index (start // 300) and p50."""
+    """One series' bucket rows, oldest first: bucket index (start // 300), p50 and p95
+    (NaN when the row has none)."""
 
-    __slots__ = ("buckets", "p50")
+    __slots__ = ("buckets", "p50", "p95")
 
     def __init__(self) -> None:
         self.buckets = array.array("l")
         self.p50 = array.array("d")
+        self.p95 = array.array("d")
 
-    def put(self, bucket: int, p50: float) -> None:
+    def put(self, bucket: int, p50: float, p95: float) -> None:
         if not self.buckets or bucket > self.buckets[-1]:
             self.buckets.append(bucket)
             self.p50.append(p50)
+            self.p95.append(p95)
             return
         lo = bisect.bisect_left(self.buckets, bucket)  # a bucket redone, or out of order
         if lo < len(self.buckets) and self.buckets[lo] == bucket:
             self.p50[lo] = p50
+            self.p95[lo] = p95
         else:
             self.buckets.insert(lo, bucket)
             self.p50.insert(lo, p50)
+            self.p95.insert(lo, p95)
 
     def span(self, lo: int, hi: int) -> tuple[int, int]:
         """Indexes of the buckets in [lo, hi)."""
@@ -87,6 +115,7 @@ class _Ring:
         if i:
             del self.buckets[:i]
             del self.p50[:i]
+            del self.p95[:i]
 
 
 class Rollups:
@@ -98,17 +127,19 @@ class Rollups:
         self.write = write
         self.rings: dict[Key, _Ring] = {}
         self.sites: dict[tuple[str, str], set[str]] = defaultdict(set)  # (probe, target)
-        self.done: set[int] = set()  # bucket indexes rolled up
-        self._medians: dict[Key, tuple[int, int, float, int]] = {}
+        self.done: dict[int, int | None] = {}  # bucket indexes rolled up: raw points seen
+        self._medians: dict[Key, tuple[int, int, Baseline | None]] = {}
         self._usual: dict[tuple[str, str], tuple[int, int, str | None]] = {}
         self.loaded_from: int | None = None  # the oldest bucket index held
+        self._rechecked = -1  # the newest bucket when recheck last ran
+        self.redone = 0  # buckets rolled up again (late points)
 
-    def _put(self, key: Key, bucket: int, p50: float) -> None:
+    def _put(self, key: Key, bucket: int, p50: float, p95: float) -> None:
         ring = self.rings.get(key)
         if ring is None:
             ring = self.rings[key] = _Ring()
             self.sites[(key[1], key[2])].add(key[3])
-        ring.put(bucket, p50)
+        ring.put(bucket, p50, p95)
 
     async def load(self, first: int, last: int) -> None:
         """The rows and markers already in ``rollup_5m`` for buckets [first, last): two
@@ -123,11 +154,15 @@ class Rollups:
                     [
                         Select(
                             MEASUREMENT,
-                            (Col("p50"),),
+                            (Col("p50"), Col("p95")),
                             (kinds, span),
                             group_by=("kind", "probe", "target", "site"),
                         ),
-                        Select(MEASUREMENT, (Col("buckets"),), (Tag("kind", "done"), span)),
+                        Select(
+                            MEASUREMENT,
+                            (Col("buckets"), Col("points")),
+                            (Tag("kind", "done"), span),
+                        ),
                     ]
                 )
 
@@ -146,11 +181,15 @@ class Rollups:
         for s in rows:
             t = s.tags
             key = (t.get("kind", ""), t.get("probe", ""), t.get("target", ""), t.get("site", ""))
-            for ts, p50 in s.values:
+            for ts, p50, p95 in s.values:
                 if p50 is not None:
-                    self._put(key, ts // NS // BUCKET_S, float(p50))
+                    self._put(key, ts // NS // BUCKET_S, float(p50), _nan(p95))
         for s in marks:
-            self.done.update(ts // NS // BUCKET_S for ts, *_ in s.values)
+            for ts, rows_made, points in s.values:
+                # a marker from before ``points``: an empty bucket saw none; of another
+                # the count is not known, and it is not checked
+                seen = None if points is None and rows_made else int(points or 0)
+                self.done[ts // NS // BUCKET_S] = seen
 
     async def advance(
         self, at_ns: int, oldest: int, flush: Callable[[list[str]], Awaitable[None]]
@@ -160,6 +199,10 @@ class Rollups:
         rolls up a whole day holds one hour of rows at a time."""
         newest = (at_ns // NS - DELAY_S) // BUCKET_S  # buckets < newest have closed
         todo = [b for b in range(oldest, newest) if b not in self.done]
+        if newest != self._rechecked and self.done:
+            late = await self.recheck(max(oldest, min(self.done)), newest)
+            todo = sorted(set(todo) | late)
+            self._rechecked = newest
         for run in _runs(todo):
             for lo in range(run[0], run[1], CHUNK_BUCKETS):
                 hi = min(run[1], lo + CHUNK_BUCKETS)
@@ -168,6 +211,49 @@ class Rollups:
                     await flush(rows)
         self._forget(oldest)
 
+    async def recheck(self, lo: int, hi: int) -> set[int]:
+        """The buckets in [lo, hi) already rolled up whose raw points are not those
+        their marker saw (late points): one count per bucket and kind, every tag
+        pooled, so its cost is one pass over the day's points of each kind, once per
+        bucket (every 5 minutes), not one per series."""
+        if hi <= lo:
+            return set()
+        span = Span(lo * BUCKET_S * NS, hi * BUCKET_S * NS)
+        kinds = alerted()
+        results = await self.influx.query(
+            [
+                Select(
+                    k.measurement,
+                    (Fn("count", _value(k)),),
+                    (span, SCHEDULED),
+                    every=f"{BUCKET_S}s",
+                    fill="none",
+                )
+                for k in kinds
+            ]
+        )
+        counts: dict[int, int] = defaultdict(int)
+        for result in results:
+            for s in result:
+                for ts, n in s.values:
+                    counts[ts // NS // BUCKET_S] += int(n or 0)
+        late = set()
+        for bucket, seen in self.done.items():
+            if lo <= bucket < hi:
+                now = counts.get(bucket, 0)
+                if seen is not None and now != seen:
+                    late.add(bucket)
+        if late:
+            self.redone += len(late)
+            self._medians.clear()
+            self._usual.clear()
+            log.info(
+                "rollup: %d buckets gained points after they were rolled up (late or "
+                "imported points); rolling them up again",
+                len(late),
+            )
+        return late
+
     async def _compute(self, lo: int, hi: int) -> list[str]:
         """Roll up buckets [lo, hi) from the raw points."""
         span = Span(lo * BUCKET_S * NS, hi * BUCKET_S * NS)
@@ -175,8 +261,12 @@ class Rollups:
         statements = [
             Select(
                 k.measurement,
-                (Fn("median", _value(k)), Fn("count", _value(k))),
-                (span,),
+                (
+                    Fn("median", _value(k)),
+                    Fn("percentile", _value(k), None, 95),
+                    Fn("count", _value(k)),
+                ),
+                (span, SCHEDULED),
                 group_by=_tags(k),
                 every=f"{BUCKET_S}s",
                 fill="none",
@@ -186,26 +276,36 @@ class Rollups:
         results = await self.influx.query(statements)
         lines: list[str] = []
         rows = dict.fromkeys(range(lo, hi), 0)
+        points = dict.fromkeys(range(lo, hi), 0)
         for k, result in zip(kinds, results, strict=True):
             kind = k.name
             for s in result:
                 t = s.tags
                 key = (kind, t.get("probe", ""), t.get("target", ""), t.get("site", ""))
-                for ts, p50, n in s.values:
+                for ts, p50, p95, n in s.values:
+                    bucket = ts // NS // BUCKET_S
+                    points[bucket] = points.get(bucket, 0) + int(n or 0)
                     if p50 is None:
                         continue
-                    bucket = ts // NS // BUCKET_S
-                    self._put(key, bucket, float(p50))
+                    self._put(key, bucket, float(p50), _nan(p95))
                     rows[bucket] = rows.get(bucket, 0) + 1
                     tags = {"kind": kind, **{k: v for k, v in t.items() if v}}
+                    fields: dict[str, float | int] = {"p50": float(p50), "n": int(n)}
+                    if p95 is not None:
+                        fields["p95"] = float(p95)
                     try:
-                        lines.append(line(MEASUREMENT, tags, {"p50": float(p50), "n": int(n)}, ts))
+                        lines.append(line(MEASUREMENT, tags, fields, ts))
                     except Unrepresentable as exc:  # tags InfluxDB already holds: unlikely
                         log.warning("rollup row for %s not written: %s", key, exc)
         for bucket, count in rows.items():
-            self.done.add(bucket)
+            self.done[bucket] = points.get(bucket, 0)
             lines.append(
-                line(MEASUREMENT, {"kind": "done"}, {"buckets": count}, bucket * BUCKET_S * NS)
+                line(
+                    MEASUREMENT,
+                    {"kind": "done"},
+                    {"buckets": count, "points": points.get(bucket, 0)},
+                    bucket * BUCKET_S * NS,
+                )
             )
         return lines
 
@@ -227,23 +327,31 @@ class Rollups:
                     del self.sites[(key[1], key[2])]
         self._medians.clear()
         self._usual.clear()
-        self.done = {b for b in self.done if b >= oldest}
+        self.done = {b: n for b, n in self.done.items() if b >= oldest}
         self.loaded_from = oldest
 
-    def baseline(self, key: Key, lo: int, hi: int) -> tuple[float, int] | None:
-        """The median of ``key``'s bucket medians in buckets [lo, hi), and how many there
-        are; None below ``MIN_BUCKETS``."""
+    def baseline(self, key: Key, lo: int, hi: int) -> Baseline | None:
+        """``key``'s :class:`Baseline` over buckets [lo, hi); None below
+        ``MIN_BUCKETS``."""
         cached = self._medians.get(key)
         if cached is not None and cached[0] == lo and cached[1] == hi:
-            return (cached[2], cached[3]) if cached[3] >= MIN_BUCKETS else None
+            return cached[2]
         ring = self.rings.get(key)
         if ring is None:
             return None
         i, j = ring.span(lo, hi)
-        n = j - i
-        median = statistics.median(ring.p50[i:j]) if n else float("nan")
-        self._medians[key] = (lo, hi, median, n)
-        return (median, n) if n >= MIN_BUCKETS else None
+        found = None
+        if j - i >= MIN_BUCKETS:
+            p50s = sorted(ring.p50[i:j])
+            tails = [t for t in ring.p95[i:j] if t == t]
+            found = Baseline(
+                p50=statistics.median(p50s),
+                p90=p50s[min(len(p50s) - 1, int(0.9 * len(p50s)))],
+                tail=statistics.median(tails) if len(tails) >= MIN_BUCKETS else None,
+                buckets=j - i,
+            )
+        self._medians[key] = (lo, hi, found)
+        return found
 
     def usual_site(self, kind: str, probe: str, target: str, lo: int, hi: int) -> str | None:
         """The anycast site with the most buckets of ``probe``'s answers on ``target`` (of
@@ -260,6 +368,11 @@ class Rollups:
                     best, most = site, j - i
         self._usual[(probe, target)] = (lo, hi, best)
         return best
+
+
+def _nan(value: Any) -> float:
+    """A row's optional float, NaN when it has none."""
+    return float("nan") if value is None else float(value)
 
 
 def _runs(buckets: Iterable[int]) -> list[tuple[int, int]]:
@@ -283,6 +396,7 @@ __all__ = [
     "DELAY_S",
     "MEASUREMENT",
     "MIN_BUCKETS",
+    "Baseline",
     "Key",
     "Rollups",
     "bucket_of",

@@ -1,7 +1,7 @@
-"""Hysteresis, and the ``alert`` measurement that holds every state change.
+"""The waits, and the ``alert`` measurement that holds every state change.
 
-An alert fires after ``for`` consecutive evaluations in which its condition holds, and
-resolves after ``keep_firing_for`` consecutive ones in which it does not. Each change is
+An alert fires once its condition has held for ``for_s`` seconds, and resolves once it
+has been gone for ``keep_firing_for_s`` seconds (durations, as in Prometheus). Each change is
 a point of ``alert`` (tags: rule, severity, region, target, topology, probe, site,
 state; fields: value, baseline or threshold, probes, message). A starting engine reads the last
 point of every alert of the last 30 days back: those whose last state is ``firing``
@@ -29,13 +29,13 @@ class Tracked:
     """One alert's state."""
 
     labels: Labels
-    for_: int
-    keep_firing_for: int
-    bad: int = 0  # consecutive evaluations with the condition
-    good: int = 0  # consecutive evaluations without it, while firing
+    for_s: float
+    keep_firing_for_s: float
+    pending_since: int | None = None  # epoch ns: the condition has held since
+    good_since: int | None = None  # epoch ns: firing, and the condition is gone since
     firing: bool = False
     since: int = 0  # epoch ns of the evaluation that fired it
-    condition: Condition | None = None  # the last one seen
+    condition: Condition | None = None  # the last one seen (holding or not)
     resolved_at: int = 0
 
     @property
@@ -54,7 +54,8 @@ class Change:
 class States:
     """Every alert pending or firing."""
 
-    default_keep: int = 2
+    default_for_s: float = 30.0
+    default_keep_s: float = 60.0
     alerts: dict[Labels, Tracked] = field(default_factory=dict)
 
     async def recover(self, influx: InfluxQL, at: int) -> int:
@@ -76,33 +77,48 @@ class States:
         n = 0
         for key, (ts, state) in last.items():
             if state == "firing" and key not in self.alerts:
-                self.alerts[key] = Tracked(key, 1, self.default_keep, firing=True, since=ts, bad=1)
+                self.alerts[key] = Tracked(
+                    key, self.default_for_s, self.default_keep_s, firing=True, since=ts
+                )
                 n += 1
         return n
 
     def apply(self, conditions: list[Condition], at: int) -> list[Change]:
-        """One evaluation's conditions: the alerts that fire or resolve now."""
+        """One evaluation's conditions: the alerts that fire or resolve now.
+
+        An alert fires once its condition has held for ``for_s`` (from the first
+        evaluation that saw it), and resolves once it has been gone for
+        ``keep_firing_for_s``: durations, so the evaluation interval changes how
+        exactly they are met, not how long they are. A condition that does not hold
+        (``holds`` false) counts as gone, and is kept as what the alert saw last: its
+        resolution carries the value at resolution, not the last firing value."""
         changes: list[Change] = []
         seen: set[Labels] = set()
         for c in conditions:
-            seen.add(c.labels)
             a = self.alerts.get(c.labels)
+            if not c.holds:
+                if a is not None and a.firing:
+                    a.condition = c
+                continue
+            seen.add(c.labels)
             if a is None:
-                a = self.alerts[c.labels] = Tracked(c.labels, c.for_, c.keep_firing_for)
-            a.for_, a.keep_firing_for = c.for_, c.keep_firing_for
+                a = self.alerts[c.labels] = Tracked(c.labels, c.for_s, c.keep_firing_for_s)
+            a.for_s, a.keep_firing_for_s = c.for_s, c.keep_firing_for_s
             a.condition = c
-            a.bad += 1
-            a.good = 0
-            if not a.firing and a.bad >= a.for_:
+            a.good_since = None
+            if a.pending_since is None:
+                a.pending_since = at
+            if not a.firing and at - a.pending_since >= a.for_s * NS:
                 a.firing, a.since = True, at
                 changes.append(Change(a, "firing", at))
         for key, a in list(self.alerts.items()):
             if key in seen:
                 continue
-            a.bad = 0
+            a.pending_since = None
             if a.firing:
-                a.good += 1
-                if a.good >= a.keep_firing_for:
+                if a.good_since is None:
+                    a.good_since = at
+                if at - a.good_since >= a.keep_firing_for_s * NS:
                     a.firing, a.resolved_at = False, at
                     changes.append(Change(a, "resolved", at))
                     del self.alerts[key]
@@ -112,6 +128,17 @@ class States:
 
     def firing(self) -> list[Tracked]:
         return [a for a in self.alerts.values() if a.firing]
+
+
+def message(a: Tracked, state: str) -> str:
+    """Alert ``a``'s summary in ``state``: a resolution says what resolved it (the value
+    then, from the condition that no longer holds), or that nothing was seen."""
+    c = a.condition
+    if c is None:
+        return ""
+    if state == "resolved" and c.holds:  # no evidence since it last held
+        return f"{c.summary} (resolved: no samples of it in the window since)"
+    return c.summary
 
 
 def to_line(change: Change) -> str:
@@ -124,9 +151,9 @@ def to_line(change: Change) -> str:
         "value": float(c.value) if c else 0.0,
         line_of(d["alertname"]): float(c.baseline) if c and c.baseline is not None else None,
         "probes": ",".join(c.probes) if c else "",
-        "message": (c.summary if c else "") + (" (resolved)" if change.state == "resolved" else ""),
+        "message": message(a, change.state),
     }
     return line("alert", tags, {k: v for k, v in fields.items() if v is not None}, change.at)
 
 
-__all__ = ["Change", "States", "Tracked", "to_line"]
+__all__ = ["Change", "States", "Tracked", "message", "to_line"]

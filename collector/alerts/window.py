@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from collector.kinds import Kind, alerted
 from collector.store.influxql import InfluxQL
 from collector.store.influxql import Series as Result
-from collector.store.query import Between, Col, Fn, Select
+from collector.store.query import Between, Col, Fn, Select, Tag
 from probe.wire import NS
 
 #: rcodes that mean no answer came (the probe's vocabulary, probe/errors.py)
@@ -64,14 +64,22 @@ class Snapshot:
     heartbeats: dict[str, tuple[str, int]]
 
 
+#: the scheduled measurements only: asked ones (``ask`` tag, collector.asks) are an
+#: operator's question, measured at their own pace, and judge nothing
+SCHEDULED = Tag("ask", "")
+
+
 def samples_query(kind: Kind[Any], start: int, at: int) -> Select:
-    """The raw samples of one judged kind in (start, at]."""
+    """The scheduled raw samples of one judged kind in (start, at]."""
     a = kind.alerting
     assert a is not None
     columns = [Col("ok"), Col(a.value)] + ([Col("serial")] if a.serial else [])
     split = (("site",) if a.site else ()) + (("rcode",) if a.by_rcode else ())
     return Select(
-        kind.measurement, tuple(columns), (Between(start, at),), group_by=(*SERIES_TAGS, *split)
+        kind.measurement,
+        tuple(columns),
+        (Between(start, at), SCHEDULED),
+        group_by=(*SERIES_TAGS, *split),
     )
 
 
@@ -122,4 +130,4 @@ async def fetch(influx: InfluxQL, at: int, start: int) -> Snapshot:
     return Snapshot(at, start, series, heartbeats)
 
 
-__all__ = ["NO_ANSWER", "NS", "SERIES_TAGS", "Sample", "Series", "Snapshot", "fetch"]
+__all__ = ["NO_ANSWER", "NS", "SCHEDULED", "SERIES_TAGS", "Sample", "Series", "Snapshot", "fetch"]

@@ -27,7 +27,7 @@ ENGINE: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     # the baselines' 5-minute medians (kind: the record kind, or "done": a bucket's marker)
     "rollup_5m": (
         words("kind probe region target site topology provider"),
-        words("p50 n buckets"),
+        words("p50 p95 n buckets points"),
     ),
 }
 

@@ -5,7 +5,7 @@ settings struct of its keys. :data:`RULES` is the one list of them: the config's
 ``alerts.rules`` section, its defaults, what a group of targets may override, the keys an
 unknown key is compared with, and the metrics per rule all come from it, and tests hold
 ``collector/example.yaml`` and the README to it. :func:`assess` runs every rule over one
-evaluation's :class:`Inputs` (pure: no I/O, no clock; the engine adds hysteresis).
+evaluation's :class:`Inputs` (pure: no I/O, no clock; the engine adds the waits).
 """
 
 from __future__ import annotations
@@ -59,10 +59,9 @@ def _judge(inp: Inputs) -> list[Judged]:
             settings = rule.of(st.rules if rule.per_target else inp.cfg.rules)
             if not settings.enabled:
                 continue
-            hot = inp.firing.has(rule.alertname, s.region, s.target) or inp.firing.has(
-                rule.alertname, s.region, s.target, s.probe
-            )
-            verdict = rule.judge(s, settings, inp, hot)
+            # this probe's own alert (a probe warning); a regional one holds as a region
+            mine = inp.firing.has(rule.alertname, s.region, s.target, s.probe)
+            verdict = rule.judge(s, settings, inp, mine)
             if verdict is not None:
                 j.verdicts[rule.name] = verdict
         judged.append(j)
@@ -70,7 +69,8 @@ def _judge(inp: Inputs) -> list[Judged]:
 
 
 def assess(inp: Inputs) -> list[Condition]:
-    """Every condition that holds in this window, rule by rule."""
+    """Every condition of this window, rule by rule: those that hold, and for firing
+    alerts that no longer do, a condition with ``holds`` false (their value now)."""
     judged = _judge(inp)
     out: list[Condition] = []
     excluded: set[str] = set()

@@ -11,7 +11,7 @@ in three steps, each a method of :class:`Rule` with a default that does nothing:
 3. ``assess``: the conditions that hold now, from the verdicts of step 1 and the
    healthy probes.
 
-The engine adds hysteresis (``for``, ``keep_firing_for``) to what ``assess`` returns.
+The engine adds the waits (``for_s``, ``keep_firing_for_s``) to what ``assess`` returns.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from probe.wire import NS
 
 if TYPE_CHECKING:
     from collector.alerts.config import AlertsConfig
+    from collector.alerts.rollup import Baseline
 
 #: an alert's identity: its labels, sorted
 Labels = tuple[tuple[str, str], ...]
@@ -50,8 +51,8 @@ class TargetSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     group: str | None
     quorum: int
-    for_: int
-    keep_firing_for: int
+    for_s: float
+    keep_firing_for_s: float
     rules: msgspec.Struct
 
 
@@ -66,9 +67,12 @@ class Condition:
     probes: tuple[str, ...]
     of: int  # probes that could have seen it
     summary: str
-    for_: int
-    keep_firing_for: int
+    for_s: float
+    keep_firing_for_s: float
     extra: tuple[tuple[str, str], ...] = ()  # more annotations (from_site, to_site, ...)
+    #: false: the alert's line is not met now (a firing alert's current value, which a
+    #: resolution carries); such a condition counts as gone
+    holds: bool = True
 
     @property
     def rule(self) -> str:
@@ -79,26 +83,32 @@ class Condition:
 
 
 class Firing:
-    """The alerts firing now, asked by rule and labels."""
+    """The alerts firing now, asked by rule and labels: each with its labels and the
+    probes that fired it (a firing alert's own identity, which its hold keeps)."""
 
-    def __init__(self, firing: Iterable[Labels] = ()) -> None:
-        self._keys: set[tuple[str, str, str, str, str]] = set()
-        for lab in firing:
+    def __init__(self, firing: Iterable[tuple[Labels, tuple[str, ...]]] = ()) -> None:
+        self._keys: dict[tuple[str, str, str, str, str], tuple[Labels, tuple[str, ...]]] = {}
+        for lab, probes in firing:
             d = dict(lab)
-            self._keys.add(
-                (
-                    d["alertname"],
-                    d.get("region", ""),
-                    d.get("target", ""),
-                    d.get("probe", ""),
-                    d.get("site", ""),
-                )
+            key = (
+                d["alertname"],
+                d.get("region", ""),
+                d.get("target", ""),
+                d.get("probe", ""),
+                d.get("site", ""),
             )
+            self._keys[key] = (lab, probes)
 
     def has(
         self, rule: str, region: str = "", target: str = "", probe: str = "", site: str = ""
     ) -> bool:
         return (rule, region, target, probe, site) in self._keys
+
+    def get(
+        self, rule: str, region: str = "", target: str = "", probe: str = "", site: str = ""
+    ) -> tuple[Labels, tuple[str, ...]] | None:
+        """The firing alert's labels and the probes that fired it, or None."""
+        return self._keys.get((rule, region, target, probe, site))
 
     def probes(self, rule: str) -> set[tuple[str, str]]:
         """(region, probe) of the firing alerts of ``rule`` (probe and silence alerts)."""
@@ -109,11 +119,20 @@ class Firing:
 class Verdict:
     """One probe on one series, by one rule."""
 
-    degraded: bool
+    degraded: bool  # on this probe's own evidence
     value: float  # latency: ms; errors: share of failures
     baseline: float | None = None
     failures: int = 0
     samples: int = 0
+    #: counted toward a regional quorum, whose pooled evidence then decides (errors:
+    #: the bare ratio is past the threshold); a degraded verdict leans too
+    leans: bool = False
+    onset: bool = False  # the last few samples all past the line
+    site: str = ""  # the anycast site it is about, where it is about one
+    line: float | None = None  # the value it was compared with (latency: ms)
+
+    def __post_init__(self) -> None:
+        self.leans = self.leans or self.degraded
 
 
 @dataclass(slots=True)
@@ -136,7 +155,7 @@ class Inputs:
     cfg: AlertsConfig
     snap: Snapshot
     settings: Callable[[str, str, str], TargetSettings]  # (target, topology, provider)
-    baseline: Callable[[str, str, str, str], tuple[float, int] | None]  # kind, probe, target, site
+    baseline: Callable[[str, str, str, str], Baseline | None]  # kind, probe, target, site
     usual_site: Callable[[str, str, str], str | None]  # kind, probe, target
     firing: Firing
     # anycast target -> (newest serial, site -> (its serial, time)), and when each
@@ -208,6 +227,25 @@ def window(samples: list[Sample], at: int, window_s: float) -> list[Sample]:
     return samples[i:]
 
 
+def z_of(confidence: float) -> float:
+    """The one-sided normal quantile of ``confidence`` (0.95: 1.645)."""
+    return statistics.NormalDist().inv_cdf(confidence)
+
+
+def wilson(failures: int, n: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval of ``failures`` in ``n`` samples at ``z``: where the
+    true failure ratio lies. Unlike the normal interval it stays inside [0, 1] and is
+    honest for small ``n`` and ratios near 0 (where loss ratios live): 0 of 10 gives
+    (0, 0.28) at z = 1.96, so ten clean samples do not prove a 5 % loss gone."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = failures / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    margin = z * ((p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5) / (1 + z2 / n)
+    return max(0.0, centre - margin), min(1.0, centre + margin)
+
+
 def median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
 
@@ -248,5 +286,7 @@ __all__ = [
     "fmt",
     "labels",
     "median",
+    "wilson",
     "window",
+    "z_of",
 ]

@@ -83,8 +83,8 @@ class Catchment(Rule[CatchmentSettings]):
                 probes=tuple(m[0] for m in moved),
                 of=len(seen),
                 summary=summary,
-                for_=st.for_,
-                keep_firing_for=st.keep_firing_for,
+                for_s=st.for_s,
+                keep_firing_for_s=st.keep_firing_for_s,
                 extra=(("from_site", src), ("to_site", dst)),
             )
         ]

@@ -70,8 +70,8 @@ class ProbeHealth(Rule[ProbeHealthSettings]):
                         f"across {spread} providers or topologies: its own network is "
                         f"suspect, so it is left out of {region}'s quorums"
                     ),
-                    for_=inp.cfg.for_,
-                    keep_firing_for=inp.cfg.keep_firing_for,
+                    for_s=inp.cfg.for_s,
+                    keep_firing_for_s=inp.cfg.keep_firing_for_s,
                 )
             )
         return out, sick | firing

@@ -68,8 +68,8 @@ class Propagation(Rule[PropagationSettings]):
                             f"{target}: site {site} serves serial {serial}; {newest} is the "
                             f"newest, seen at another site {lag_s:.0f} s ago"
                         ),
-                        for_=st.for_,
-                        keep_firing_for=st.keep_firing_for,
+                        for_s=st.for_s,
+                        keep_firing_for_s=st.keep_firing_for_s,
                         extra=(("serial", str(serial)), ("newest_serial", str(newest))),
                     )
                 )

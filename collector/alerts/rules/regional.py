@@ -4,6 +4,7 @@ latency and errors share."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import ClassVar, TypeVar
 
 from collector.alerts.rules.base import (
@@ -54,13 +55,17 @@ MAX_SOLO = 10
 
 
 class QuorumRule(Rule[S]):
-    """A region's target raises an alert when ``quorum`` of its healthy probes are
-    degraded on it, or all of them if the region has fewer: ``critical`` when two or
-    more agree, else ``warning``. The region's probes are those registered in it (not
-    those that happen to report the target), so a probe cannot make a region red alone
-    by inventing targets. Below the quorum, with ``probe_warnings``, each degraded probe
-    raises a ``warning`` of its own. What one probe raises alone on a target the
-    collector does not serve is at most ``MAX_SOLO`` alerts per evaluation."""
+    """A region's target raises an alert when ``quorum`` of its healthy probes lean
+    degraded on it (all of them if the region has fewer) and the region's evidence
+    agrees (``region``): ``critical`` when two or more agree, else ``warning``. Once it
+    fires, it holds as a region: ``region`` judges the pooled evidence of the region's
+    healthy probes against the alert's line, not each probe of the quorum, so one probe
+    of the quorum back below the line does not resolve it. The region's probes are those
+    registered in it (not those that happen to report the target), so a probe cannot
+    make a region red alone by inventing targets. Below the quorum, with
+    ``probe_warnings``, each probe degraded on its own evidence raises a ``warning`` of
+    its own. What one probe raises alone on a target the collector does not serve is at
+    most ``MAX_SOLO`` alerts per evaluation."""
 
     per_target: ClassVar[bool] = True
     judges: ClassVar[bool] = True
@@ -68,33 +73,74 @@ class QuorumRule(Rule[S]):
     def assess(self, inp: Inputs, judged: list[Judged], excluded: set[str]) -> list[Condition]:
         out: list[Condition] = []
         for (region, target), js in by_region_target(judged).items():
-            healthy = [j for j in js if j.series.probe not in excluded]
+            healthy = [j for j in js if j.series.probe not in excluded and self.name in j.verdicts]
             if not healthy:
                 continue
             st, topology = healthy[0].settings, healthy[0].series.topology
-            verdicts = [
-                (j.series.probe, j.verdicts[self.name]) for j in healthy if self.name in j.verdicts
-            ]
-            if not verdicts:
-                continue
-            bad = sorted(((p, v) for p, v in verdicts if v.degraded), key=lambda pv: pv[0])
-            if not bad:
-                continue
+            verdicts = sorted(
+                ((j.series.probe, j.verdicts[self.name]) for j in healthy), key=lambda pv: pv[0]
+            )
             of = region_size(inp, region) or len(verdicts)
+            leaning = [(p, v) for p, v in verdicts if v.leans]
+            firing = inp.firing.get(self.alertname, region, target)
+            if firing is not None:  # it holds as a region, or says what resolved it
+                held = set(firing[1])
+                bad = [(p, v) for p, v in verdicts if v.leans or p in held]
+                c = self.region(inp, region, target, topology, healthy, bad, of, st, True)
+                if c is not None:
+                    out.append(replace(c, labels=firing[0]))
+                continue
+            if not leaning:
+                continue
             served = inp.served is not None and target in inp.served
-            if len(bad) >= min(st.quorum, of):
-                if len(bad) == 1 and not served and not solo(inp, bad[0][0]):
+            if len(leaning) >= min(st.quorum, of) and (
+                len(leaning) > 1 or served or solo(inp, leaning[0][0])
+            ):
+                c = self.region(inp, region, target, topology, healthy, leaning, of, st, False)
+                if c is not None:
+                    out.append(c)
                     continue
-                out.append(self._regional(region, target, topology, bad, of, st))
-            elif inp.cfg.probe_warnings:
+            if inp.cfg.probe_warnings:
                 out += [
-                    self._regional(region, target, topology, [pv], of, st, pv[0])
-                    for pv in bad
-                    if served or solo(inp, pv[0])
+                    self._warning(region, target, topology, pv, of, st)
+                    for pv in leaning
+                    if pv[1].degraded and (served or solo(inp, pv[0]))
                 ]
         return out
 
-    def _regional(
+    def region(
+        self,
+        inp: Inputs,
+        region: str,
+        target: str,
+        topology: str,
+        healthy: list[Judged],
+        bad: list[tuple[str, Verdict]],
+        of: int,
+        st: TargetSettings,
+        firing: bool,
+    ) -> Condition | None:
+        """The regional condition of ``bad`` (the quorum that leans, or a firing
+        alert's probes and those leaning now) from the region's ``healthy`` probes: None
+        when it does not hold and the alert is not firing; when it fires, a condition
+        that holds or not (``holds``), with the value now. By default the quorum's
+        verdicts decide: it holds while ``quorum`` of them are degraded."""
+        degraded = [(p, v) for p, v in bad if v.degraded]
+        holds = len(degraded) >= min(st.quorum, of)
+        if not holds and not firing:
+            return None
+        shown = degraded or bad
+        value, baseline, unit, summary = self.describe(
+            region, target, shown, self.who(shown, of), st
+        )
+        return self.condition(
+            region, target, topology, shown, of, st, value, baseline, unit, summary, holds=holds
+        )
+
+    def who(self, bad: list[tuple[str, Verdict]], of: int) -> str:
+        return f"{', '.join(p for p, _ in bad)} ({len(bad)} of {of} probes)"
+
+    def condition(
         self,
         region: str,
         target: str,
@@ -102,11 +148,17 @@ class QuorumRule(Rule[S]):
         bad: list[tuple[str, Verdict]],
         of: int,
         st: TargetSettings,
+        value: float,
+        baseline: float | None,
+        unit: str,
+        summary: str,
         probe: str = "",
+        extra: tuple[tuple[str, str], ...] = (),
+        holds: bool = True,
     ) -> Condition:
         probes = tuple(p for p, _ in bad)
-        who = f"{', '.join(probes)} ({len(bad)} of {of} probes)"
-        value, baseline, unit, summary = self.describe(region, target, bad, who, st)
+        sites = sorted({v.site for _, v in bad if v.site})
+        where = (("sites", ", ".join(sites)),) if sites else ()
         return Condition(
             labels=labels(
                 alertname=self.alertname,
@@ -122,8 +174,25 @@ class QuorumRule(Rule[S]):
             probes=probes,
             of=of,
             summary=summary,
-            for_=st.for_,
-            keep_firing_for=st.keep_firing_for,
+            for_s=st.for_s,
+            keep_firing_for_s=st.keep_firing_for_s,
+            extra=where + extra,
+            holds=holds,
+        )
+
+    def _warning(
+        self,
+        region: str,
+        target: str,
+        topology: str,
+        pv: tuple[str, Verdict],
+        of: int,
+        st: TargetSettings,
+    ) -> Condition:
+        """One probe degraded alone, on its own evidence."""
+        value, baseline, unit, summary = self.describe(region, target, [pv], self.who([pv], of), st)
+        return self.condition(
+            region, target, topology, [pv], of, st, value, baseline, unit, summary, probe=pv[0]
         )
 
     def describe(
@@ -134,9 +203,8 @@ class QuorumRule(Rule[S]):
         who: str,
         st: TargetSettings,
     ) -> tuple[float, float | None, str, str]:
-        """(value, baseline, unit, summary) of a regional condition from its degraded
-        probes' verdicts."""
+        """(value, baseline, unit, summary) of a condition from its probes' verdicts."""
         raise NotImplementedError
 
 
-__all__ = ["QuorumRule"]
+__all__ = ["MAX_SOLO", "QuorumRule", "region_size", "solo"]

@@ -56,8 +56,8 @@ class Silence(Rule[SilenceSettings]):
                         + (f"{age_s:.0f} s" if last else "over a day")
                         + f" (expected every {rule.heartbeat_s:g} s)"
                     ),
-                    for_=inp.cfg.for_,
-                    keep_firing_for=inp.cfg.keep_firing_for,
+                    for_s=inp.cfg.for_s,
+                    keep_firing_for_s=inp.cfg.keep_firing_for_s,
                 )
             )
         return out
