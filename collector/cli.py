@@ -530,8 +530,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: the options whose value may be a relative time such as ``-2h``
+RELATIVE_TIME_OPTIONS = ("--at",)
+
+
+def join_relative_times(argv: Sequence[str]) -> list[str]:
+    """``--at -2h`` as ``--at=-2h``: argparse takes a value starting with ``-`` for an
+    option (``expected one argument``), so the README's and ``--help``'s form would fail.
+    Only a value that is ``-`` and a digit is joined, and only after an option of
+    ``RELATIVE_TIME_OPTIONS``."""
+    out: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--":
+            out.append(arg)
+            out.extend(rest)
+            break
+        if arg in RELATIVE_TIME_OPTIONS:
+            value = next(rest, None)
+            if value is not None and len(value) > 1 and value[0] == "-" and value[1].isdigit():
+                out.append(f"{arg}={value}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(join_relative_times(argv))
     if args.command == "probes":
         return _probes(args)
     if args.command == "certs":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import socket
@@ -367,6 +368,40 @@ def test_influxdb_url_without_a_scheme(influx: InfluxDB, tmp_path: Path) -> None
     assert _fails("run", env=c.env) == (
         "popwatch-collector: POPWATCH_INFLUXDB_URL: '127.0.0.1:8086' is not an http(s) URL "
         "with a host; did you mean http://127.0.0.1:8086?"
+    )
+
+
+@pytest.mark.parametrize("form", [["--at", "-2h"], ["--at=-2h"], ["--at", "-90m"]])
+def test_alerts_check_takes_a_relative_time_as_the_readme_writes_it(
+    influx: InfluxDB, tmp_path: Path, form: list[str]
+) -> None:
+    """`alerts check --at -2h`, as the README and --help write it, evaluates at two hours
+    ago (was: argparse's `argument --at: expected one argument`, exit 2)."""
+    env = {
+        **os.environ,
+        "POPWATCH_INFLUXDB_URL": influx.url,
+        "POPWATCH_INFLUXDB_BUCKET": "at_relative",
+        "POPWATCH_DATA_DIR": str(tmp_path),
+    }
+    influx.query('CREATE DATABASE "at_relative"')
+    out = subprocess.run(
+        [COLLECTOR, "alerts", "check", *form],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "expected one argument" not in out.stderr
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    # its summary starts with the evaluation time: that long ago
+    ago = 7200 if form[-1].endswith("2h") else 5400
+    stamp = out.stderr.split("Z:", 1)[0]
+    at = datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.UTC).timestamp()
+    assert abs(time.time() - ago - at) < 60, out.stderr
+    # a value that is no time still reaches the time check, with its own words
+    assert _fails("alerts", "check", "--at", "-2x", env=env) == (
+        "popwatch-collector: --at: '-2x' is not a time (now, -15m, epoch seconds or ISO 8601)"
     )
 
 
