@@ -310,6 +310,7 @@ def build_parser(with_checks: bool = True) -> argparse.ArgumentParser:
         epilog=ONCE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    once.set_defaults(subparser=once)  # for its usage errors after parsing
     once.add_argument(
         "--server",
         metavar="HOST[:PORT]",
@@ -373,10 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(files("probe").joinpath("example.yaml").read_text())
             return 0
         if args.command == "once":
+            once: argparse.ArgumentParser = args.subparser  # its usage, not the top level's
             if args.count < 1:
-                parser.error("--count must be at least 1")
+                once.error("--count must be at least 1")
             if args.interval < 0 or args.timeout <= 0:
-                parser.error("--interval must be >= 0 and --timeout > 0")
+                once.error("--interval must be >= 0 and --timeout > 0")
             args.families = [4] if args.ipv4 else [6] if args.ipv6 else [4, 6]
             args.run_interval = max(args.interval, args.timeout + 0.001, 1.0)
             return asyncio.run(_once(args))

@@ -102,6 +102,17 @@ def test_once_bad_arguments_exit_2() -> None:
     assert out.returncode == 2 and "invalid choice: 'SPF'" in out.stderr
 
 
+def test_once_usage_errors_print_onces_usage() -> None:
+    """A figure `once` refuses after parsing (--count 0, a negative --interval) prints
+    `once`'s usage, not the top level's (was: `usage: popwatch-probe [-h] [--version]
+    COMMAND ...`), and exits 2."""
+    for flags in (["--count", "0"], ["--interval", "-1"], ["--timeout", "0"]):
+        out = run("once", "--server", "127.0.0.1", "--qname", "example.test", *flags)
+        assert out.returncode == 2, out
+        assert out.stderr.startswith("usage: popwatch-probe once "), out.stderr
+        assert "popwatch-probe once: error: " in out.stderr, out.stderr
+
+
 def test_help_teaches() -> None:
     """--help of each command explains and shows examples."""
     for cmd in ("once", "run"):
@@ -199,3 +210,57 @@ def test_run_schedules_host_name_per_family_and_stops_on_sigterm(
     assert "popwatch_probe_series 4.0" in metrics
     assert "popwatch_probe_schedule_lag_seconds_bucket" in metrics
     assert f"stopped after {len(records)} measurements" in err
+
+
+HEALTHCHECK = str(Path(sys.executable).parent / "popwatch-healthcheck")
+
+
+def test_healthcheck_teaches_and_refuses_a_bad_option() -> None:
+    """`popwatch-healthcheck --help` says what it asks and what its exit means; a bad
+    option is a usage error, exit 2 (was: both printed nothing and exited 0 against a
+    healthy listener). `--url` asks a real server on loopback: 200 is 0, a closed port 1."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    out = subprocess.run([HEALTHCHECK, "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    assert "POPWATCH_METRICS_LISTEN" in out.stdout and "exit status: 0" in out.stdout
+    assert "examples:" in out.stdout
+
+    class Healthy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/healthz"
+    try:
+        bad = subprocess.run(
+            [HEALTHCHECK, "--bogus"],
+            env={"POPWATCH_HEALTH_URL": url, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert bad.returncode == 2, bad
+        assert "unrecognized arguments: --bogus" in bad.stderr
+        assert "usage: popwatch-healthcheck" in bad.stderr
+        ok = subprocess.run([HEALTHCHECK, "--url", url], capture_output=True, timeout=30)
+        assert ok.returncode == 0, ok
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    down = subprocess.run(
+        [HEALTHCHECK, "--url", f"http://127.0.0.1:{port}/healthz"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert down.returncode == 1 and "Connection refused" in down.stderr, down
