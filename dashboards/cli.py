@@ -145,7 +145,11 @@ def main(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from collector.config import ConfigError, load_config
     from dashboards.push import InfluxSource, PushError, run
+    from probe.configfile import url_fault
 
+    if fault := url_fault(args.grafana_url):  # the collector's own URL check
+        print(f"popwatch-collector dashboards push: --grafana-url: {fault}", file=sys.stderr)
+        return 2
     source = None
     if not args.no_datasource:
         try:

@@ -69,16 +69,54 @@ def _answer(exc: GrafanaException) -> str:
     return f"HTTP {exc.status_code}: {said}" if exc.status_code else said
 
 
+#: what follows an answer that no Grafana gives
+NOT_GRAFANA: Final = (
+    "not Grafana's HTTP API (is the URL Grafana's base URL, such as http://127.0.0.1:3000?)"
+)
+
+
+def _why_not_connected(exc: BaseException) -> str:
+    """The system's reason under requests' and urllib3's wrappers (``Connection refused``,
+    ``Name or service not known``), or the exception's own text."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if (
+            isinstance(e, OSError)
+            and e.strerror
+            and not type(e).__module__.startswith(("requests", "urllib3"))
+        ):
+            return e.strerror
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
+        todo += [a for a in e.args if isinstance(a, BaseException)]
+    return str(exc)
+
+
 def _step(what: str, call: Callable[[], Any], missing_ok: bool = False) -> Any:
-    """Run one API call; a ``PushError`` naming ``what`` when it fails (None for a 404
-    when ``missing_ok``)."""
+    """Run one API call; a ``PushError`` naming ``what`` when it fails (None for
+    Grafana's 404 when ``missing_ok``). Grafana's API answers its errors in JSON: an
+    answer in anything else is another server's, said in one line."""
     try:
         return call()
     except GrafanaException as exc:
+        if not isinstance(exc.response, dict):
+            raise PushError(
+                f"{what}: the server answered HTTP {exc.status_code} without JSON: {NOT_GRAFANA}"
+            ) from None
         if missing_ok and exc.status_code == 404:
             return None
         raise PushError(f"{what}: Grafana answered {_answer(exc)}") from None
-    except OSError as exc:  # niquests' connection errors
+    except requests.ConnectionError as exc:
+        raise PushError(f"{what}: cannot connect: {_why_not_connected(exc)}") from None
+    except requests.Timeout as exc:
+        raise PushError(f"{what}: no answer in time: {_why_not_connected(exc)}") from None
+    except ValueError:  # an answer that is not JSON: requests' JSONDecodeError
+        raise PushError(f"{what}: the server answered without JSON: {NOT_GRAFANA}") from None
+    except OSError as exc:
         raise PushError(f"{what}: {exc}") from None
 
 

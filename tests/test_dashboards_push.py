@@ -407,3 +407,71 @@ def test_a_redirect_to_another_host_is_not_followed() -> None:
     assert "another host: not followed" in out.stderr
     assert other.seen == []
     assert all(b"influx-secret" not in body for _, _, body, _ in g.seen)
+
+
+def test_the_cli_says_in_one_line_what_is_wrong_with_the_grafana_url(tmp_path: Path) -> None:
+    """`dashboards push` with a URL without a scheme says which one was meant (exit 2,
+    the collector's own URL check; was: "No connection adapters were found for
+    '://None/...'"); with a closed port, one line saying it cannot connect (exit 1; was:
+    urllib3's MaxRetryError); with a web server that is not Grafana (a real aiohttp
+    server on loopback answering 404 in plain text), one line saying so (exit 1; was: a
+    bare 404 and the page). Each with and without the data source step."""
+    import asyncio
+
+    from aiohttp import web
+
+    env = {"PATH": "/usr/bin:/bin", "POPWATCH_DATA_DIR": str(tmp_path)}
+
+    def push_cli(url: str, *more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [COLLECTOR, "dashboards", "push", "--grafana-url", url, "--timeout", "10", *more],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    prefix = "popwatch-collector dashboards push: "
+    out = push_cli("127.0.0.1:3000")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"{prefix}--grafana-url: '127.0.0.1:3000' is not an http(s) URL with a host; "
+        "did you mean http://127.0.0.1:3000?"
+    )
+
+    closed = f"http://127.0.0.1:{servers.free_port()}"
+    for more, step in (
+        ((), "reading data source popwatch-influxdb"),
+        (("--no-datasource",), "reading folder popwatch"),
+    ):
+        out = push_cli(closed, *more)
+        assert out.returncode == 1
+        assert out.stderr.strip() == f"{prefix}{closed}: {step}: cannot connect: Connection refused"
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()  # every path: aiohttp's own "404: Not Found", text/plain
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    serving = threading.Thread(target=loop.run_forever, daemon=True)
+    serving.start()
+    other = f"http://127.0.0.1:{port}"
+    try:
+        for more, step in (
+            ((), "reading data source popwatch-influxdb"),
+            (("--no-datasource",), "reading folder popwatch"),
+        ):
+            out = push_cli(other, *more)
+            assert out.returncode == 1
+            assert out.stderr.strip() == (
+                f"{prefix}{other}: {step}: the server answered HTTP 404 without JSON: not "
+                "Grafana's HTTP API (is the URL Grafana's base URL, such as "
+                "http://127.0.0.1:3000?)"
+            )
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        serving.join(10)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
