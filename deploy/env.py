@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Write the stack's ``.env`` (docker-compose.yml reads it): fresh secrets, this host's name.
 
-    python3 deploy/env.py > .env              # once, before the first `docker compose up`
+    python3 deploy/env.py --out .env          # once, before the first `docker compose up`
     python3 deploy/env.py --example > .env.example
 
 ``.env`` holds the secrets the stack shares: the InfluxDB token (the collector writes
 with it, Grafana reads with it), InfluxDB's and Grafana's admin passwords, and the name
 remote probes use to reach the collector (it goes into the collector's certificate).
+``--out FILE`` writes it readable by its owner alone (0600), and refuses a file that
+exists: its secrets may be the ones InfluxDB already took. Printed to a regular file
+(``> .env``) it is made 0600 too.
 ``--example`` prints the same keys with no values: ``.env.example`` holds no secret,
 and docker compose refuses to start with it as it is. Standard library only, so it runs
 before anything is installed.
@@ -15,9 +18,11 @@ before anything is installed.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import secrets
 import socket
+import stat
 import sys
 import textwrap
 
@@ -58,7 +63,7 @@ def host_name() -> str:
 
 HEADER = """\
 # The stack's settings and secrets, read by docker compose (docker-compose.yml).
-# Made by `python3 deploy/env.py > .env`; keep .env out of version control.
+# Made by `python3 deploy/env.py --out .env` (mode 0600); keep it out of version control.
 # InfluxDB takes INFLUXDB_TOKEN and INFLUXDB_ADMIN_PASSWORD at its first start only:
 # to change them later, change them in InfluxDB too (or `docker compose down -v`).
 """
@@ -77,8 +82,37 @@ def main(argv: list[str] | None = None) -> int:
         prog="deploy/env.py", description="Print a .env for docker-compose.yml."
     )
     p.add_argument("--example", action="store_true", help="the keys without values (.env.example)")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write FILE (mode 0600; refused if it exists) instead of printing",
+    )
     args = p.parse_args(argv)
-    sys.stdout.write(render(args.example))
+    text = render(args.example)
+    if args.out:
+        try:
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            print(
+                f"deploy/env.py: {args.out} exists: InfluxDB may hold its secrets already "
+                "(it takes them at its first start); remove it to make new ones",
+                file=sys.stderr,
+            )
+            return 2
+        except OSError as exc:
+            print(f"deploy/env.py: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return 1
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(out.fileno(), 0o600)  # whatever the umask
+            out.write(text)
+        return 0
+    if not args.example:  # `> .env`: secrets, for the owner alone
+        try:
+            if stat.S_ISREG(os.fstat(sys.stdout.fileno()).st_mode):
+                os.fchmod(sys.stdout.fileno(), 0o600)
+        except (OSError, ValueError):  # not a file we own, or no file descriptor
+            pass
+    sys.stdout.write(text)
     return 0
 
 

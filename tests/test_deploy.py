@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tomllib
@@ -145,7 +146,36 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     out = docker_compose("--env-file", str(ROOT / ".env.example"), "config", "-q")
     assert out.returncode != 0
-    assert "run python3 deploy/env.py > .env" in out.stderr
+    assert "run python3 deploy/env.py --out .env" in out.stderr
+
+
+def test_env_py_writes_the_secrets_for_the_owner_alone(tmp_path: Path) -> None:
+    """`deploy/env.py --out .env` writes the secrets with mode 0600 whatever the umask,
+    and refuses a file that exists (its secrets may be InfluxDB's already); printed to a
+    regular file (`> .env`, was: 0644) the file is made 0600 too. `--example` printed to
+    a file leaves its mode alone: it holds no secret."""
+    env_py = [sys.executable, str(ROOT / "deploy" / "env.py")]
+    out = tmp_path / ".env"
+    done = subprocess.run([*env_py, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert re.search(r"^INFLUXDB_TOKEN=\S{32,}$", out.read_text(), re.M)
+    before = out.read_text()
+    again = subprocess.run([*env_py, "--out", str(out)], capture_output=True, text=True)
+    assert again.returncode == 2 and out.read_text() == before
+    assert again.stderr.strip() == (
+        f"deploy/env.py: {out} exists: InfluxDB may hold its secrets already (it takes "
+        "them at its first start); remove it to make new ones"
+    )
+    printed = tmp_path / "printed.env"
+    subprocess.run(["sh", "-c", 'umask 022 && "$@" > ' + str(printed), "sh", *env_py], check=True)
+    assert stat.S_IMODE(printed.stat().st_mode) == 0o600
+    example = tmp_path / "example.env"
+    subprocess.run(
+        ["sh", "-c", 'umask 022 && "$@" --example > ' + str(example), "sh", *env_py],
+        check=True,
+    )
+    assert stat.S_IMODE(example.stat().st_mode) == 0o644
 
 
 def test_env_example_is_generated_and_holds_no_secret() -> None:
