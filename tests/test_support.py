@@ -115,3 +115,23 @@ def test_without_servers_under_ci_the_test_that_needs_one_fails() -> None:
     assert "skipped" not in out.stdout.strip().splitlines()[-1]
     assert "4 errors" in out.stdout
     assert "Failed: knotd is not installed: apt-get install knot (CI is set" in out.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to nobody needs root")
+def test_the_web_hosts_ca_file_is_readable_by_the_user_it_is_printed_for() -> None:
+    """`tests/support/web.py` (run as root) prints a `popwatch-probe once --tls-ca CA`
+    for a plain user: that user can read the CA file (was: it lay in a 0700 directory of
+    root's), and cannot read the key beside it. `nobody` here has no capability at all."""
+    from support.web import WebLab
+
+    lab = WebLab()
+    try:
+        lab.make_cert()
+        plain = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat"]
+        cert = subprocess.run([*plain, str(lab.cert)], capture_output=True, text=True)
+        assert cert.returncode == 0, cert.stderr
+        assert cert.stdout.startswith("-----BEGIN CERTIFICATE-----")
+        key = subprocess.run([*plain, str(lab.key)], capture_output=True, text=True)
+        assert key.returncode != 0 and "Permission denied" in key.stderr
+    finally:
+        lab.stop()

@@ -158,10 +158,20 @@ class WebLab:
         self.dir = Path(tempfile.mkdtemp(prefix="popwatch-web-"))
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> WebLab:
+    def make_cert(self) -> None:
+        """The page's throwaway certificate and key in the lab's directory. The
+        certificate is the CA file the printed command pins, which a plain user runs:
+        the directory is searchable by all (0755) and the certificate readable by all
+        (0644); the key is the owner's alone (0600)."""
         from support.servers import make_cert
 
+        self.dir.chmod(0o755)
         self.cert, self.key = make_cert(self.dir, names=["web.example.test"], ips=[self.address])
+        self.key.chmod(0o600)
+        self.cert.chmod(0o644)
+
+    def start(self) -> WebLab:
+        self.make_cert()
         _ip("netns", "add", self.netns)
         _ip("-n", self.netns, "link", "set", "lo", "up")
         _ip("tuntap", "add", "dev", self.client_dev, "mode", "tun")
