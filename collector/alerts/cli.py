@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +40,12 @@ def influxql(cfg: CollectorConfig) -> InfluxQL:
     )
 
 
+def holder_of(cfg: CollectorConfig) -> str:
+    """This evaluator's name in the webhook lease: its host and data directory, the
+    same when it restarts."""
+    return f"{socket.gethostname()}:{os.path.abspath(cfg.data_dir)}"
+
+
 @contextlib.asynccontextmanager
 async def evaluator(
     cfg: CollectorConfig,
@@ -62,12 +70,19 @@ async def evaluator(
     async with (
         influxql(cfg) as influx,
         Engine(
-            cfg.alerts, influx, writer, notifiers, registered=registered, served=served
+            cfg.alerts,
+            influx,
+            writer,
+            notifiers,
+            registered=registered,
+            served=served,
+            holder=holder_of(cfg),
         ) as engine,
     ):
         task = asyncio.get_running_loop().create_task(engine.run(stop), name="alert-engine")
         log.info(
-            "alert engine: evaluating every %g s%s (run exactly one evaluator)",
+            "alert engine: evaluating every %g s%s (other evaluators may run: they share "
+            "the webhooks through a lease in InfluxDB)",
             cfg.alerts.evaluate_every_s,
             f", Alertmanager {cfg.alerts.alertmanager_url}" if cfg.alerts.alertmanager_url else "",
         )

@@ -10,15 +10,25 @@ restart would lose: the firing alerts come back from ``alert``, the baselines fr
 Points go through ``writer`` (the collector's sink: InfluxDB, or the collector's spool
 while InfluxDB is away). Points it could not take are kept and written with the next
 evaluation.
+
+Evaluations fall on the instants of the ``evaluate_every_s`` grid (multiples of it since
+the epoch), so several evaluators judge the same instants and write the same points.
+Alertmanager gets every change and re-send from each of them (it deduplicates); the
+webhooks only from the one holding the lease (:mod:`collector.alerts.lease`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
+import os
+import socket
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,9 +36,10 @@ from typing import Protocol
 from collector.alerts import metrics
 from collector.alerts.anycast import LOOKBACK_S, SETTLE_S, Catchments, Event, Serials
 from collector.alerts.config import AlertsConfig, TargetSettings, settings_for
-from collector.alerts.notify import Alertmanager, Notice, Notifier, Webhook
+from collector.alerts.lease import LOG_LOOKBACK_S, Lease, delivered, hook_id, log_line
+from collector.alerts.notify import Alertmanager, Notice, Notifier, Webhook, fingerprint
 from collector.alerts.rollup import BASELINE_S, BUCKET_S, Rollups, bucket_of
-from collector.alerts.rules import RULES, Condition, Firing, Inputs, annotate, assess
+from collector.alerts.rules import RULES, Condition, Firing, Inputs, Labels, annotate, assess
 from collector.alerts.state import Change, States, Tracked, message, to_line
 from collector.alerts.window import NS, fetch
 from collector.store.influxql import InfluxQL, QueryError
@@ -41,6 +52,16 @@ MAX_UNWRITTEN = 500_000
 WRITE_LINES = 2_000  # points per write
 MAX_SETTINGS = 100_000  # targets whose settings are cached
 BASELINE_BUCKETS = BASELINE_S // BUCKET_S
+#: the webhook lease lives this many evaluations without a renewal
+LEASE_EVALUATIONS = 3
+#: a delivery logged this close to a change's instant is that change's (two evaluators
+#: may see a change one evaluation apart)
+SAME_CHANGE_S = 300
+
+
+def default_holder() -> str:
+    """An evaluator's name when it is given none: this host, this process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Writer(Protocol):
@@ -77,7 +98,8 @@ class Engine:
     the probes that may report, with their regions (revoked ones are never silent; a
     regional quorum counts a region's registered probes, not those that happen to
     report). ``served``: the targets the collector serves to every probe (None: it
-    serves none, or it is not known).
+    serves none, or it is not known). ``holder``: this evaluator's name in the webhook
+    lease, the same across its restarts (so a restarted one takes its lease back).
     """
 
     def __init__(
@@ -89,6 +111,7 @@ class Engine:
         registered: Callable[[], dict[str, str]] | None = None,
         dry: bool = False,
         served: Callable[[], set[str] | None] | None = None,
+        holder: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.influx = influx
@@ -107,6 +130,17 @@ class Engine:
         self._last_at: int | None = None
         self._last_resend = 0.0
         self._window_ns = int(cfg.window_s * NS)
+        self.webhooks = [n for n in self.notifiers if isinstance(n, Webhook)]
+        self.lease: Lease | None = None
+        if self.webhooks and self.writer is not None:
+            ttl = LEASE_EVALUATIONS * cfg.evaluate_every_s
+            self.lease = Lease(influx, self.writer.write, holder or default_holder(), ttl)
+        for w in self.webhooks:
+            w.on_delivered = self._delivered_to
+        #: each alert's last state change (its state, instant, and the alert): what the
+        #: webhooks must have been told
+        self.recent: dict[Labels, tuple[str, int, Tracked]] = {}
+        self._log_of: dict[tuple[str, str], tuple[str, int]] = {}  # the delivery log
 
     async def __aenter__(self) -> Engine:
         for n in self.notifiers:
@@ -136,6 +170,8 @@ class Engine:
         """Recover the firing alerts, the baselines, the last sites and serials."""
         t0 = time.perf_counter()
         recovered = await self.states.recover(self.influx, at)
+        for a in self.states.firing():
+            self.recent.setdefault(a.labels, ("firing", a.since, a))
         lo, _ = self._baseline_span(at)
         await self.rollups.load(lo, bucket_of(at) + 1)
         await self.catchments.start(self.influx, at - self._window_ns)
@@ -205,6 +241,8 @@ class Engine:
         if changes:
             self._log(changes)
             self._notify(changes)
+        if not self.dry:
+            await self._deliver_webhooks(at, changes)
         for rule in RULES:
             name = rule.alertname
             metrics.FIRING.labels(name).set(sum(1 for a in self.states.firing() if a.rule == name))
@@ -287,10 +325,63 @@ class Engine:
         return url + ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
 
     def _notify(self, changes: list[Change]) -> None:
+        """The changes to every notifier but the webhooks (see ``_deliver_webhooks``)."""
         wall = time.time()
         notices = [self.notice(c.alert, c.state, wall) for c in changes]
         for n in self.notifiers:
-            n.submit(notices, change=True)
+            if not isinstance(n, Webhook):
+                n.submit(notices, change=True)
+
+    async def _deliver_webhooks(self, at: int, changes: list[Change]) -> None:
+        """While this evaluator holds the webhook lease: every alert's last change that
+        the delivery log does not have yet, to each webhook. Otherwise nothing (and what
+        was queued is dropped: the holder delivers it)."""
+        for c in changes:
+            self.recent[c.alert.labels] = (c.state, c.at, c.alert)
+        cut = at - LOG_LOOKBACK_S * NS
+        for labels, (state, t, _) in list(self.recent.items()):
+            if state == "resolved" and t < cut:
+                del self.recent[labels]
+        if not self.webhooks:
+            return
+        if self.lease is None:  # nothing to share a lease through: deliver the changes
+            wall = time.time()
+            notices = [self.notice(c.alert, c.state, wall) for c in changes]
+            for w in self.webhooks:
+                w.submit(notices, change=True)
+            return
+        had = self.lease.held
+        if not await self.lease.check(at):
+            for w in self.webhooks:
+                w.clear()
+            return
+        if not had:  # a new holder: what the old one delivered
+            self._log_of = await delivered(self.influx, at)
+        for w in self.webhooks:
+            to, queued = hook_id(w.url, w.fmt), w.queued()
+            due = []
+            for labels, (state, t, a) in self.recent.items():
+                fp = fingerprint(dict(labels))
+                logged = self._log_of.get((to, fp))
+                if (fp, state, t) in queued or (
+                    logged is not None
+                    and logged[0] == state
+                    and abs(logged[1] - t) <= SAME_CHANGE_S * NS
+                ):
+                    continue
+                n = self.notice(a, state, t / NS)
+                due.append(dataclasses.replace(n, change_at=t))
+            w.submit(due, change=True)
+
+    async def _delivered_to(self, w: Webhook, notices: list[Notice]) -> None:
+        """The delivery log's points of a delivered message."""
+        to, lines = hook_id(w.url, w.fmt), []
+        for n in notices:
+            if n.change_at is None:
+                continue
+            self._log_of[(to, n.fingerprint)] = (n.status, n.change_at)
+            lines.append(log_line(to, n.fingerprint, n.status, n.change_at))
+        await self._write(lines)
 
     def resend(self, force: bool = False) -> None:
         """Every ``resend_s``: the firing alerts again, to Alertmanager."""
@@ -303,12 +394,21 @@ class Engine:
             n.submit(notices, change=False)
 
     async def run(self, stop: asyncio.Event, clock: Callable[[], float] = time.time) -> None:
-        """Evaluate every ``evaluate_every_s`` until ``stop`` is set."""
+        """Evaluate at each instant of the ``evaluate_every_s`` grid until ``stop`` is
+        set (an evaluation that overran its interval skips the instants it missed)."""
         every = self.cfg.evaluate_every_s
+        last: int | None = None
         while not stop.is_set():
-            t0 = clock()
+            k = math.floor(clock() / every)
+            at = round(k * every * NS)
+            if last is not None and k <= last:
+                k = last + 1  # this instant is judged (or failed): wait for the next one
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, k * every - clock()))
+                continue
+            last = k
             try:
-                result = await self.step(int(t0 * NS))
+                result = await self.step(at)
                 log.debug(
                     "evaluation: %d conditions, %d changes, %.2f s (InfluxDB %.2f s)",
                     len(result.conditions),
@@ -323,7 +423,7 @@ class Engine:
                 metrics.EVALUATION_FAILURES.inc()
                 log.exception("alert evaluation failed")
             self.resend()  # firing alerts stay alive while InfluxDB is away
-            delay = max(0.0, every - (clock() - t0))
+            delay = max(0.0, (k + 1) * every - clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 

@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -55,11 +56,17 @@ class Notice:
     starts_at: float  # epoch s: when it fired (the evaluation time)
     resolved_at: float | None = None  # epoch s (wall clock): when it resolved
     generator_url: str = ""
+    change_at: int | None = None  # epoch ns: the evaluation of the state change (if one)
 
     @property
     def fingerprint(self) -> str:
-        text = json.dumps(sorted(self.labels.items()))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return fingerprint(self.labels)
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    """An alert's name in the notices and the delivery log: a hash of its labels."""
+    text = json.dumps(sorted(labels.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def rfc3339(epoch_s: float) -> str:
@@ -266,7 +273,9 @@ class Webhook(_Worker):
         super().__init__(url)
         self.fmt = fmt
         self.name = f"webhook-{fmt}"
-        self._queue: collections.deque[object] = collections.deque()
+        self._queue: collections.deque[tuple[object, list[Notice]]] = collections.deque()
+        #: told of each delivered message's notices (the engine's delivery log)
+        self.on_delivered: Callable[[Webhook, list[Notice]], Awaitable[None]] | None = None
 
     def submit(self, notices: list[Notice], change: bool) -> None:
         if not change or not notices:
@@ -274,7 +283,8 @@ class Webhook(_Worker):
         for status in ("firing", "resolved"):
             group = [n for n in notices if n.status == status]
             if group:
-                self._queue.append(json_body(group) if self.fmt == "json" else slack_body(group))
+                body = json_body(group) if self.fmt == "json" else slack_body(group)
+                self._queue.append((body, group))
         while len(self._queue) > MAX_QUEUE:
             self._queue.popleft()
             metrics.NOTIFICATIONS.labels(self.name, "dropped").inc()
@@ -291,13 +301,26 @@ class Webhook(_Worker):
 
     async def _deliver_one(self) -> None:
         head = self._queue[0]
-        await self._post(head)
+        await self._post(head[0])
         if self._queue and self._queue[0] is head:  # not dropped while on its way
             self._queue.popleft()
+        if self.on_delivered is not None:
+            try:
+                await self.on_delivered(self, head[1])
+            except Exception:  # the log is the engine's: its failure is no failed delivery
+                log.exception("%s %s: delivered, but not logged", self.name, self.url)
 
     def _set_aside(self) -> None:
         if self._queue:
             self._queue.popleft()
+
+    def queued(self) -> set[tuple[str, str, int | None]]:
+        """(fingerprint, state, change instant) of each notice in undelivered messages."""
+        return {(n.fingerprint, n.status, n.change_at) for _, group in self._queue for n in group}
+
+    def clear(self) -> None:
+        """Drop every undelivered message (another evaluator delivers them)."""
+        self._queue.clear()
 
 
 def json_body(notices: list[Notice]) -> dict[str, object]:

@@ -29,6 +29,11 @@ ENGINE: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
         words("kind probe region target site topology provider"),
         words("p50 p95 n buckets points"),
     ),
+    # several evaluators: the webhook lease (one point per renewal, holder its evaluator)
+    # and the delivery log (alert: its fingerprint, to: the webhook's hash) of
+    # collector/alerts/lease.py
+    "lease": (words("name"), words("holder")),
+    "notified": (words("alert to"), words("state")),
 }
 
 #: measurement -> (tags, fields) of the asks (collector/asks): a request (no probe tag:

@@ -61,6 +61,7 @@ class Collector:
             self.env["POPWATCH_TLS_CERT"], self.env["POPWATCH_TLS_KEY"] = map(str, tls)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = log  # its standard error goes there (appended), else nowhere
+        self.args: list[str] = []  # after ``run``: ``--config FILE``, say
 
     @property
     def url(self) -> str:
@@ -73,7 +74,7 @@ class Collector:
     def start(self) -> None:
         err = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen([COLLECTOR, "run"], env=self.env, stderr=err)
+            self.proc = subprocess.Popen([COLLECTOR, "run", *self.args], env=self.env, stderr=err)
         finally:
             if self.log:
                 err.close()  # type: ignore[union-attr]
