@@ -173,6 +173,67 @@ def test_auto_writes_to_influxdb_1_6_with_the_v1_api(influx: InfluxDB, tmp_path:
     assert "InfluxDB 1.6.7~rc0, v1 API" in (tmp_path / "log").read_text()
 
 
+class AuthInfluxDB(InfluxDB):
+    """InfluxDB 1.6.7 with ``auth-enabled = true`` in ``[http]``, as the README says to
+    run one that other hosts reach; an admin user ``admin`` is made at start."""
+
+    def start(self) -> AuthInfluxDB:
+        from popwatch_lab import influx as influxconf
+
+        d = self.dir
+        conf = influxconf.config(d, f"127.0.0.1:{self.port}", f"127.0.0.1:{self.rpc_port}")
+        (d / "influxdb.conf").write_text(
+            conf.replace("[http]\n", "[http]\n  auth-enabled = true\n", 1)
+        )
+        self.log = open(d / "log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            ["influxd", "-config", str(d / "influxdb.conf")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        influxconf.wait_ready(self.url, self.proc, d / "log")
+        self.ask("CREATE USER admin WITH PASSWORD 'admin-pw' WITH ALL PRIVILEGES", auth=False)
+        return self
+
+    def ask(self, q: str, db: str = "", auth: bool = True) -> Any:
+        import base64
+        import urllib.parse
+
+        req = urllib.request.Request(
+            f"{self.url}/query", data=urllib.parse.urlencode({"q": q, "db": db}).encode()
+        )
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(b"admin:admin-pw").decode())
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)
+
+
+def test_v1_writes_with_user_and_password_to_an_influxdb_with_auth(tmp_path: Path) -> None:
+    """`influxdb_token: user:password` reaches InfluxDB 1.6.7 with auth on: it takes
+    that only as basic auth (was: sent as `Authorization: Token user:password`, which
+    1.6.7 answers "unable to parse authentication credentials", so every point stayed
+    in the spool)."""
+    data = tmp_path / "data"
+    (token,) = register(data, {"probe-auth": "eu-central"}).values()
+    with AuthInfluxDB() as influx:
+        influx.start()
+        influx.ask('CREATE DATABASE "authdb"')
+        influx.ask("CREATE USER writer WITH PASSWORD 'writer-pw'")
+        influx.ask('GRANT ALL ON "authdb" TO writer')
+        c = _collector(influx, data, "authdb", POPWATCH_INFLUXDB_TOKEN="writer:writer-pw")  # noqa: S106
+        _start(c, tmp_path / "log")
+        assert _post_batch(c, token) == 200
+        deadline = time.monotonic() + 15
+        while True:
+            series = influx.ask("SELECT count(rtt_ms) FROM dns", "authdb")["results"][0]
+            if series.get("series") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        log = (tmp_path / "log").read_text()
+        assert series.get("series", [{}])[0].get("values", [[0, 0]])[0][1] == 3, log
+        assert "authentication" not in log
+
+
 def test_auto_writes_to_influxdb_1_8_with_the_v2_api(influx: InfluxDB, tmp_path: Path) -> None:
     """A server that says 1.8 (tests/support/v2shim.py in front of 1.6.7) gets the v2 API: the
     points go through /api/v2/write."""

@@ -155,8 +155,11 @@ class _FailureTracking:
 class InfluxV1Sink(_FailureTracking):
     """``POST /write?db=…&precision=ns`` (InfluxDB ≤ 1.7, Debian's 1.6.7 included).
 
-    The database is created when missing, as Telegraf does. The token, if any, is sent
-    as ``Authorization: Token …`` and never leaves the collector otherwise.
+    The database is created when missing, as Telegraf does (a user who may only write
+    to it writes to it as it is). A token ``user:password`` (InfluxDB 1.x with
+    ``auth-enabled``, which takes no other form) is sent as basic auth; any other token
+    (2.x's v1 API) as ``Authorization: Token …``. It never leaves the collector
+    otherwise.
     """
 
     def __init__(
@@ -164,7 +167,12 @@ class InfluxV1Sink(_FailureTracking):
     ) -> None:
         self.url = url.rstrip("/")
         self.database = database
-        headers = {"Authorization": f"Token {token}"} if token else {}
+        headers: dict[str, str] = {}
+        if token and ":" in token:  # 1.x: it reads user:password only as basic auth
+            user, _, password = token.partition(":")
+            headers["Authorization"] = aiohttp.BasicAuth(user, password).encode()
+        elif token:
+            headers["Authorization"] = f"Token {token}"
         self._headers = headers
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -183,7 +191,14 @@ class InfluxV1Sink(_FailureTracking):
         q = f'CREATE DATABASE "{self.database}"'
         try:
             async with self._session.post(f"{self.url}/query", data={"q": q}) as resp:
-                if resp.status != 200:
+                if resp.status == 403:  # a user who may write, not create: write to it
+                    log.info(
+                        "InfluxDB at %s: this user may not create databases; writing to "
+                        "%s as it is",
+                        redact(self.url),
+                        self.database,
+                    )
+                elif resp.status != 200:
                     raise SinkUnavailable(f"CREATE DATABASE: HTTP {resp.status}")
         except aiohttp.ClientError as exc:
             raise SinkUnavailable(f"CREATE DATABASE: {exc}") from None
