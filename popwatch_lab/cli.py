@@ -27,16 +27,16 @@ from popwatch_lab.world import ANYCAST_V4, ANYCAST_V6, WORLD, ZONE
 DEFAULT_RUN_DIR = "/run/popwatch-lab"
 
 EPILOG = f"""\
-examples:
-  sudo popwatch-lab up                      # build it; prints where to look
-  sudo popwatch-lab status                  # each region's site and latency
-  sudo popwatch-lab fail sin                # ap-south moves to ams after 5 s
-  sudo popwatch-lab restore sin
-  sudo popwatch-lab degrade iad --delay 150 --loss 0.05   # an attack absorbed at iad
-  sudo popwatch-lab bump-serial --sites ams iad           # sin lags behind
-  sudo popwatch-lab cut sa-east             # the probe in sa-east loses the backbone
-  sudo popwatch-lab exec ap-south -- kdig @{ANYCAST_V4} +nsid {ZONE} SOA
-  sudo popwatch-lab down                    # nothing left behind
+examples (in a root shell, with the venv activated):
+  popwatch-lab up                      # build it; prints where to look
+  popwatch-lab status                  # each region's site and latency
+  popwatch-lab fail sin                # ap-south moves to ams after 5 s
+  popwatch-lab restore sin
+  popwatch-lab degrade iad --delay 150 --loss 0.05   # an attack absorbed at iad
+  popwatch-lab bump-serial --sites ams iad           # sin lags behind
+  popwatch-lab cut sa-east             # the probe in sa-east loses the backbone
+  popwatch-lab exec ap-south -- kdig @{ANYCAST_V4} +nsid {ZONE} SOA
+  popwatch-lab down                    # nothing left behind
 
 regions: {", ".join(WORLD.region_names)}; anycast sites: {", ".join(WORLD.site_names)};
 the unicast server: {WORLD.unicast.name} (in {WORLD.unicast.place.city}).
@@ -92,9 +92,9 @@ def request(rd: Path, req: dict[str, Any], timeout: float = 60.0) -> dict[str, A
                     break
                 data += chunk
     except (FileNotFoundError, ConnectionRefusedError):
-        raise LabError(f"no lab is up (nothing answers at {path}); sudo popwatch-lab up") from None
+        raise LabError(f"no lab is up (nothing answers at {path}): popwatch-lab up") from None
     except PermissionError:
-        raise LabError(f"{path}: permission denied (run it with sudo)") from None
+        raise LabError(f"{path}: permission denied (run it as root)") from None
     if not data:
         raise LabError("the lab's daemon closed the connection without an answer")
     answer: dict[str, Any] = json.loads(data)
@@ -114,7 +114,7 @@ def is_up(rd: Path) -> bool:
 def can_make_namespaces() -> str | None:
     """Why this process cannot build the lab, or None when it can."""
     if os.geteuid() != 0:
-        return "up needs root: it makes network namespaces and TUN devices (run it with sudo)"
+        return "up needs root: it makes network namespaces and TUN devices (run it as root)"
     if shutil.which("ip") is None:
         return "up needs iproute2's ip command (apt-get install iproute2)"
     try:
@@ -149,7 +149,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         fail(why, 2)
     rd = run_dir(args)
     if is_up(rd):
-        fail("a lab is already up (sudo popwatch-lab status); sudo popwatch-lab down first")
+        fail("a lab is already up (popwatch-lab status); popwatch-lab down first")
     if rd.exists() or any(os.path.exists(f"/run/netns/{n}") for n in WORLD.netns):
         left = cleanup(rd)
         if left:
@@ -218,8 +218,8 @@ Your own Grafana (on this host) gets the dashboards with:
   popwatch-collector dashboards push --grafana-url http://127.0.0.1:3000 --token TOKEN \\
     --influxdb-url {u["influxdb"]} --database {stack.DATABASE}
 
-Then: sudo popwatch-lab status; sudo popwatch-lab fail sin; watch the status page,
-Alertmanager and `popwatch-lab status`; sudo popwatch-lab restore sin; sudo popwatch-lab down."""
+Then: popwatch-lab status; popwatch-lab fail sin; watch the status page, Alertmanager
+and `popwatch-lab status`; popwatch-lab restore sin; popwatch-lab down."""
     )
 
 

@@ -597,3 +597,20 @@ def test_the_image_copies_every_package_and_leaves_the_tests_out() -> None:
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert {"tests", "bench", ".env", ".venv", ".git"} <= set(ignored)
     assert all((ROOT / p).is_dir() for p in packages)
+
+
+def test_the_readme_headings_the_deploy_files_cite_exist() -> None:
+    """A deploy file that sends the reader to `"HEADING" in README.md` names a heading
+    the README has (was: deploy/targets.yaml cited "Measure your own nameservers", which
+    it never had), and the local demo targets file is one the probe loads."""
+    readme = (ROOT / "README.md").read_text()
+    headings = set(re.findall(r"^#{2,4} (.+)$", readme, re.M))
+    cited = []
+    for path in [*(ROOT / "deploy").rglob("*"), COMPOSE, ROOT / "Dockerfile"]:
+        if path.is_file() and path.suffix in ("", ".yaml", ".yml", ".sh", ".py"):
+            for heading in re.findall(r'"([^"]+)" in README\.md', path.read_text()):
+                cited.append(heading)
+                assert heading in headings, f"{path}: cites {heading!r}, not a README heading"
+    assert "Your own nameservers" in cited
+    (target,) = load_targets(str(ROOT / "deploy" / "targets-local.yaml"))
+    assert (target.server, target.port) == ("127.0.0.1", 5300)  # the README's demo Knot
