@@ -614,3 +614,48 @@ def test_the_readme_headings_the_deploy_files_cite_exist() -> None:
     assert "Your own nameservers" in cited
     (target,) = load_targets(str(ROOT / "deploy" / "targets-local.yaml"))
     assert (target.server, target.port) == ("127.0.0.1", 5300)  # the README's demo Knot
+
+
+def _readme_block_after(marker: str) -> list[str]:
+    """The lines of the first ``sh`` block after ``marker`` in the README, without their
+    comments."""
+    text = (ROOT / "README.md").read_text()
+    at = re.search(r"\s+".join(map(re.escape, marker.split())), text)  # wrapped anywhere
+    assert at is not None, marker
+    block = re.search(r"```sh\n(.*?)```", text[at.end() :], re.S)
+    assert block is not None, marker
+    return [ln.split("  #")[0].strip() for ln in block.group(1).splitlines() if ln.strip()]
+
+
+def test_the_readmes_test_install_is_ci_runs() -> None:
+    """The install of the README's "Tests" is .ci/run's: the same locks with hashes, then
+    the project with --no-deps, then the test command `pytest` from that venv (was: a
+    README whose test command did not exist after its own install)."""
+    lines = _readme_block_after("same install and test command by hand:")
+    ci = (ROOT / ".ci" / "run").read_text()
+    pip = [ln for ln in lines if ln.startswith("pip install")]
+    locks = re.findall(r"-r (\S+)", pip[0])
+    assert "--require-hashes" in pip[0] and locks == re.findall(r"-r (\S+)", ci)
+    assert pip[1] == "pip install --no-deps ." and ".venv/bin/pip install -q --no-deps ." in ci
+    assert lines[0] == "python3 -m venv .venv && . .venv/bin/activate"
+    assert "pytest" in lines and "CI=true .venv/bin/pytest" in ci
+
+
+def test_the_readmes_podman_path_is_the_compose_tests() -> None:
+    """ "Without Docker Hub, or with podman" does what tests/test_containers.py does: the
+    base image from deploy/base-image.sh under the tag the test uses, the image built
+    with that BASE, docker-compose driving podman's socket through DOCKER_HOST, and
+    up with --no-build."""
+    lines = _readme_block_after("**Without Docker Hub, or with podman.**")
+    containers = (ROOT / "tests" / "test_containers.py").read_text()
+    base = re.search(r'^BASE = "([^"]+)"$', containers, re.M)
+    assert base is not None
+    assert f"deploy/base-image.sh {base.group(1)}" in lines
+    assert any(f"--build-arg BASE={base.group(1)}" in ln for ln in lines)
+    assert '"DOCKER_HOST": self.docker_host' in containers
+    host = next(ln for ln in lines if ln.startswith("export DOCKER_HOST="))
+    sock = host.split("unix://", 1)[1]
+    assert any(f"podman system service --time=0 unix://{sock}" in ln for ln in lines)
+    assert any(ln.startswith(f"mkdir -p {Path(sock).parent}") for ln in lines)
+    assert lines[-1].startswith("docker-compose up -d --no-build")
+    assert '"up", "--detach", "--no-build"' in containers
