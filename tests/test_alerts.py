@@ -735,6 +735,37 @@ async def test_the_baselines_are_influxdbs_medians_of_the_rollup(world: World) -
             assert mine is not None and mine.p50 == r["median"], (key, mine, r["median"])
 
 
+async def test_history_that_arrives_late_reaches_the_baselines(world: World) -> None:
+    """An engine evaluates before any history is there (the day's buckets rolled up
+    empty); then the day arrives (a probe's spool replaying, an import). At the next
+    bucket the engine rolls up again the buckets that gained points: every series'
+    baseline is then InfluxDB's own median of its rows (it stayed None: the empty
+    buckets were done for good)."""
+    at = world.t0 * NS
+    async with engine(world) as e:
+        await e.step(at)
+        lo, hi = e._baseline_span(at + 300 * NS)
+        key = ("dns", "eu-1", "ns-uni", "")
+        assert e.rollups.baseline(key, lo, hi) is None
+        await world.seed()
+        await e.step(at + 300 * NS)  # a new bucket: the day is counted again
+        assert e.rollups.redone >= BASELINE_BUCKETS_SEEDED
+        span = f"kind != 'done' AND time >= {lo * 300}s AND time < {hi * 300}s"
+        rows = world.influx.query(
+            f"SELECT median(p50) FROM rollup_5m WHERE {span} GROUP BY kind, probe, target, site",  # noqa: S608
+            db=world.db,
+        )
+        assert len(rows) == len(PROBES) * len(TARGETS)
+        for r in rows:
+            k = (r["kind"], r["probe"], r["target"], r.get("site") or "")
+            mine = e.rollups.baseline(k, lo, hi)
+            assert mine is not None and mine.p50 == r["median"], (k, mine, r["median"])
+
+
+#: buckets of the seeded day (24 h at 5-minute spacing) that the late history fills
+BASELINE_BUCKETS_SEEDED = 200
+
+
 class Live:
     """`popwatch-collector run` with the alert engine on: evaluating every second,
     re-sending every 2 s (so endsAt is 8 s ahead), over the world's database."""

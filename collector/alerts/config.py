@@ -93,7 +93,7 @@ class Webhook(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
 class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """The alert engine's settings; see ``collector/example.yaml``."""
 
-    enabled: bool = False  # evaluate in this collector (run exactly one evaluator)
+    enabled: bool = False  # evaluate in this collector (one evaluator or several: a lease)
     evaluate_every_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 30.0
     alertmanager_url: str | None = None  # base URL; alerts go to /api/v2/alerts
     resend_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0  # to Alertmanager

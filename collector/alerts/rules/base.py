@@ -16,6 +16,7 @@ The engine adds the waits (``for_s``, ``keep_firing_for_s``) to what ``assess`` 
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -227,23 +228,77 @@ def window(samples: list[Sample], at: int, window_s: float) -> list[Sample]:
     return samples[i:]
 
 
-def z_of(confidence: float) -> float:
-    """The one-sided normal quantile of ``confidence`` (0.95: 1.645)."""
-    return statistics.NormalDist().inv_cdf(confidence)
+def _log_pmf(k: int, n: int, p: float) -> float:
+    return (
+        math.lgamma(n + 1)
+        - math.lgamma(k + 1)
+        - math.lgamma(n - k + 1)
+        + k * math.log(p)
+        + (n - k) * math.log1p(-p)
+    )
 
 
-def wilson(failures: int, n: int, z: float) -> tuple[float, float]:
-    """The Wilson score interval of ``failures`` in ``n`` samples at ``z``: where the
-    true failure ratio lies. Unlike the normal interval it stays inside [0, 1] and is
-    honest for small ``n`` and ratios near 0 (where loss ratios live): 0 of 10 gives
-    (0, 0.28) at z = 1.96, so ten clean samples do not prove a 5 % loss gone."""
+def at_least(f: int, n: int, p: float) -> float:
+    """P(X >= f) for X ~ Binomial(n, p): how likely ``f`` or more failures in ``n``
+    samples are if the true ratio is ``p``."""
+    if f <= 0:
+        return 1.0
+    if f > n or p <= 0:
+        return 0.0
+    if p >= 1:
+        return 1.0
+    if f <= n * p:  # at or below the mean: the tail is large, summed from the other end
+        return 1.0 - at_most(f - 1, n, p)
+    total, k = 0.0, f
+    while k <= n:
+        term = math.exp(_log_pmf(k, n, p))
+        total += term
+        if term < total * 1e-12:
+            break
+        k += 1
+    return min(1.0, total)
+
+
+def at_most(f: int, n: int, p: float) -> float:
+    """P(X <= f) for X ~ Binomial(n, p)."""
+    if f >= n:
+        return 1.0
+    if f < 0:
+        return 0.0
+    if p <= 0:
+        return 1.0
+    if p >= 1:
+        return 0.0
+    if f >= n * p:
+        return 1.0 - at_least(f + 1, n, p)
+    total, k = 0.0, f
+    while k >= 0:
+        term = math.exp(_log_pmf(k, n, p))
+        total += term
+        if term < total * 1e-12:
+            break
+        k -= 1
+    return min(1.0, total)
+
+
+def bounds(f: int, n: int, alpha: float) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) one-sided bounds of a ratio seen as ``f`` failures in
+    ``n`` samples: the lowest and the highest true ratio under which seeing that few or
+    that many has a chance of at least ``alpha``. Conservative at every ``n``, where
+    the Wilson and normal intervals are too narrow in the far tails that alerting
+    lives in."""
     if n <= 0:
         return 0.0, 1.0
-    p = failures / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    margin = z * ((p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5) / (1 + z2 / n)
-    return max(0.0, centre - margin), min(1.0, centre + margin)
+
+    def solve(ok: Callable[[float], bool], lo: float, hi: float) -> float:
+        for _ in range(50):  # to 1e-15 of the unit interval
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        return lo
+
+    lower = 0.0 if f == 0 else solve(lambda p: at_least(f, n, p) < alpha, 0.0, f / n)
+    upper = 1.0 if f == n else solve(lambda p: at_most(f, n, p) >= alpha, f / n, 1.0)
+    return lower, upper
 
 
 def median(values: Iterable[float]) -> float:
@@ -282,11 +337,12 @@ __all__ = [
     "RuleSettings",
     "TargetSettings",
     "Verdict",
+    "at_least",
+    "at_most",
+    "bounds",
     "by_region_target",
     "fmt",
     "labels",
     "median",
-    "wilson",
     "window",
-    "z_of",
 ]
