@@ -14,12 +14,12 @@ unicast, 10 % resolver, 10 % HTTP; 4 providers) every INTERVAL s: with the defau
    loading the day of rollups) and a cycle that also rolls up a closed bucket (one in
    ten cycles at 30 s).
 2. **Detection.** A second `popwatch-collector run`, with the engine on (defaults:
-   window 5 min, `for` 2, every 30 s), next to the one the probes send to, and a real
+   window 5 min, `for_s` 30, every 30 s), next to the one the probes send to, and a real
    Alertmanager (group_wait 1 s) whose webhook receiver records arrivals. Simulated
    probes send every INTERVAL s, each at its own phase, from the end of the seeding to
    the end of the run. In each run one region's probes get 5x slower on one target; the
    latency is from the send time of the first slow measurement to the notification's
-   arrival at the receiver. Goal: INTERVAL + (for + 1) x evaluate_every. Any other
+   arrival at the receiver. Goal: INTERVAL + for_s + 2 x evaluate_every. Any other
    alert that fires meanwhile is printed (there should be none).
 
     python bench/alerts.py [--regions 20] [--probes 5] [--targets 100] [--interval 60]

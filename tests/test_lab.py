@@ -316,12 +316,15 @@ def test_bump_serial_on_all_but_one_site_raises_propagation_for_the_laggard(
 
 
 def test_degrade_alerts_for_that_sites_regions_only(the_lab: Lab) -> None:
-    """``degrade iad`` (an attack absorbed there) raises a regional latency alert for the
-    regions iad serves, us-east and sa-east, and none for the others; it resolves after
-    ``restore``."""
+    """``degrade iad --delay 150 --loss 0.05`` (an attack absorbed there) raises a
+    regional latency alert for the regions iad serves, us-east and sa-east, and none
+    for the others; over the 60 s after, the errors rule does not flap on the 5 % loss
+    (at most one firing per region, no resolution, in ``alert``; it went firing,
+    resolved, firing every 8 to 20 s); all resolves after ``restore``."""
     served = {r for r, s in WORLD.catchment(set(WORLD.site_names)).items() if s == "iad"}
     assert served == {"us-east", "sa-east"}
-    lab("degrade", "iad", "--delay", "150")
+    started = time.time()
+    lab("degrade", "iad", "--delay", "150", "--loss", "0.05")
     try:
         firing = wait_for(
             "latency alerts for us-east and sa-east",
@@ -335,8 +338,13 @@ def test_degrade_alerts_for_that_sites_regions_only(the_lab: Lab) -> None:
         assert latency == served, firing
         for region in set(WORLD.region_names) - served:
             assert not regional(region), (region, alerts())
+        time.sleep(60)
+        rows = query("SELECT state, region FROM alert WHERE rule = 'errors' AND $after", started)
     finally:
         lab("restore", "iad")
+    for region in served:
+        states = [r["state"] for r in rows if r["region"] == region]
+        assert states in ([], ["firing"]), (region, rows)
     wait_for(
         "the latency alerts to resolve",
         lambda: not [a for a in alerts() if a["alertname"] == "latency"],
