@@ -283,6 +283,33 @@ def steps(regions: int, interval: float, seed: int) -> dict[str, Any]:
     return out
 
 
+def outage(probes: int, interval: float = 60, trials: int = 2000) -> tuple[float, float]:
+    """With the defaults (window 300 s, evaluations every 30 s) and probes every
+    ``interval`` s at random phases: the median and the worst of the time from a region's
+    first lost query (every probe stops answering) to the first evaluation whose samples
+    prove it, by the errors rule's own test; the alert fires ``for_s`` later."""
+    from collector.alerts.rules.errors import SPANS, ErrorsSettings, fires
+
+    rule, rng, out = ErrorsSettings(), random.Random(7), []
+    for _ in range(trials):
+        phases = [rng.random() * interval for _ in range(probes)]
+        t0 = 3600 + rng.random() * EVERY_S
+        k = int(t0 // EVERY_S) + 1
+        while True:
+            at = k * EVERY_S
+            counts = []
+            for share in SPANS:
+                cut = at - share * rule.window_s
+                times = [p + i * interval for p in phases for i in range(int(at // interval) + 1)]
+                mine = [t for t in times if cut < t <= at]
+                counts.append((sum(1 for t in mine if t >= t0), len(mine)))
+            if fires(counts, rule) is not None:
+                out.append(at - t0)
+                break
+            k += 1
+    return statistics.median(out), max(out)
+
+
 def figures(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     out = {
@@ -506,6 +533,13 @@ def main() -> None:
     if old is not None:
         print(f"the rules of {args.before}: {old['seconds']:.0f} s", flush=True)
     print(table(now, old, args.interval))
+    for probes in (2, 3, 5):
+        mid, worst = outage(probes)
+        print(
+            f"outage, {probes} probes a region at 60 s: proven {mid:.0f} s (median), {worst:.0f} s "
+            f"(worst) after the first lost query; fires for_s 30 s later: worst {worst + 30:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
