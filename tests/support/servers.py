@@ -100,7 +100,11 @@ def _wait_udp(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None
 
 
 def wait_http(url: str, timeout: float = 10.0) -> None:
-    """Wait until ``url`` answers with a success (a collector just started, say)."""
+    """Wait until ``url`` answers with a success (a collector just started, say). A
+    garbled answer is "not yet": before the server listens, a connection to a port of
+    the ephemeral range can land on its own source port (TCP's simultaneous open) and
+    read its own request back."""
+    import http.client
     import urllib.request
 
     deadline = time.monotonic() + timeout
@@ -108,7 +112,7 @@ def wait_http(url: str, timeout: float = 10.0) -> None:
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return
-        except OSError:
+        except (OSError, http.client.HTTPException):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{url} did not answer after {timeout}s") from None
             time.sleep(0.1)
