@@ -186,7 +186,7 @@ async def test_a_steady_loss_at_the_threshold_does_not_flap(
     influx: InfluxDB, tmp_path: Path, receivers: Any
 ) -> None:
     """The lab's flapping case: each probe of two regions loses exactly 6 of every 100
-    answers (1.2 x max_error_ratio 0.05), for 45 s (nearly four windows, 45 evaluations;
+    answers (1.2 x max_error_ratio 0.05), for 36 s (three windows, 36 evaluations;
     the issue saw it flap in three windows at a 60 s window and 5 s evaluations). Behind
     Alertmanager and at the webhook: at most one firing, and no resolution while the
     loss lasts; in ``alert``, at most one state change per region. (The bare ratio with
@@ -196,7 +196,7 @@ async def test_a_steady_loss_at_the_threshold_does_not_flap(
     stack.feed.fails = lambda probe, n: n % 100 in LOST
     await stack.start()
     try:
-        await asyncio.sleep(45)
+        await asyncio.sleep(36)
         rows = influx.query("SELECT state, region FROM alert WHERE rule = 'errors'", db=stack.db)
     finally:
         await stack.stop()
@@ -212,9 +212,9 @@ async def test_two_evaluators_and_a_kill_deliver_each_change_once(
 ) -> None:
     """Two evaluators over one InfluxDB and one Alertmanager. eu's probes stop answering
     (an outage); once the firing notification has arrived, the lease's holder (or the
-    other evaluator) is SIGKILLed; eu stays down 8 s more, then answers again. At the
+    other evaluator) is SIGKILLed; eu stays down 5 s more, then answers again. At the
     webhook and behind Alertmanager alike: one firing and one resolution of eu's errors
-    alert, nothing of us's, and nothing more in the 8 s after. (A 10 s window, for_s 2 and
+    alert, nothing of us's, and nothing more in the 5 s after. (A 10 s window, for_s 2 and
     keep_firing_for_s 4: the lease lives 3 evaluations, 3 s, either way.)"""
     behind, hook, am = receivers
     rules = {"errors": {"window_s": 10}, "latency": {"enabled": False}}
@@ -233,11 +233,11 @@ async def test_two_evaluators_and_a_kill_deliver_each_change_once(
             holder if killed == "holder" else next(e for e in stack.evaluators if e is not holder)
         )
         await asyncio.to_thread(victim.kill)
-        await asyncio.sleep(8)
+        await asyncio.sleep(5)
         down = False
         await until(lambda: "resolved" in statuses(hook, "eu"), 60, "the resolution at the webhook")
         await until(lambda: "resolved" in statuses(behind, "eu"), 30, "the resolution behind AM")
-        await asyncio.sleep(8)  # anything doubled arrives meanwhile
+        await asyncio.sleep(5)  # anything doubled arrives meanwhile (re-sends are 2 s apart)
     finally:
         await stack.stop()
     assert statuses(hook, "eu") == ["firing", "resolved"], hook.alerts()

@@ -11,6 +11,7 @@ already up on this machine.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -318,7 +319,7 @@ def test_bump_serial_on_all_but_one_site_raises_propagation_for_the_laggard(
 def test_degrade_alerts_for_that_sites_regions_only(the_lab: Lab) -> None:
     """``degrade iad --delay 150 --loss 0.05`` (an attack absorbed there) raises a
     regional latency alert for the regions iad serves, us-east and sa-east, and none
-    for the others; over the 40 s after, the errors rule does not flap on the 5 % loss
+    for the others; over the 25 s after, the errors rule does not flap on the 5 % loss
     (at most one firing per region, no resolution, in ``alert``; it went firing,
     resolved, firing every 8 to 20 s); all resolves after ``restore``."""
     served = {r for r, s in WORLD.catchment(set(WORLD.site_names)).items() if s == "iad"}
@@ -338,7 +339,7 @@ def test_degrade_alerts_for_that_sites_regions_only(the_lab: Lab) -> None:
         assert latency == served, firing
         for region in set(WORLD.region_names) - served:
             assert not regional(region), (region, alerts())
-        time.sleep(40)
+        time.sleep(25)
         rows = query("SELECT state, region FROM alert WHERE rule = 'errors' AND $after", started)
     finally:
         lab("restore", "iad")
@@ -410,7 +411,13 @@ def test_fail_moves_the_catchment_and_popwatch_measures_the_outage(
     lost_v4 = sum(
         1 for qid, t in queries.items() if last_sin < t < first_ams and qid not in answered
     )
-    assert CONVERGENCE_S * 1000 - 1000 < gap_ms < (CONVERGENCE_S + 2) * 1000, gap_ms
+    # the last sin answer is at most one send spacing before sin's withdrawal, the first
+    # ams answer at most one after the routes converge: the spacing measured in the
+    # capture, not the configured interval, so a loaded machine's late send is allowed
+    sends = sorted(queries.values())
+    spacing_ms = max(b - a for a, b in itertools.pairwise(sends)) * 1000
+    low, high = CONVERGENCE_S * 1000 - spacing_ms, CONVERGENCE_S * 1000 + 2 * spacing_ms + 100
+    assert low < gap_ms < high, (gap_ms, spacing_ms)
 
     event = wait_for(
         "a catchment event for ap-south",

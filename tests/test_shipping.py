@@ -230,8 +230,8 @@ def until(cond: Callable[[], bool], within: float) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("outage", "spool_max"),
-    [(60, None), (25, 8_000)],
-    ids=["influxdb-down-60s", "collector-spool-full"],
+    [(30, None), (25, 8_000)],
+    ids=["influxdb-down-30s", "collector-spool-full"],
 )
 def test_influxdb_outage_loses_nothing(tmp_path: Path, outage: int, spool_max: int | None) -> None:
     """InfluxDB stopped under two probes. With room in the collector's spool, the
