@@ -27,6 +27,7 @@ at every count, and the test costs a short sum of binomial terms.
 
 from __future__ import annotations
 
+import bisect
 import re
 from typing import Annotated, ClassVar
 
@@ -86,9 +87,14 @@ def failed(x: Sample, kind: str, rule: ErrorsSettings) -> bool:
     return not x.ok
 
 
-def flags_of(s: Series, rule: ErrorsSettings, at: int) -> list[bool]:
-    """Whether each of the window's samples failed, oldest first."""
-    return [failed(x, s.kind, rule) for x in window(s.samples, at, rule.window_s)]
+def flags_of(xs: list[Sample], kind: str, rule: ErrorsSettings) -> list[bool]:
+    """Whether each of ``xs`` (one series' samples) failed (:func:`failed`, the kind looked
+    up once)."""
+    a = BY_NAME[kind].alerting
+    if a is not None and a.by_rcode:
+        codes = set(rule.dns_rcodes)
+        return [x.rcode in codes for x in xs]
+    return [not x.ok for x in xs]
 
 
 def judge_errors(s: Series, rule: ErrorsSettings, at: int, firing: bool) -> Verdict | None:
@@ -97,10 +103,11 @@ def judge_errors(s: Series, rule: ErrorsSettings, at: int, firing: bool) -> Verd
     failed; while its own alert fires, until they prove it below (:func:`resolves`).
     ``leans``: its bare ratio over one of ``SPANS`` is above the threshold (what a
     regional quorum counts; the region's pooled samples then carry the evidence)."""
-    flags = flags_of(s, rule, at)
-    if not flags:
+    xs = window(s.samples, at, rule.window_s)
+    if not xs:
         return None
-    counts = count([s], rule, at)
+    flags = flags_of(xs, s.kind, rule)
+    counts = _spans(xs, flags, rule, at)
     f, n = counts[-1]
     onset = n >= rule.onset_samples and all(flags[-rule.onset_samples :])
     if firing:
@@ -111,6 +118,23 @@ def judge_errors(s: Series, rule: ErrorsSettings, at: int, firing: bool) -> Verd
     return Verdict(degraded, f / n, None, failures=f, samples=n, leans=leans, onset=onset)
 
 
+def _spans(
+    xs: list[Sample], flags: list[bool], rule: ErrorsSettings, at: int
+) -> list[tuple[int, int]]:
+    """(failures, samples) of one series' window samples ``xs`` (oldest first) in each of
+    ``SPANS``: one pass, then a binary search per span."""
+    failures = [0]
+    for bad in flags:
+        failures.append(failures[-1] + bad)
+    times = [x.ts for x in xs]
+    n = len(xs)
+    out = []
+    for share in SPANS:
+        i = bisect.bisect_right(times, at - int(share * rule.window_s * NS))
+        out.append((failures[n] - failures[i], n - i))
+    return out
+
+
 def spans(js: list[Judged], rule: ErrorsSettings, at: int) -> list[tuple[int, int]]:
     """(failures, samples) over the probes of ``js`` in each of ``SPANS``, shortest first."""
     return count([j.series for j in js], rule, at)
@@ -118,16 +142,14 @@ def spans(js: list[Judged], rule: ErrorsSettings, at: int) -> list[tuple[int, in
 
 def count(series: list[Series], rule: ErrorsSettings, at: int) -> list[tuple[int, int]]:
     """(failures, samples) of ``series`` pooled, in each of ``SPANS``, shortest first."""
-    out = [[0, 0] for _ in SPANS]
-    cuts = [at - int(share * rule.window_s * NS) for share in SPANS]
+    total = [[0, 0] for _ in SPANS]
     for one in series:
-        for x in window(one.samples, at, rule.window_s):
-            bad = failed(x, one.kind, rule)
-            for k, cut in enumerate(cuts):
-                if x.ts > cut:
-                    out[k][0] += bad
-                    out[k][1] += 1
-    return [(f, n) for f, n in out]
+        xs = window(one.samples, at, rule.window_s)
+        flags = flags_of(xs, one.kind, rule)
+        for k, (f, n) in enumerate(_spans(xs, flags, rule, at)):
+            total[k][0] += f
+            total[k][1] += n
+    return [(f, n) for f, n in total]
 
 
 def split(confidence: float) -> float:
@@ -139,9 +161,11 @@ def split(confidence: float) -> float:
 def fires(counts: list[tuple[int, int]], rule: ErrorsSettings) -> tuple[int, float] | None:
     """The span (its index in ``SPANS``) that proves the ratio above the threshold, and
     its lower bound; or None."""
-    alpha = split(rule.confidence)
+    alpha, t = split(rule.confidence), rule.max_error_ratio
     for k, (f, n) in enumerate(counts):
-        if f >= rule.min_failures and at_least(f, n, rule.max_error_ratio) < alpha:
+        if f < rule.min_failures or f <= n * t:  # at or below the threshold: no proof
+            continue
+        if at_least(f, n, t) < alpha:
             return k, bounds(f, n, alpha)[0]
     return None
 
@@ -152,7 +176,7 @@ def resolves(counts: list[tuple[int, int]], rule: ErrorsSettings) -> tuple[int, 
     clean."""
     alpha, t = split(rule.resolve_confidence), rule.max_error_ratio
     for k, (f, n) in enumerate(counts):
-        if n and at_most(f, n, t) < alpha:
+        if n and f < n * t and at_most(f, n, t) < alpha:
             return k, bounds(f, n, alpha)[1]
     f, n = counts[-1]
     if n and f == 0 and (1 - t) ** n >= alpha:  # 0 of n proves nothing: none is enough
