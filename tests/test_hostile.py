@@ -282,7 +282,8 @@ def test_a_huge_answer_is_not_read_whole(tmp_path: Path, knot: servers.Knot) -> 
 
 class Served(Collector):
     """A real ``popwatch-collector run``, its stderr kept in ``data/collector.log``;
-    ``prefix`` runs it under another command (``unshare``, say); ``env`` adds variables."""
+    ``prefix`` runs it under another command (``unshare``, say); ``env`` adds variables;
+    ``start_s`` is how long it may take to serve (a huge targets file is loaded first)."""
 
     def __init__(
         self,
@@ -290,18 +291,25 @@ class Served(Collector):
         data: Path,
         db: str,
         prefix: tuple[str, ...] = (),
+        start_s: float = 20.0,
         **env: str,
     ) -> None:
         super().__init__(influx, data, db)
         self.env.update(env)
         self.data, self.prefix, self.log = data, prefix, data / "collector.log"
+        self.start_s = start_s
 
     def start(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen([*self.prefix, COLLECTOR, "run"], env=self.env, stderr=err)
-        servers.wait_http(f"{self.url}/healthz", timeout=20)
-        servers.wait_http(f"{self.admin_url}/metrics")  # it starts after the public API
+        try:
+            servers.wait_http(f"{self.url}/healthz", timeout=self.start_s)
+            servers.wait_http(f"{self.admin_url}/metrics")  # it starts after the public API
+        except RuntimeError:  # not up: not left running into the next test either
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def __enter__(self) -> Served:
         self.start()
