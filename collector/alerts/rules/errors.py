@@ -79,17 +79,9 @@ class ErrorsSettings(RuleSettings, frozen=True):
                 raise ValueError(f"dns_rcodes: {code!r} is not an rcode name (TIMEOUT, SERVFAIL)")
 
 
-def failed(x: Sample, kind: str, rule: ErrorsSettings) -> bool:
-    """A failed sample: by its rcode where the kind's points carry one, else ``ok``."""
-    a = BY_NAME[kind].alerting
-    if a is not None and a.by_rcode:
-        return x.rcode in rule.dns_rcodes
-    return not x.ok
-
-
 def flags_of(xs: list[Sample], kind: str, rule: ErrorsSettings) -> list[bool]:
-    """Whether each of ``xs`` (one series' samples) failed (:func:`failed`, the kind looked
-    up once)."""
+    """Whether each of ``xs`` (one series' samples) failed: by its rcode where the kind's
+    points carry one, else ``ok`` (the kind looked up once per series)."""
     a = BY_NAME[kind].alerting
     if a is not None and a.by_rcode:
         codes = set(rule.dns_rcodes)
@@ -297,8 +289,8 @@ __all__ = [
     "SPANS",
     "Errors",
     "ErrorsSettings",
-    "failed",
     "fires",
+    "flags_of",
     "judge_errors",
     "resolves",
     "spans",
