@@ -708,6 +708,25 @@ async def test_alerts_check_prints_what_fires_with_value_baseline_and_probes(
         assert world.influx.query(q, db=world.db) == []
 
 
+#: buckets of the seeded day (24 h at 5-minute spacing) that the late history fills
+BASELINE_BUCKETS_SEEDED = 200
+
+
+def assert_baselines_are_influxdbs(world: World, e: Engine, lo: int, hi: int) -> None:
+    """Every series' baseline over buckets [lo, hi) is InfluxDB's own median of its
+    rows in rollup_5m."""
+    span = f"kind != 'done' AND time >= {lo * 300}s AND time < {hi * 300}s"
+    rows = world.influx.query(
+        f"SELECT median(p50) FROM rollup_5m WHERE {span} GROUP BY kind, probe, target, site",  # noqa: S608
+        db=world.db,
+    )
+    assert len(rows) == len(PROBES) * len(TARGETS)
+    for r in rows:
+        key = (r["kind"], r["probe"], r["target"], r.get("site") or "")
+        mine = e.rollups.baseline(key, lo, hi)
+        assert mine is not None and mine.p50 == r["median"], (key, mine, r["median"])
+
+
 async def test_the_baselines_are_influxdbs_medians_of_the_rollup(world: World) -> None:
     """The engine's in-memory baseline of every series equals InfluxDB's own median of
     that series' rows in rollup_5m over the same buckets (history with jitter, so the
@@ -723,16 +742,7 @@ async def test_the_baselines_are_influxdbs_medians_of_the_rollup(world: World) -
     async with engine(world) as e:
         await e.step(at)
         lo, hi = e._baseline_span(at)
-        span = f"kind != 'done' AND time >= {lo * 300}s AND time < {hi * 300}s"
-        rows = world.influx.query(
-            f"SELECT median(p50) FROM rollup_5m WHERE {span} GROUP BY kind, probe, target, site",  # noqa: S608
-            db=world.db,
-        )
-        assert len(rows) == len(PROBES) * len(TARGETS)
-        for r in rows:
-            key = (r["kind"], r["probe"], r["target"], r.get("site") or "")
-            mine = e.rollups.baseline(key, lo, hi)
-            assert mine is not None and mine.p50 == r["median"], (key, mine, r["median"])
+        assert_baselines_are_influxdbs(world, e, lo, hi)
 
 
 async def test_history_that_arrives_late_reaches_the_baselines(world: World) -> None:
@@ -750,20 +760,7 @@ async def test_history_that_arrives_late_reaches_the_baselines(world: World) -> 
         await world.seed()
         await e.step(at + 300 * NS)  # a new bucket: the day is counted again
         assert e.rollups.redone >= BASELINE_BUCKETS_SEEDED
-        span = f"kind != 'done' AND time >= {lo * 300}s AND time < {hi * 300}s"
-        rows = world.influx.query(
-            f"SELECT median(p50) FROM rollup_5m WHERE {span} GROUP BY kind, probe, target, site",  # noqa: S608
-            db=world.db,
-        )
-        assert len(rows) == len(PROBES) * len(TARGETS)
-        for r in rows:
-            k = (r["kind"], r["probe"], r["target"], r.get("site") or "")
-            mine = e.rollups.baseline(k, lo, hi)
-            assert mine is not None and mine.p50 == r["median"], (k, mine, r["median"])
-
-
-#: buckets of the seeded day (24 h at 5-minute spacing) that the late history fills
-BASELINE_BUCKETS_SEEDED = 200
+        assert_baselines_are_influxdbs(world, e, lo, hi)
 
 
 class Live:
