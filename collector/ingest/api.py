@@ -36,7 +36,7 @@ from collector.ingest.limits import Limits
 from collector.ingest.points import Identity, to_line
 from collector.ingest.ratelimit import TokenBuckets
 from collector.ingest.registry import OPERATOR_PREFIX, Registry
-from collector.ingest.series import SeriesBudget, values_of
+from collector.ingest.series import SeriesBudget
 from collector.ingest.served import ServedTargets
 from collector.ingest.validate import NotABatch, decode
 from collector.store.lineproto import Unrepresentable
@@ -147,7 +147,7 @@ def lines_of(
     state = request.app[STATE]
     lines: list[str] = []
     rejected: list[dict[str, Any]] = []
-    budget = request.app[SERIES]
+    admit = request.app[SERIES].for_batch(who.probe)
     now = state.clock()
     oldest = int((now - state.limits.max_age_s) * NS)
     newest = int((now + state.limits.max_future_s) * NS)
@@ -172,7 +172,7 @@ def lines_of(
             except Unrepresentable as exc:
                 rejected.append({"index": i, "error": str(exc)})
                 continue
-            if (over := budget.admit(who.probe, values_of(record))) is not None:
+            if (over := admit(record)) is not None:
                 rejected.append({"index": i, "error": over})
                 metrics.OVER_SERIES_BUDGET.inc()
                 continue

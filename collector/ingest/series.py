@@ -20,6 +20,7 @@ its own budget, and a restarted collector learns a probe's values again from the
 
 from __future__ import annotations
 
+import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -29,10 +30,7 @@ from collector.kinds.base import SERIES_TAGS
 
 def values_of(record: object) -> list[tuple[str, str]]:
     """The ``(tag, value)`` pairs of ``SERIES_TAGS`` a record holds."""
-    attrs = _ATTRS.get(type(record))
-    if attrs is None:
-        fields = getattr(type(record), "__struct_fields__", ())
-        attrs = _ATTRS[type(record)] = tuple(t for t in SERIES_TAGS if t in fields)
+    attrs, _ = _of(type(record))
     out = []
     for a in attrs:
         v = getattr(record, a)
@@ -41,7 +39,23 @@ def values_of(record: object) -> list[tuple[str, str]]:
     return out
 
 
-_ATTRS: dict[type, tuple[str, ...]] = {}
+def _of(kind: type) -> tuple[tuple[str, ...], Callable[[object], tuple[object, ...]]]:
+    """The ``SERIES_TAGS`` a record type has, and a getter of their values as a tuple."""
+    known = _ATTRS.get(kind)
+    if known is None:
+        fields = getattr(kind, "__struct_fields__", ())
+        attrs = tuple(t for t in SERIES_TAGS if t in fields)
+        getter: Callable[[object], tuple[object, ...]]
+        if len(attrs) > 1:  # a tuple, in C
+            getter = operator.attrgetter(*attrs)
+        else:
+            getter = lambda r: tuple(getattr(r, a) for a in attrs)  # noqa: E731
+        known = _ATTRS[kind] = (attrs, getter)
+    return known
+
+
+_ATTRS: dict[type, tuple[tuple[str, ...], Callable[[object], tuple[object, ...]]]] = {}
+_UNSEEN: object = object()
 
 
 class _Probe:
@@ -100,6 +114,24 @@ class SeriesBudget:
         while len(p.known) > self.max_per_probe:
             p.known.popitem(last=False)
         return None
+
+    def for_batch(self, probe: str) -> Callable[[object], str | None]:
+        """``admit`` for the records of one batch of ``probe``, each distinct set of values
+        charged once: the records of a batch that name the same series (most of them: a
+        probe has few targets and sites) are admitted or refused together, for the cost
+        of a dict lookup each rather than of hashing and checking every value again."""
+        memo: dict[tuple[type, tuple[object, ...]], str | None] = {}
+
+        def admit(record: object) -> str | None:
+            kind = type(record)
+            known = _ATTRS.get(kind) or _of(kind)
+            key = (kind, known[1](record))
+            why = memo.get(key, _UNSEEN)
+            if why is _UNSEEN:
+                why = memo[key] = self.admit(probe, values_of(record))
+            return why  # type: ignore[return-value]
+
+        return admit
 
     def known(self, probe: str) -> int:
         """How many tag values of ``probe`` are remembered."""
