@@ -31,6 +31,41 @@ settings.register_profile("popwatch", deadline=None, suppress_health_check=[Heal
 settings.load_profile("popwatch")
 
 
+#: the modules that hold what the whole machine shares: the lab's network namespaces and
+#: devices (fixed names), the ping test's far host, podman's containers and images and the
+#: ports the compose stack publishes (8080, 8081, 8086)
+MACHINE_WIDE: frozenset[str] = frozenset(
+    {
+        "test_lab",
+        "test_lab_asks",
+        "test_lab_daemon",
+        "test_lab_world",
+        "test_ping_check",
+        "test_containers",
+        "test_deploy",
+        "test_dashboards",
+        "test_readme_quickstart",
+    }
+)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """How the test command's two pytest-xdist workers share the suite: a module's tests
+    stay on one worker, so its module fixtures (its InfluxDB, its servers) start once,
+    and the MACHINE_WIDE modules are one unit, on one worker, one after another. (A
+    scheduler rather than ``xdist_group`` marks: pytest 9.2 no longer lets xdist append
+    the group to a test's id, so ``--dist loadgroup`` groups nothing; pytest-xdist
+    issue 1386.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "machine" if Path(module).stem in MACHINE_WIDE else module
+
+    return ByModule(config, log)
+
+
 @pytest.fixture(scope="module")
 def influx() -> Iterator[InfluxDB]:
     """A real InfluxDB 1.6.7 for a test module (a module may define its own instead)."""

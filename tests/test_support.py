@@ -98,7 +98,7 @@ def _without_servers(*argv: str, ci: bool) -> subprocess.CompletedProcess[str]:
 def test_without_servers_pure_tests_run_and_the_rest_is_skipped() -> None:
     """On a machine without Knot (or any server) conftest imports, the pure tests pass,
     and a test that needs Knot is skipped with the reason and the package."""
-    pytest_argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    pytest_argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0"]
     out = _without_servers(*pytest_argv, *PURE, NEEDS_KNOT, ci=False)
     assert out.returncode == 0, out.stdout + out.stderr
     summary = out.stdout.strip().splitlines()[-1]
@@ -109,7 +109,7 @@ def test_without_servers_pure_tests_run_and_the_rest_is_skipped() -> None:
 
 def test_without_servers_under_ci_the_test_that_needs_one_fails() -> None:
     """The same machine with CI=true: the test that needs Knot fails, with the reason."""
-    pytest_argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    pytest_argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0"]
     out = _without_servers(*pytest_argv, PURE[0], NEEDS_KNOT, ci=True)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "skipped" not in out.stdout.strip().splitlines()[-1]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -43,6 +44,8 @@ PLAIN_PORT = 443
 CONNECT_PORT = 9443
 TLS_PORT = 8443
 HTTP_PORT = 80
+#: held while a WebLab chooses its link's addresses (WebLab._claim_link)
+_LINK_LOCK = Path(tempfile.gettempdir()) / "popwatch-weblab.lock"
 
 
 async def precise_sleep(seconds: float) -> None:
@@ -152,9 +155,7 @@ class WebLab:
         self.netns = f"pwlab-{tag}"
         self.client_dev = f"pwc-{tag}"
         self.server_dev = f"pws-{tag}"
-        n = secrets.randbelow(250) + 1
-        # RFC 2544 benchmarking space, only inside the namespace this lab creates
-        self.client_ip, self.address = f"198.18.{n}.1", f"198.18.{n}.2"
+        self._link(secrets.randbelow(250) + 1)  # start() takes one no other WebLab holds
         self.dir = Path(tempfile.mkdtemp(prefix="popwatch-web-"))
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -170,12 +171,32 @@ class WebLab:
         self.key.chmod(0o600)
         self.cert.chmod(0o644)
 
+    def _link(self, n: int) -> None:
+        # RFC 2544 benchmarking space, only inside the namespace this lab creates
+        self.client_ip, self.address = f"198.18.{n}.1", f"198.18.{n}.2"
+
+    def _claim_link(self) -> None:
+        """The host's TUN device and its /24 of RFC 2544 benchmarking space (the
+        page's address lives only inside the namespace this lab creates): one no other
+        WebLab on this machine holds, since another test process (a second pytest-xdist
+        worker) may be starting one at the same moment. The choice and the address go
+        on under one lock, so two never take the same."""
+        with open(_LINK_LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            held = subprocess.run(
+                ["ip", "-o", "-4", "addr", "show"], check=True, capture_output=True, text=True
+            ).stdout
+            if f" {self.client_ip} " in held:
+                free = [n for n in range(1, 251) if f" 198.18.{n}.1 " not in held]
+                self._link(free[secrets.randbelow(len(free))])
+            _ip("tuntap", "add", "dev", self.client_dev, "mode", "tun")
+            _ip("addr", "add", self.client_ip, "peer", self.address, "dev", self.client_dev)
+
     def start(self) -> WebLab:
+        self._claim_link()
         self.make_cert()
         _ip("netns", "add", self.netns)
         _ip("-n", self.netns, "link", "set", "lo", "up")
-        _ip("tuntap", "add", "dev", self.client_dev, "mode", "tun")
-        _ip("addr", "add", self.client_ip, "peer", self.address, "dev", self.client_dev)
         _ip("link", "set", self.client_dev, "up")
         _ip("-n", self.netns, "tuntap", "add", "dev", self.server_dev, "mode", "tun")
         _ip(
