@@ -55,14 +55,16 @@ def _of(kind: type) -> tuple[tuple[str, ...], Callable[[object], tuple[object, .
 
 
 _ATTRS: dict[type, tuple[tuple[str, ...], Callable[[object], tuple[object, ...]]]] = {}
-_UNSEEN: object = object()
 
 
 class _Probe:
-    __slots__ = ("at", "known", "level")
+    __slots__ = ("at", "known", "level", "series")
 
     def __init__(self, level: float, at: float) -> None:
         self.known: OrderedDict[int, None] = OrderedDict()  # least recently seen first
+        # the value tuples of records admitted (``for_batch``'s keys), all of whose
+        # values are in ``known``: emptied whenever a value is forgotten
+        self.series: set[tuple[type, tuple[object, ...]]] = set()
         self.level = level
         self.at = at
 
@@ -111,25 +113,37 @@ class SeriesBudget:
         p.level -= len(new)
         for d, _, _ in new:
             p.known[d] = None
-        while len(p.known) > self.max_per_probe:
-            p.known.popitem(last=False)
+        if len(p.known) > self.max_per_probe:
+            p.series.clear()
+            while len(p.known) > self.max_per_probe:
+                p.known.popitem(last=False)
         return None
 
     def for_batch(self, probe: str) -> Callable[[object], str | None]:
-        """``admit`` for the records of one batch of ``probe``, each distinct set of values
-        charged once: the records of a batch that name the same series (most of them: a
-        probe has few targets and sites) are admitted or refused together, for the cost
-        of a dict lookup each rather than of hashing and checking every value again."""
-        memo: dict[tuple[type, tuple[object, ...]], str | None] = {}
+        """``admit`` for the records of one batch of ``probe``, for the cost of a set
+        lookup each where the record's values are those of a record admitted before (most
+        records: a probe has few targets and sites), rather than of hashing and checking
+        every value. The values of such a record are not moved up in ``known``'s order:
+        the least recently seen go first only among those met outside these lookups
+        (which matters only to a probe past ``max_per_probe``). The verdicts are those of
+        ``admit``."""
+        p = self._probes.get(probe)
+        if p is None:
+            p = self._probes[probe] = _Probe(self.burst, self.clock())
+        admitted = p.series
 
         def admit(record: object) -> str | None:
             kind = type(record)
             known = _ATTRS.get(kind) or _of(kind)
             key = (kind, known[1](record))
-            why = memo.get(key, _UNSEEN)
-            if why is _UNSEEN:
-                why = memo[key] = self.admit(probe, values_of(record))
-            return why  # type: ignore[return-value]
+            if key in admitted:
+                return None
+            why = self.admit(probe, values_of(record))
+            if why is None:
+                if len(admitted) >= self.max_per_probe:
+                    admitted.clear()
+                admitted.add(key)
+            return why
 
         return admit
 
