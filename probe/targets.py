@@ -185,6 +185,8 @@ class HttpTarget(
     body_regex: str | None = None  # the body must match (searched, not anchored)
     follow_redirects: bool = True
     max_redirects: Annotated[int, msgspec.Meta(ge=0, le=30)] = 10
+    # the most of a body the probe reads; a longer one is error "body: more than ..."
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 10 << 20
     interval: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 60.0
     timeout: Seconds = 5.0  # per phase: dns, connect, tls, ttfb, body
     family: Literal[4, 6] | None = None  # connect over IPv4 or IPv6 only; unset: either

@@ -411,3 +411,22 @@ def test_the_summary_says_when_there_was_no_dns_phase() -> None:
     assert "DNS is" not in literal
     named = CHECK.summary([rec(1.0), rec(1.0)])
     assert named.endswith("; DNS is 20.0% of time to first byte"), named
+
+
+async def test_a_body_past_max_body_bytes_is_an_error_and_read_no_further(
+    target: Callable[..., HttpTarget],
+) -> None:
+    """A body of exactly ``max_body_bytes`` is fetched; one byte more is error "body:
+    more than ...", with the phases before it kept; a body that never ends is cut there
+    too (the error is the size's, not a timeout), and the probe reads no more of it than
+    that and a buffer (was: read whole into memory, however large)."""
+    exact = await measure(HttpJob(target(query={"size": 100_000}, max_body_bytes=100_000)))
+    assert exact.error is None and exact.bytes == 100_000
+    over = await measure(HttpJob(target(query={"size": 100_001}, max_body_bytes=100_000)))
+    assert over.error == "body: more than 100000 bytes (max_body_bytes); not read further"
+    assert over.status == 200 and over.ttfb_ms and over.total_ms is None
+    assert 100_000 < (over.bytes or 0) <= 100_001
+    endless = target(query={"endless": 1}, max_body_bytes=1_000_000, body_regex="y", timeout=2.0)
+    cut = await measure(HttpJob(endless))
+    assert cut.error == "body: more than 1000000 bytes (max_body_bytes); not read further"
+    assert 1_000_000 < (cut.bytes or 0) <= 1_000_000 + (1 << 20)

@@ -256,6 +256,24 @@ def failure(job: HttpJob, exc: BaseException, ts: int) -> HttpRecord:
     return _record(job, ts, _Phases(), error=err.error)
 
 
+async def _read_body(resp: aiohttp.ClientResponse, t: HttpTarget, got: list[int]) -> bytes:
+    """The body as it arrives, its size counted in ``got[0]``; kept only when
+    ``body_regex`` needs it. Past ``max_body_bytes`` it is an error, and nothing more is
+    read: a page that never ends (or is larger than any page should be) costs the probe
+    no more memory or time than that."""
+    keep = t.body_regex is not None
+    parts: list[bytes] = []
+    async for chunk in resp.content.iter_any():
+        got[0] += len(chunk)
+        if got[0] > t.max_body_bytes:
+            raise HttpCheckError(
+                "body", f"more than {t.max_body_bytes} bytes (max_body_bytes); not read further"
+            )
+        if keep:
+            parts.append(chunk)
+    return b"".join(parts)
+
+
 def _check(t: HttpTarget, status: int, body: bytes) -> None:
     if t.expect_status:
         if status not in t.expect_status:
@@ -274,7 +292,8 @@ async def measure(job: HttpJob) -> HttpRecord:
     t0 = time.perf_counter_ns()
     status: int | None = None
     total: int | None = None
-    body: bytes | None = None
+    body = b""
+    got = [0]  # body bytes read
     redirects: int | None = None
     version: str | None = None
     resolver = _TimedResolver(ph, t.timeout, t.resolver)
@@ -304,7 +323,7 @@ async def measure(job: HttpJob) -> HttpRecord:
                     status = resp.status
                     redirects = len(resp.history)
                     version = f"{resp.version.major}.{resp.version.minor}" if resp.version else None
-                    body = await resp.read()
+                    body = await _read_body(resp, t, got)
                 total = time.perf_counter_ns() - t0
                 _check(t, status, body)
             finally:
@@ -330,7 +349,7 @@ async def measure(job: HttpJob) -> HttpRecord:
         err = classify_http(exc, ph.phase)
         kwargs: dict[str, Any] = {}
         if err.kind in ("status", "body"):  # the fetch itself completed
-            kwargs = {"total_ms": ms(total), "bytes": len(body or b""), "http_version": version}
+            kwargs = {"total_ms": ms(total), "bytes": got[0], "http_version": version}
         return _record(job, ts, ph, status=status, redirects=redirects, error=err.error, **kwargs)
     return _record(
         job,
@@ -338,7 +357,7 @@ async def measure(job: HttpJob) -> HttpRecord:
         ph,
         status=status,
         total_ms=ms(total),
-        bytes=len(body or b""),
+        bytes=got[0],
         redirects=redirects,
         http_version=version,
     )

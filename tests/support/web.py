@@ -12,7 +12,8 @@ certificate). Each phase can be delayed:
 
 Port ``PLAIN_PORT`` delays nothing; ``HTTP_PORT`` is plain HTTP. Other query parameters:
 ``status=N``, ``size=BYTES``, ``redirect=N`` (a chain of N 302s, each to a new
-connection), ``text=STRING`` (the body). The addresses live only inside the namespace.
+connection), ``text=STRING`` (the body), ``endless`` (a chunked body that never ends). The
+addresses live only inside the namespace.
 
 Needs root (netns, TUN). By hand: ``python tests/support/web.py --connect 0.05 --tls 0.05``.
 """
@@ -75,6 +76,14 @@ async def handle(request: object) -> object:
             headers={"Location": "/?" + urllib.parse.urlencode(rest), "Connection": "close"},
         )
     await precise_sleep(float(q.get("ttfb", "0")))
+    if "endless" in q:  # a body that never ends (chunked), until the client goes away
+        resp = web.StreamResponse(headers={"Connection": "close"})
+        await resp.prepare(request)
+        chunk = b"x" * 65536
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await resp.write(chunk)
+        return resp
     body = q.get("text", "").encode() or b"x" * int(q.get("size", "1000"))
     resp = web.StreamResponse(status=int(q.get("status", "200")), headers={"Connection": "close"})
     resp.content_length = len(body)
