@@ -348,7 +348,7 @@ async def measure(job: HttpJob) -> HttpRecord:
     except (HttpCheckError, OSError, TimeoutError) as exc:
         err = classify_http(exc, ph.phase)
         kwargs: dict[str, Any] = {}
-        if err.kind in ("status", "body"):  # the fetch itself completed
+        if err.kind in ("status", "body"):  # the fetch completed, or its body was cut
             kwargs = {"total_ms": ms(total), "bytes": got[0], "http_version": version}
         return _record(job, ts, ph, status=status, redirects=redirects, error=err.error, **kwargs)
     return _record(

@@ -195,8 +195,9 @@ class WebLab:
             held = subprocess.run(
                 ["ip", "-o", "-4", "addr", "show"], check=True, capture_output=True, text=True
             ).stdout
-            if f" {self.client_ip} " in held:
-                free = [n for n in range(1, 251) if f" 198.18.{n}.1 " not in held]
+            taken = {w.split("/")[0] for w in held.split()}  # "inet 198.18.7.1 peer ..."
+            if self.client_ip in taken:
+                free = [n for n in range(1, 251) if f"198.18.{n}.1" not in taken]
                 self._link(free[secrets.randbelow(len(free))])
             _ip("tuntap", "add", "dev", self.client_dev, "mode", "tun")
             _ip("addr", "add", self.client_ip, "peer", self.address, "dev", self.client_dev)
