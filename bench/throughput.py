@@ -16,7 +16,10 @@ measurement, as the probe measures them (connect and TLS phases included), TCP a
 Knot, DoT and DoH against dnsdist in front of it. dnsperf keeps its connections open, so
 no ratio is printed for those; their figure is the CPU per measurement.
 
-    python bench/throughput.py [--transport udp] [--start 3000] [--step 1.2] [--seconds 5] [--runs 3]
+UDP measurements reuse pooled sockets (``probe.net.UdpPool``); ``--reuse N`` sets how many
+measurements a socket carries before it is replaced (1: a fresh socket each, as before).
+
+    python bench/throughput.py [--transport udp] [--reuse 16] [--start 3000] [--step 1.2] [--seconds 5] [--runs 3]
 """
 
 from __future__ import annotations
@@ -68,7 +71,10 @@ def config(port: int, rate: int, transport: str = "udp", ca: str | None = None) 
     return ProbeConfig(id="bench", concurrency=4096, targets=targets)
 
 
-async def drive(cfg: ProbeConfig, seconds: float) -> tuple[MemorySink, float, float]:
+async def drive(
+    cfg: ProbeConfig, seconds: float, reuse: int = net.UDP_REUSE
+) -> tuple[MemorySink, float, float]:
+    net.udp_pool().max_uses = reuse
     sink = MemorySink()
     prober = Prober(cfg, sink)
     stop = asyncio.Event()
@@ -139,7 +145,13 @@ def rates_of(args: argparse.Namespace) -> list[int]:
 
 
 def one_run(
-    port: int, rates: list[int], seconds: float, workdir: Path, transport: str, ca: str | None
+    port: int,
+    rates: list[int],
+    seconds: float,
+    workdir: Path,
+    transport: str,
+    ca: str | None,
+    reuse: int,
 ) -> dict[str, float]:
     best = {"rate": 0.0, "cpu_us": float("nan"), "p50": float("nan"), "p99": float("nan")}
     udp = transport == "udp"
@@ -148,7 +160,7 @@ def one_run(
         path = workdir / f"tp-{rate}.pcap"
         capture = pcap.capture(path, f"udp port {port}", cpu=0) if udp else contextlib.nullcontext()
         with capture:  # on the server's core, not the probe's
-            sink, wall, cpu = asyncio.run(drive(cfg, seconds))
+            sink, wall, cpu = asyncio.run(drive(cfg, seconds, reuse))
         recs = sink.records
         lost = sum(r.rcode == "TIMEOUT" or r.rtt_ms is None for r in recs)
         achieved = len(recs) / wall
@@ -180,6 +192,12 @@ def main() -> None:
     ap.add_argument("--start", type=float, help="first rate (default 3000 for udp, else 200)")
     ap.add_argument("--step", type=float, default=1.2, help="each rate this times the last")
     ap.add_argument("--rates", default="", help="fixed rates instead of the climb: 2000,4000")
+    ap.add_argument(
+        "--reuse",
+        type=int,
+        default=net.UDP_REUSE,
+        help=f"UDP measurements per pooled socket (default {net.UDP_REUSE}; 1: a fresh socket each)",
+    )
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
@@ -204,8 +222,10 @@ def main() -> None:
             )
         results, peers = [], []
         for i in range(args.runs):
-            print(f"run {i + 1}/{args.runs} ({args.transport})", flush=True)
-            results.append(one_run(port, rates, args.seconds, Path(d), args.transport, ca))
+            print(f"run {i + 1}/{args.runs} ({args.transport}, reuse {args.reuse})", flush=True)
+            results.append(
+                one_run(port, rates, args.seconds, Path(d), args.transport, ca, args.reuse)
+            )
             if udp:
                 peers.append(dnsperf(knot.port, 5, Path(d)))
                 print(

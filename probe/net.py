@@ -13,10 +13,13 @@ packet before the kernel turned stamping on) the exchange falls back to
 ``time.perf_counter_ns()`` taken around ``send`` and ``recvmsg``, and says so in
 :attr:`Exchange.kernel`.
 
-One :class:`UdpFlow` is one fresh, connected UDP socket: a new random source port per
-measurement, the kernel drops datagrams from other addresses, and an ICMP port unreachable
-surfaces as ``ECONNREFUSED``. With ``proto`` it is an ICMP echo ("ping") socket instead,
-stamped the same way. Nothing here retries.
+One :class:`UdpFlow` is one connected UDP socket: the kernel drops datagrams from other
+addresses, and an ICMP port unreachable surfaces as ``ECONNREFUSED``. DNS measurements
+take flows from a :class:`UdpPool`, which reuses a flow for up to ``UDP_REUSE``
+measurements, one at a time, and then replaces it, so source ports still rotate; each TX
+stamp is keyed to its send (``SOF_TIMESTAMPING_OPT_ID``). With ``proto`` a flow is an
+ICMP echo ("ping") socket instead, one per measurement, stamped the same way. Nothing
+here retries.
 """
 
 from __future__ import annotations
@@ -203,7 +206,7 @@ class _Reactor:
             self._get_loop().remove_reader(fd)
             return
         if self._callbacks.pop(fd, None) is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):  # ValueError: the epoll is closed
                 self._epoll.unregister(fd)
 
     def _ready(self) -> None:
@@ -249,13 +252,12 @@ class _Stamped(AsyncClosing):
         self.kernel = _enable(sock)
         self._tx: int | None = None
 
-    def _drain_errqueue(self, first_only: bool = False) -> None:
+    def _drain_errqueue(self) -> None:
         """Read TX stamps from the error queue until it is empty; keep the latest.
 
         A stream write split over several sends leaves one stamp per send, and the last
         byte's is the one that counts; an unread stamp would also keep the socket
-        signalling readiness. ``first_only`` is for a datagram flow, whose single send
-        leaves a single stamp: it saves the call that finds the queue empty.
+        signalling readiness.
         """
         if not self.kernel:
             return
@@ -270,18 +272,41 @@ class _Stamped(AsyncClosing):
             stamp = _stamp(anc)
             if stamp is not None:
                 self._tx = stamp
-                if first_only:
-                    return
 
     def close(self) -> None:
         self.sock.close()
 
 
+def _expire(fut: asyncio.Future[tuple[bytes, int | None, int]]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+def _tx_key(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    """The ``SOF_TIMESTAMPING_OPT_ID`` key of a TX stamp read from the error queue: the
+    number of datagrams the socket had sent before the one stamped (``ee_data`` of the
+    ``sock_extended_err`` that comes with it). None if the message carries none."""
+    for level, kind, data in ancdata:
+        if kind == _RECVERR.get(level) and len(data) >= 16:
+            origin, key = data[4], int.from_bytes(data[12:16], sys.byteorder)
+            return key if origin == _SO_EE_ORIGIN_TIMESTAMPING else None
+    return None
+
+
+# <linux/in.h> IP_RECVERR, <linux/in6.h> IPV6_RECVERR, <linux/errqueue.h>
+_RECVERR: Final = {socket.IPPROTO_IP: 11, socket.IPPROTO_IPV6: 25}
+_SO_EE_ORIGIN_TIMESTAMPING: Final = 4
+
+
 class UdpFlow(_Stamped):
-    """A fresh connected UDP socket to one server: one random source port per flow.
+    """A connected UDP socket to one server: the kernel drops datagrams from any other
+    address and an ICMP port unreachable surfaces as ``ECONNREFUSED``.
 
     A second exchange on the same flow (a CHAOS identity query after the timed query)
-    keeps the 5-tuple, so ECMP and anycast routing send it to the same site.
+    keeps the 5-tuple, so ECMP and anycast routing send it to the same site. A flow from
+    :class:`UdpPool` carries several measurements in turn, never two at once; each TX
+    stamp is keyed to its send (``SOF_TIMESTAMPING_OPT_ID``), so a stamp left from an
+    earlier exchange is never taken for this one's.
     """
 
     def __init__(self, family: socket.AddressFamily, addr: tuple[str, int], proto: int = 0) -> None:
@@ -297,6 +322,70 @@ class UdpFlow(_Stamped):
             sock.close()
             raise
         self.peer = addr  # callers give the address in the kernel's (compressed) form
+        self._level = socket.IPPROTO_IPV6 if family == socket.AF_INET6 else socket.IPPROTO_IP
+        #: datagrams sent: the OPT_ID key the kernel gives the next send's TX stamp
+        self.sends = 0
+        #: query IDs this flow has carried; a caller keeps a new one out of them, so that
+        #: a late answer to an earlier query can never match a later one
+        self.ids: set[int] = set()
+        #: the reactor this flow stays registered with between exchanges (pooled), if any
+        self._reactor: _Reactor | None = None
+        self._fut: asyncio.Future[tuple[bytes, int | None, int]] | None = None
+        self._accept: Callable[[bytes], bool] = bool
+        self._ignored = 0
+        #: something arrived while no exchange was waiting: a late answer or a late error
+        self.stale = False
+
+    def _take_tx(self, key: int) -> None:
+        """Read the error queue up to the TX stamp of send number ``key`` (older ones are
+        dropped); on loopback it is there as soon as ``send`` returns."""
+        if not self.kernel:
+            return
+        while True:
+            try:
+                _, anc, _, _ = self.sock.recvmsg(0, _ANCBUF, socket.MSG_ERRQUEUE)
+            except OSError:  # empty (BlockingIOError), or an error the next recv reports
+                return
+            stamp = _stamp(anc)
+            if stamp is not None:
+                k = _tx_key(anc)
+                if k is None or k == key:
+                    self._tx = stamp
+                    return
+
+    def _on_readable(self) -> None:
+        fut = self._fut
+        if fut is None:  # between exchanges: whatever came is late, and spoils the flow
+            self.stale = True
+            self._discard_all()
+            return
+        if self._tx is None:
+            self._take_tx(self.sends - 1)
+        sock, accept = self.sock, self._accept
+        while not fut.done():
+            try:
+                data, anc, _flags, src = sock.recvmsg(_MAX_DATAGRAM, _ANCBUF)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                fut.set_exception(exc)
+                return
+            t_user = time.perf_counter_ns()
+            if src[:2] != self.peer or not accept(data):
+                self._ignored += 1
+                continue
+            fut.set_result((data, _stamp(anc), t_user))
+
+    def _discard_all(self) -> None:
+        """Empty both queues of an idle flow (level-triggered epoll would call again)."""
+        for flags in (socket.MSG_ERRQUEUE, 0):
+            while True:
+                try:
+                    self.sock.recvmsg(_MAX_DATAGRAM, _ANCBUF, flags)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:  # a pending socket error, now cleared: read on
+                    continue
 
     async def exchange(
         self, wire: bytes, accept: Callable[[bytes], bool], deadline: float
@@ -311,51 +400,151 @@ class UdpFlow(_Stamped):
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[bytes, int | None, int]] = loop.create_future()
-        sock = self.sock
-        ignored = 0
-        self._tx = None
-
-        def on_readable() -> None:
-            nonlocal ignored
-            if self._tx is None:
-                self._drain_errqueue(first_only=True)
-            while not fut.done():
-                try:
-                    data, anc, _flags, src = sock.recvmsg(_MAX_DATAGRAM, _ANCBUF)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as exc:
-                    fut.set_exception(exc)
-                    return
-                t_user = time.perf_counter_ns()
-                if src[:2] != self.peer or not accept(data):
-                    ignored += 1
-                    continue
-                fut.set_result((data, _stamp(anc), t_user))
-
-        def expire() -> None:
-            if not fut.done():
-                fut.set_exception(TimeoutError())
-
-        fd = sock.fileno()
-        reactor = _reactor(loop)
-        reactor.add(fd, on_readable)
-        timer = loop.call_at(deadline, expire)
+        self._fut, self._accept, self._ignored, self._tx = fut, accept, 0, None
+        reactor = self._reactor
+        if reactor is None:  # a flow of its own: watched for this exchange only
+            reactor = _reactor(loop)
+            reactor.add(self.sock.fileno(), self._on_readable)
+        timer = loop.call_at(deadline, _expire, fut)
         try:
+            key = self.sends
             sent_wall = time.time_ns()
             t_send = time.perf_counter_ns()
-            sock.send(wire)
-            self._drain_errqueue(first_only=True)  # on loopback the stamp is already there
+            self.sock.send(wire)
+            self.sends = key + 1
+            self._take_tx(key)
             data, rx, t_recv = await fut
             if rx is not None and self._tx is None:
-                self._drain_errqueue(first_only=True)
+                self._take_tx(key)
         finally:
             timer.cancel()
-            reactor.remove(fd)
+            self._fut = None
+            if self._reactor is None:
+                reactor.remove(self.sock.fileno())
         tx = self._tx
         if self.kernel and rx is not None and tx is not None and rx >= tx:
-            return Exchange(data, tx, rx - tx, True, ignored)
-        return Exchange(data, sent_wall, t_recv - t_send, False, ignored)
+            return Exchange(data, tx, rx - tx, True, self._ignored)
+        return Exchange(data, sent_wall, t_recv - t_send, False, self._ignored)
+
+    def close(self) -> None:
+        if self._reactor is not None:
+            self._reactor.remove(self.sock.fileno())
+            self._reactor = None
+        self.sock.close()
+
+
+class UdpPool:
+    """Connected UDP flows kept between measurements, per server address and port.
+
+    A fresh socket per query costs about a fifth of a UDP measurement (socket, stamping
+    option, connect, epoll registration, close). A pooled flow is taken by one
+    measurement at a time and given back when it ends cleanly; it carries at most
+    ``max_uses`` measurements, so source ports still rotate, and waits at most
+    ``idle_s`` seconds for the next one. A flow that failed (timeout, ICMP error,
+    malformed answer) is closed, not given back, and so is one on which anything arrived
+    while it was idle (a late answer): the next measurement starts on a clean socket.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, max_uses: int, idle_s: float, max_idle: int
+    ) -> None:
+        self._loop = weakref.ref(loop)  # the loop holds the pool, not the other way round
+        self.max_uses = max_uses
+        self.idle_s = idle_s
+        self.max_idle = max_idle
+        self._idle: dict[tuple[str, int], list[tuple[float, UdpFlow]]] = {}
+        self._n_idle = 0
+        self._next_sweep = 0.0
+        #: flows retired because something arrived on them while idle
+        self.stale = 0
+
+    def acquire(self, family: socket.AddressFamily, addr: tuple[str, int]) -> UdpFlow:
+        """An idle flow to ``addr``, the most recently used, or a new one."""
+        idle = self._idle.get(addr)
+        while idle:
+            _, flow = idle.pop()
+            self._n_idle -= 1
+            if not flow.stale:
+                return flow
+            self.stale += 1
+            flow.close()
+        flow = UdpFlow(family, addr)
+        loop = self._loop()
+        if self.max_uses > 1 and loop is not None:
+            flow._reactor = _reactor(loop)
+            flow._reactor.add(flow.sock.fileno(), flow._on_readable)
+        return flow
+
+    def release(self, flow: UdpFlow, clean: bool) -> None:
+        """Give ``flow`` back after a measurement; ``clean`` when it ended in an answer."""
+        now = time.monotonic()  # the event loop's clock
+        if now >= self._next_sweep:
+            self._sweep(now)
+        if (
+            not clean
+            or flow.stale
+            or flow.sends >= self.max_uses
+            or self._n_idle >= self.max_idle
+            or flow._reactor is None
+        ):
+            if flow.stale:
+                self.stale += 1
+            flow.close()
+            return
+        self._idle.setdefault(flow.peer, []).append((now, flow))
+        self._n_idle += 1
+
+    def _sweep(self, now: float) -> None:
+        """Close flows idle longer than ``idle_s``; runs at most once per ``idle_s``."""
+        self._next_sweep = now + self.idle_s
+        cutoff = now - self.idle_s
+        for addr in list(self._idle):
+            idle = self._idle[addr]
+            keep = [(t, f) for t, f in idle if t >= cutoff and not f.stale]
+            for t, f in idle:
+                if t < cutoff or f.stale:
+                    f.close()
+            self._n_idle -= len(idle) - len(keep)
+            if keep:
+                self._idle[addr] = keep
+            else:
+                del self._idle[addr]
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for _, flow in idle:
+                flow.close()
+        self._idle.clear()
+        self._n_idle = 0
+
+
+#: a pooled flow carries this many measurements before its socket (and source port) is
+#: replaced; bench/throughput.py --reuse measures the choice
+UDP_REUSE: Final = 16
+#: and waits this long, idle, for the next one
+UDP_IDLE_S: Final = 2.0
+#: idle flows kept at most, over all servers (each is a file descriptor)
+UDP_MAX_IDLE: Final = 256
+
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, UdpPool] = weakref.WeakKeyDictionary()
+
+
+def udp_pool(loop: asyncio.AbstractEventLoop | None = None) -> UdpPool:
+    """The running loop's pool of UDP flows (made on first use, closed with the loop)."""
+    global _last_pool
+    loop = loop or asyncio.get_running_loop()
+    last = _last_pool
+    if last is not None and last[0]() is loop:  # a weak lookup costs 1 µs a query
+        return last[1]
+    pool = _pools.get(loop)
+    if pool is None:
+        pool = _pools[loop] = UdpPool(loop, UDP_REUSE, UDP_IDLE_S, UDP_MAX_IDLE)
+        weakref.finalize(loop, pool.close)
+    _last_pool = (weakref.ref(loop), pool)
+    return pool
+
+
+_last_pool: tuple[weakref.ref[asyncio.AbstractEventLoop], UdpPool] | None = None
 
 
 class StreamConn(_Stamped):

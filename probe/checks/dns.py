@@ -140,7 +140,7 @@ def _chaos_template(qname: str) -> bytes:
 
 
 # Query IDs: a PRNG seeded from the OS, not a syscall per query (os.urandom costs more
-# than the rest of building a query). Each query also gets a fresh random source port.
+# than the rest of building a query). Source ports rotate with the pooled flows (net.UdpPool).
 _new_id = functools.partial(random.Random().getrandbits, 16)  # noqa: S311
 
 
@@ -219,7 +219,8 @@ async def _identify_chaos(
 ) -> str | None:
     """Ask the server who it is, on the same flow (same 5-tuple or connection) as the query."""
     for name in _CHAOS_NAMES:
-        query = _with_id(_chaos_template(name), 0 if https else _new_id())
+        qid = 0 if https else _fresh_id(flow) if isinstance(flow, net.UdpFlow) else _new_id()
+        query = _with_id(_chaos_template(name), qid)
         try:
             data = await _exchange_on(flow, job, query, _qparts(query))
         except (errors.CheckError, OSError, TimeoutError, EOFError, ssl.SSLError):
@@ -287,6 +288,8 @@ def failure(
 
 async def measure(job: DnsJob) -> DnsRecord:
     """Time one query of ``job`` and return its record (failures are records too)."""
+    if job.transport == "udp":
+        return await _measure_udp(job)
     t = job.target
     https = job.transport == "https"
     # RFC 8484 asks DoH clients for ID 0; elsewhere a fresh random ID per query
@@ -295,41 +298,85 @@ async def measure(job: DnsJob) -> DnsRecord:
     addr = (job.address, job.port)
     started = time.time_ns()
     connect_ns = tls_ns = None
-    phase = "query"
-    flow: net.UdpFlow | net.StreamConn
+    phase = "connect"
     try:
-        flow = net.UdpFlow(family, addr) if job.transport == "udp" else net.StreamConn(family)
-        try:
-            if isinstance(flow, net.StreamConn):
-                phase = "connect"
+        async with net.StreamConn(family) as flow:
+            async with asyncio.timeout(t.timeout):
+                await flow.connect(addr)
+            connect_ns = flow.connect_ns
+            if https or job.transport == "tls":
+                phase = "tls"
+                name = t.tls_name or (t.server if not is_ip(t.server) else job.address)
+                alpn = ("dot",) if job.transport == "tls" else doh.ALPN
+                ctx = net.tls_context(t.tls_ca, t.tls_verify, alpn)
                 async with asyncio.timeout(t.timeout):
-                    await flow.connect(addr)
-                connect_ns = flow.connect_ns
-                if job.transport in ("tls", "https"):
-                    phase = "tls"
-                    name = t.tls_name or (t.server if not is_ip(t.server) else job.address)
-                    alpn = ("dot",) if job.transport == "tls" else doh.ALPN
-                    ctx = net.tls_context(t.tls_ca, t.tls_verify, alpn)
-                    async with asyncio.timeout(t.timeout):
-                        await flow.start_tls(ctx, name)
-                    tls_ns = flow.tls_ns
-                phase = "query"
+                    await flow.start_tls(ctx, name)
+                tls_ns = flow.tls_ns
+            phase = "query"
             ex = await _exchange_on(flow, job, query, job.question)
             answer = _read(ex.data)
             site = _text(answer.nsid) if answer.nsid else None
             if t.identify == "chaos":
                 site = await _identify_chaos(flow, job, https)
-        finally:
-            flow.close()
     except Exception as exc:  # every failure is still a measurement
         return failure(job, exc, started, phase=phase, connect_ns=connect_ns, tls_ns=tls_ns)
+    return _record(
+        job, ex, answer, site, connect_ns, tls_ns, doh.http_version(flow) if https else None
+    )
+
+
+async def _measure_udp(job: DnsJob) -> DnsRecord:
+    """One query on a pooled UDP flow (:class:`probe.net.UdpPool`), given back only when
+    it ended in an answer. The query ID differs from every ID the flow carried before,
+    so a late answer to an earlier query can never be taken for this one's."""
+    started = time.time_ns()
+    pool = net.udp_pool()
+    clean = False
+    try:
+        flow = pool.acquire(
+            socket.AF_INET6 if job.family == 6 else socket.AF_INET, (job.address, job.port)
+        )
+        try:
+            ex = await _exchange_on(
+                flow, job, _with_id(job.template, _fresh_id(flow)), job.question
+            )
+            answer = _read(ex.data)
+            site = _text(answer.nsid) if answer.nsid else None
+            if job.target.identify == "chaos":
+                site = await _identify_chaos(flow, job, False)
+            clean = True
+        finally:
+            pool.release(flow, clean)
+    except Exception as exc:  # every failure is still a measurement
+        return failure(job, exc, started, phase="query")
+    return _record(job, ex, answer, site, None, None, None)
+
+
+def _fresh_id(flow: net.UdpFlow) -> int:
+    """A random query ID that ``flow`` has not carried before (and now has)."""
+    qid = _new_id()
+    while qid in flow.ids:
+        qid = _new_id()
+    flow.ids.add(qid)
+    return qid
+
+
+def _record(
+    job: DnsJob,
+    ex: net.Exchange,
+    answer: dnswire.Answer,
+    site: str | None,
+    connect_ns: int | None,
+    tls_ns: int | None,
+    http_version: str | None,
+) -> DnsRecord:
     return DnsRecord(
         ts=ex.sent_ns,
         rcode=answer.rcode,
         rtt_ms=ms(ex.rtt_ns),
         connect_ms=ms(connect_ns),
         tls_ms=ms(tls_ns),
-        http_version=doh.http_version(flow) if isinstance(flow, net.StreamConn) and https else None,
+        http_version=http_version,
         timestamping="kernel" if ex.kernel else "user",
         site=site,
         answers=answer.answers,

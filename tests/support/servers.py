@@ -251,7 +251,10 @@ class Dnsdist(Server):
 
     name = "dnsdist"
 
-    def start(self, backend_port: int) -> Dnsdist:
+    def start(self, backend_port: int, query_log: Path | None = None) -> Dnsdist:
+        """Start in front of ``backend_port``; with ``query_log``, dnsdist writes a line per
+        query it receives there: ``[epoch.ns] Packet from ADDR:PORT for QNAME QTYPE with
+        id ID`` (its LogAction, unbuffered, with timestamps)."""
         need("dnsdist", "openssl")
         self.cert, self.key = make_cert(self.dir)
         self.dot_port = free_port(socket.SOCK_STREAM)
@@ -264,7 +267,12 @@ class Dnsdist(Server):
             f"newServer({{address='127.0.0.1:{backend_port}', checkInterval=3600}})",
             f"controlSocket('127.0.0.1:{self.console_port}')",
             "setKey('" + base64.b64encode(os.urandom(32)).decode() + "')",
+            "setSecurityPollSuffix('')",  # no security-status query to the outside world
         ]
+        if query_log is not None:
+            lines.append(
+                f"addAction(AllRule(), LogAction('{query_log}', false, false, false, false, true))"
+            )
         for host in ("127.0.0.1", "[::1]"):
             lines.append(f"addTLSLocal('{host}:{self.dot_port}', '{self.cert}', '{self.key}')")
             lines.append(
