@@ -1,8 +1,9 @@
 """The targets schema: what a probe measures, as a targets file or the collector serves it.
 
 Part of the contract between probe and collector (with :mod:`probe.wire`): stdlib,
-msgspec, PyYAML and dnspython's name parser only. The collector validates the targets
-file it serves with this module; the probe validates what it is served with it too.
+msgspec, PyYAML and :mod:`probe.dnswire` (dnspython's name parser for unusual names) only.
+The collector validates the targets file it serves with this module; the probe validates
+what it is served with it too.
 
 A bad file raises :class:`probe.configfile.ConfigError` whose message is one line,
 ``FILE: KEY.PATH: what is wrong`` (:mod:`probe.configfile` explains the faults).
@@ -16,10 +17,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-import dns.name
-import dns.rdatatype
 import msgspec
 
+from probe import dnswire
 from probe.configfile import ConfigError, convert, is_ip, parse_hostport, read_yaml
 
 QTYPES: Final = ("A", "AAAA", "NS", "SOA", "TXT", "CNAME", "MX", "CAA", "HTTPS", "DNSKEY")
@@ -43,11 +43,11 @@ class Query(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
 
     def __post_init__(self) -> None:
         try:
-            name = dns.name.from_text(self.qname)
-        except dns.exception.DNSException as exc:
+            name = dnswire.absolute_name(self.qname)
+        except ValueError as exc:
             raise ValueError(f"qname {self.qname!r} is not a domain name: {exc}") from None
         # store the absolute form, so records say "example.com." whatever was written
-        msgspec.structs.force_setattr(self, "qname", name.to_text())
+        msgspec.structs.force_setattr(self, "qname", name)
 
 
 class DnsTarget(

@@ -141,3 +141,22 @@ def test_read_yaml_refuses_a_file_over_its_bound(tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match=r"big\.yaml: over 1000 bytes: not read$"):
         read_yaml(big, max_bytes=1000)
     assert read_yaml(big) == {"targets": []}
+
+
+def test_a_json_file_reads_as_the_same_yaml(tmp_path: Any) -> None:
+    """JSON is read by the JSON parser (far less memory than YAML's node graph) into
+    what the YAML parser reads from it; a flow mapping that is not strict JSON, or broken
+    JSON, still goes to the YAML parser and its line and column."""
+    import json
+
+    import yaml
+
+    doc = {"targets": [{"name": "a", "port": 53, "timeout": 1.5, "tls_verify": False}]}
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps(doc, indent=1))
+    assert read_yaml(f) == doc == yaml.safe_load(f.read_text())
+    f.write_text("{targets: [], probe: {id: x}}")
+    assert read_yaml(f) == {"targets": [], "probe": {"id": "x"}}
+    f.write_text('{"targets": [\n  {"name": "a"\n]}')
+    with pytest.raises(ConfigError, match=r"t\.json: line 3 column \d+: not valid YAML"):
+        read_yaml(f)

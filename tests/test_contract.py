@@ -2,8 +2,9 @@
 
 The collector may import from ``probe`` only the contract modules: ``probe.wire`` (the
 records and the batch), ``probe.targets`` (the targets schema it serves),
-``probe.configfile`` (config files and their faults, in our words) and ``probe.files``
-(the durable write both spools use). The other boundaries: the probe never imports the
+``probe.configfile`` (config files and their faults, in our words), ``probe.files``
+(the durable write both spools use) and ``probe.dnswire`` (the DNS wire format, whose
+name reader the targets schema uses). The other boundaries: the probe never imports the
 collector or the dashboards; the collector's public API (``collector.ingest``) never
 imports the alert engine; nothing outside ``tests/`` and ``bench/`` imports the test
 support package (``tests/support``, imported as ``support``).
@@ -21,7 +22,9 @@ import msgspec
 from probe import wire
 
 ROOT = Path(__file__).parent.parent
-CONTRACT = frozenset({"probe.wire", "probe.targets", "probe.configfile", "probe.files"})
+CONTRACT = frozenset(
+    {"probe.wire", "probe.targets", "probe.configfile", "probe.files", "probe.dnswire"}
+)
 #: the installed packages: what may not import the test support
 PACKAGES = ("probe", "collector", "dashboards", "popwatch_lab")
 

@@ -1,15 +1,24 @@
-"""The fast answer reader agrees with dnspython on real answers and refuses garbage."""
+"""The fast answer reader agrees with dnspython on real answers and refuses garbage; the
+query writer writes what dnspython writes."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import re
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import dns.edns
+import dns.exception
 import dns.flags
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -17,7 +26,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import servers
 
-from probe.dnswire import MalformedAnswer, parse
+from probe.checks.dns import _chaos_template, _template
+from probe.dnswire import MalformedAnswer, absolute_name, name_wire, parse, rcode_name
+from probe.targets import QTYPES
 
 CASES = [
     ("www.example.test.", "A"),
@@ -98,3 +109,94 @@ def test_truncated_real_answer_is_malformed(cut: int) -> None:
         return
     with pytest.raises(MalformedAnswer):
         parse(wire[:cut])
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+def _dnspython_query(
+    qname: str, qtype: str, rd: bool, dnssec: bool, edns: bool, bufsize: int, nsid: bool
+) -> bytes:
+    """The query as the probe built it with dnspython before it wrote its own."""
+    options = [dns.edns.GenericOption(dns.edns.OptionType.NSID, b"")] if nsid else []
+    msg = dns.message.make_query(
+        qname,
+        dns.rdatatype.from_text(qtype),
+        use_edns=0 if edns else False,
+        payload=bufsize,
+        want_dnssec=dnssec,
+        options=options,
+        id=0,
+    )
+    msg.flags = dns.flags.RD if rd else dns.flags.Flag(0)
+    return msg.to_wire()
+
+
+NAMES = [
+    "example.com.",
+    "example.com",
+    ".",
+    "a.b-c_d.*.x.",
+    "Ex\\.ample.com.",
+    "b\\195\\188cher.x.",
+]
+
+
+@pytest.mark.parametrize("qname", NAMES)
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_queries_are_byte_for_byte_what_dnspython_writes(qname: str, qtype: str) -> None:
+    for rd, dnssec, edns, nsid in itertools.product((False, True), repeat=4):
+        for bufsize in (512, 1232, 4096):
+            want = _dnspython_query(qname, qtype, rd, dnssec, edns, bufsize, nsid)
+            got = _template(absolute_name(qname), qtype, rd, dnssec, edns, bufsize, nsid)
+            assert got == want, (rd, dnssec, edns, nsid, bufsize)
+
+
+def test_chaos_queries_are_what_dnspython_writes() -> None:
+    for name in ("id.server.", "hostname.bind."):
+        msg = dns.message.make_query(name, dns.rdatatype.TXT, dns.rdataclass.CH, id=0)
+        msg.flags = dns.flags.Flag(0)
+        assert _chaos_template(name) == msg.to_wire()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="abcXYZ019-_*.\\$@() ü", min_size=1, max_size=80))
+def test_names_read_as_dnspython_reads_them(text: str) -> None:
+    """Plain names are read here, others by dnspython; either way the same name, or a
+    ValueError where dnspython refuses the text."""
+    try:
+        want = dns.name.from_text(text)
+    except dns.exception.DNSException as exc:
+        with pytest.raises(ValueError, match=re.escape(str(exc))):
+            absolute_name(text)
+        return
+    got = absolute_name(text)
+    assert got == want.to_text()
+    assert name_wire(got) == want.to_wire()
+
+
+def test_long_plain_names_are_refused_as_dnspython_refuses_them() -> None:
+    for text, why in (("a" * 64 + ".x.", "label is > 63"), (".".join(["abcdefghi"] * 26), "> 255")):
+        with pytest.raises(dns.exception.DNSException, match=why):
+            dns.name.from_text(text)
+        with pytest.raises(ValueError, match=why):
+            absolute_name(text)
+
+
+def test_rcode_names_are_dnspythons() -> None:
+    for code in range(24):
+        assert rcode_name(code) == dns.rcode.to_text(dns.rcode.Rcode(code))
+
+
+def test_a_running_probe_does_not_import_dnspython(tmp_path: Path) -> None:
+    """The probe's hot modules build and read DNS without dnspython (its resident memory
+    is part of the probe's budget); a name with an escape still gets it, lazily."""
+    code = (
+        "import sys\n"
+        "import probe.cli, probe.runner, probe.checks.dns as d, probe.targets as t\n"
+        "d._template(t.Query(qname='www.example.test').qname, 'A', 0, 0, 1, 1232, 1)\n"
+        "assert not [m for m in sys.modules if m == 'dns' or m.startswith('dns.')], 'dnspython'\n"
+        "t.Query(qname='a\\\\.b.example.')\n"
+        "assert 'dns.name' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)

@@ -22,15 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import dns.edns
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-
 from probe import dnswire, doh, errors, net
 from probe.checks import Addresses, Check, Once, fmt_ms, ms, rtt_summary, target_from_flags
 from probe.configfile import is_ip, parse_hostport
@@ -117,26 +108,19 @@ def _template(
     qname: str, qtype: str, rd: bool, dnssec: bool, edns: bool, bufsize: int, nsid: bool
 ) -> bytes:
     """The query's wire form with ID 0; each measurement patches in a fresh ID."""
-    options: list[dns.edns.Option] = (
-        [dns.edns.GenericOption(dns.edns.OptionType.NSID, b"")] if nsid else []
-    )
-    msg = dns.message.make_query(
+    return dnswire.query_wire(
         qname,
-        dns.rdatatype.from_text(qtype),
-        use_edns=0 if edns else False,
-        payload=bufsize,
-        want_dnssec=dnssec,
-        options=options,
-        id=0,
+        dnswire.QTYPE_CODES[qtype],
+        rd=rd,
+        edns=edns,
+        bufsize=bufsize,
+        dnssec=dnssec,
+        nsid=nsid,
     )
-    msg.flags = dns.flags.RD if rd else dns.flags.Flag(0)
-    return msg.to_wire()
 
 
 def _chaos_template(qname: str) -> bytes:
-    msg = dns.message.make_query(qname, dns.rdatatype.TXT, dns.rdataclass.CH, id=0)
-    msg.flags = dns.flags.Flag(0)
-    return msg.to_wire()
+    return dnswire.query_wire(qname, dnswire.QTYPE_CODES["TXT"], dnswire.CLASS_CH)
 
 
 # Query IDs: a PRNG seeded from the OS, not a syscall per query (os.urandom costs more
@@ -188,6 +172,12 @@ _BARE_BACKSLASH: Final = re.compile(r"\\(?=[ ,=]|$)")
 
 
 def _text(raw: bytes) -> str:
+    """:func:`_identity_text`, remembered for the short identities a fleet's sites send
+    again with every answer (a long one, which a hostile server could vary, is not)."""
+    return _short_text(raw) if len(raw) <= 64 else _identity_text(raw)
+
+
+def _identity_text(raw: bytes) -> str:
     """Server identity bytes as text: UTF-8 when printable, else hex; a backslash line
     protocol could not carry written ``\\x5c``; at most SITE_MAX characters, a longer
     one cut and marked with a trailing SITE_CUT. A DNS server chooses these bytes: what
@@ -201,6 +191,9 @@ def _text(raw: bytes) -> str:
             text = raw.hex()
     text = _BARE_BACKSLASH.sub(r"\\x5c", text)
     return text if len(text) <= SITE_MAX else text[: SITE_MAX - 1] + SITE_CUT
+
+
+_short_text: Final = functools.lru_cache(maxsize=1024)(_identity_text)
 
 
 def _tcp_frame(buf: bytes) -> int | None:
