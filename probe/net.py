@@ -285,11 +285,12 @@ def _expire(fut: asyncio.Future[tuple[bytes, int | None, int]]) -> None:
 def _tx_key(ancdata: list[tuple[int, int, bytes]]) -> int | None:
     """The ``SOF_TIMESTAMPING_OPT_ID`` key of a TX stamp read from the error queue: the
     number of datagrams the socket had sent before the one stamped (``ee_data`` of the
-    ``sock_extended_err`` that comes with it). None if the message carries none."""
+    ``sock_extended_err`` that comes with it). None if the message carries no extended
+    error at all, -1 if it is not a timestamp's."""
     for level, kind, data in ancdata:
         if kind == _RECVERR.get(level) and len(data) >= 16:
             origin, key = data[4], int.from_bytes(data[12:16], sys.byteorder)
-            return key if origin == _SO_EE_ORIGIN_TIMESTAMPING else None
+            return key if origin == _SO_EE_ORIGIN_TIMESTAMPING else -1
     return None
 
 
@@ -322,9 +323,10 @@ class UdpFlow(_Stamped):
             sock.close()
             raise
         self.peer = addr  # callers give the address in the kernel's (compressed) form
-        self._level = socket.IPPROTO_IPV6 if family == socket.AF_INET6 else socket.IPPROTO_IP
         #: datagrams sent: the OPT_ID key the kernel gives the next send's TX stamp
         self.sends = 0
+        #: measurements this flow has carried (a pool's count, for its rotation)
+        self.uses = 0
         #: query IDs this flow has carried; a caller keeps a new one out of them, so that
         #: a late answer to an earlier query can never match a later one
         self.ids: set[int] = set()
@@ -379,13 +381,14 @@ class UdpFlow(_Stamped):
     def _discard_all(self) -> None:
         """Empty both queues of an idle flow (level-triggered epoll would call again)."""
         for flags in (socket.MSG_ERRQUEUE, 0):
-            while True:
+            errors = 0
+            while errors < 2:
                 try:
                     self.sock.recvmsg(_MAX_DATAGRAM, _ANCBUF, flags)
                 except (BlockingIOError, InterruptedError):
                     break
-                except OSError:  # a pending socket error, now cleared: read on
-                    continue
+                except OSError:  # a pending socket error, cleared by reading it: read on
+                    errors += 1
 
     async def exchange(
         self, wire: bytes, accept: Callable[[bytes], bool], deadline: float
@@ -461,18 +464,26 @@ class UdpPool:
     def acquire(self, family: socket.AddressFamily, addr: tuple[str, int]) -> UdpFlow:
         """An idle flow to ``addr``, the most recently used, or a new one."""
         idle = self._idle.get(addr)
-        while idle:
-            _, flow = idle.pop()
-            self._n_idle -= 1
-            if not flow.stale:
-                return flow
-            self.stale += 1
-            flow.close()
+        if idle:
+            cutoff = time.monotonic() - self.idle_s
+            while idle:
+                released, flow = idle.pop()
+                self._n_idle -= 1
+                if flow.stale:
+                    self.stale += 1
+                elif released >= cutoff:
+                    return flow
+                flow.close()
         flow = UdpFlow(family, addr)
         loop = self._loop()
         if self.max_uses > 1 and loop is not None:
-            flow._reactor = _reactor(loop)
-            flow._reactor.add(flow.sock.fileno(), flow._on_readable)
+            try:
+                reactor = _reactor(loop)
+                reactor.add(flow.sock.fileno(), flow._on_readable)
+            except BaseException:
+                flow.close()
+                raise
+            flow._reactor = reactor
         return flow
 
     def release(self, flow: UdpFlow, clean: bool) -> None:
@@ -480,10 +491,11 @@ class UdpPool:
         now = time.monotonic()  # the event loop's clock
         if now >= self._next_sweep:
             self._sweep(now)
+        flow.uses += 1
         if (
             not clean
             or flow.stale
-            or flow.sends >= self.max_uses
+            or flow.uses >= self.max_uses
             or self._n_idle >= self.max_idle
             or flow._reactor is None
         ):

@@ -183,6 +183,18 @@ def test_long_plain_names_are_refused_as_dnspython_refuses_them() -> None:
             absolute_name(text)
 
 
+def test_the_longest_plain_name_is_dnspythons_longest() -> None:
+    """253 characters (255 bytes on the wire) is a name; 254 is not, read by either path."""
+    longest = ".".join(["a" * 63] * 3 + ["b" * 61])
+    assert len(longest) == 253
+    assert absolute_name(longest) == dns.name.from_text(longest).to_text()
+    assert len(name_wire(absolute_name(longest))) == 255
+    with pytest.raises(ValueError, match="> 255"):
+        absolute_name(longest + "b")
+    with pytest.raises(dns.exception.DNSException, match="> 255"):
+        dns.name.from_text(longest + "b")
+
+
 def test_rcode_names_are_dnspythons() -> None:
     for code in range(24):
         assert rcode_name(code) == dns.rcode.to_text(dns.rcode.Rcode(code))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import re
 import socket
 import sys
@@ -45,7 +46,8 @@ class Replayer:
       port's previous answer again (a late answer to the reused socket's last query);
     * ``idle``: send each answer again ``again_s`` after the first, while the flow waits
       idle for its next measurement;
-    * ``slow_first``: hold the answer to query 1 for ``again_s``, past the probe's timeout.
+    * ``slow_first``: hold the answer to query 1 for ``again_s``, past the probe's timeout,
+      and the answer to query 2 for half that, so the late one comes while query 2 waits.
     """
 
     def __init__(self, mode: str, again_s: float = 0.05) -> None:
@@ -55,6 +57,7 @@ class Replayer:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.ports: list[int] = []  # source port of each query, in order
+        self.ids: list[int] = []  # and its ID
         self.late_sent = 0
         self._last: dict[int, bytes] = {}
         self._timers: list[threading.Timer] = []
@@ -62,12 +65,12 @@ class Replayer:
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
-    def _send_later(self, wire: bytes, peer: Any) -> None:
+    def _send_later(self, wire: bytes, peer: Any, delay: float, late: bool = True) -> None:
         def send() -> None:
             self.sock.sendto(wire, peer)
-            self.late_sent += 1
+            self.late_sent += late
 
-        timer = threading.Timer(self.again_s, send)
+        timer = threading.Timer(delay, send)
         self._timers.append(timer)
         timer.start()
 
@@ -79,6 +82,7 @@ class Replayer:
                 continue
             q = dns.message.from_wire(data)
             self.ports.append(peer[1])
+            self.ids.append(q.id)
             resp = dns.message.make_response(q)
             resp.flags |= dns.flags.AA
             resp.answer.append(
@@ -88,13 +92,14 @@ class Replayer:
             if self.mode == "before" and peer[1] in self._last:
                 self.sock.sendto(self._last[peer[1]], peer)
                 self.late_sent += 1
-            if self.mode == "slow_first" and len(self.ports) == 1:
-                self._send_later(wire, peer)
+            if self.mode == "slow_first" and len(self.ports) <= 2:
+                first = len(self.ports) == 1
+                self._send_later(wire, peer, self.again_s / (1 if first else 2), late=first)
                 continue
             self.sock.sendto(wire, peer)
             self._last[peer[1]] = wire
             if self.mode == "idle":
-                self._send_later(wire, peer)
+                self._send_later(wire, peer, self.again_s)
 
     def close(self) -> None:
         self._stop.set()
@@ -140,27 +145,46 @@ async def test_a_late_answer_to_an_idle_flow_retires_it(
     records = []
     for _ in range(5):
         records.append(await dnscheck.measure(job))
-        await asyncio.sleep(0.1)  # the late copy arrives in this pause
+        await asyncio.sleep(0.2)  # the late copy arrives in this pause
     assert [r.ttl for r in records] == [1, 2, 3, 4, 5]
     assert len(set(replayer.ports)) == 5, replayer.ports  # each flow retired after its query
     assert replayer.late_sent == 5
     assert pool.stale - stale0 == 4  # found stale when the next query came (the 5th: later)
 
 
-@pytest.mark.parametrize("replayer", [("slow_first", 0.4)], indirect=True)
+@pytest.mark.parametrize("replayer", [("slow_first", 0.3)], indirect=True)
 async def test_an_answer_after_the_deadline_is_never_credited_to_the_next_query(
     replayer: Replayer, job_for: JobFor
 ) -> None:
-    """Query 1 times out; its answer comes while query 2 runs: query 2 gets its own."""
+    """Query 1 times out (its answer comes at 0.3 s, the deadline is 0.25 s); query 2
+    waits until 0.4 s for its own, and the late answer to query 1 comes in that wait: it
+    went to query 1's socket, closed when it failed, so query 2 gets its own answer."""
     job = job_for(
-        "127.0.0.1", port=replayer.port, qname="www.example.test.", qtype="A", timeout=0.2
+        "127.0.0.1", port=replayer.port, qname="www.example.test.", qtype="A", timeout=0.25
     )
     first = await dnscheck.measure(job)
     second, third = await dnscheck.measure(job), await dnscheck.measure(job)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.1)
     assert first.rcode == "TIMEOUT" and first.rtt_ms is None
-    assert (second.ttl, third.ttl) == (2, 3)
+    assert (second.ttl, third.ttl) == (2, 3), (second, third)
+    assert second.rtt_ms is not None and second.rtt_ms > 100  # it did wait past 0.3 s
     assert replayer.ports[0] != replayer.ports[1]  # a flow that failed is not reused
+    assert replayer.ports[1] == replayer.ports[2]  # one that answered is
+    assert replayer.late_sent == 1
+
+
+@pytest.mark.parametrize("replayer", [("before",)], indirect=True)
+async def test_a_reused_socket_never_carries_an_id_twice(
+    replayer: Replayer, job_for: JobFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The random ID generator gives 7, 7, 7, 8: the second query on the flow goes out
+    with 8, not 7 again, so the late answer to the first (ID 7) cannot match it."""
+    draws = iter([7, 7, 7, 8, 9, 10])
+    monkeypatch.setattr(dnscheck, "_new_id", lambda: next(draws))
+    job = job_for("127.0.0.1", port=replayer.port, qname="www.example.test.", qtype="A")
+    records = [await dnscheck.measure(job) for _ in range(2)]
+    assert replayer.ids == [7, 8] and replayer.ports[0] == replayer.ports[1]
+    assert [r.ttl for r in records] == [1, 2]  # the second took its own, not the late one
     assert replayer.late_sent == 1
 
 
@@ -186,16 +210,20 @@ def test_at_10000_queries_a_second_no_answer_is_matched_to_another_query(
     was taken for it."""
     from conftest import make_target
 
-    sent: list[tuple[int, int, int, int, int]] = []  # port, qid, answer id, tx ns, rtt ns
+    # port, qid, answer id, tx ns, rtt ns, kernel-stamped; and the (port, qid) that failed
+    sent: list[tuple[int, int, int, int, int, bool]] = []
+    failed: list[tuple[int, int]] = []
     exchange = net.UdpFlow.exchange
 
     async def logged(self: net.UdpFlow, wire: bytes, accept: Any, deadline: float) -> Any:
-        ex = await exchange(self, wire, accept, deadline)
-        port = self.sock.getsockname()[1]
-        sent.append(
-            (port, int.from_bytes(wire[:2]), int.from_bytes(ex.data[:2]), ex.sent_ns, ex.rtt_ns)
-        )
-        assert ex.kernel
+        port, qid = self.sock.getsockname()[1], int.from_bytes(wire[:2])
+        try:
+            ex = await exchange(self, wire, accept, deadline)
+        except BaseException:
+            failed.append((port, qid))
+            raise
+        answer_id = int.from_bytes(ex.data[:2])
+        sent.append((port, qid, answer_id, ex.sent_ns, ex.rtt_ns, ex.kernel))
         return ex
 
     monkeypatch.setattr(net.UdpFlow, "exchange", logged)
@@ -239,18 +267,30 @@ def test_at_10000_queries_a_second_no_answer_is_matched_to_another_query(
         assert m, line
         if m[4] == "www.example.test. A":  # not the readiness query of Dnsdist.start
             seen[int(m[3]), _wire_id(int(m[5]))].append(int(m[1]) * 1_000_000_000 + int(m[2]))
-    logged = sum(map(len, seen.values()))
-    assert logged == len(sent) == len(answered), (logged, len(sent), len(answered), rate)
+    assert len(sent) == len(answered) and len(failed) == len(records) - len(answered)
+    assert all(s[5] for s in sent), "an exchange without kernel stamps"
     wrong = [s for s in sent if s[2] != s[1]]
     assert not wrong, wrong[:5]
-    # each (port, ID) as often in the log as the probe sent it: a later socket can get a
-    # port back and draw the same ID by chance (about one pair in four runs), so a key
-    # may come twice, seconds apart
-    sends = collections.Counter((s[0], s[1]) for s in sent)
+    # each (port, ID) as often in the log as the probe sent it, failures included: a later
+    # socket can get a port back and draw the same ID by chance (about one pair in four
+    # runs), so a key may come twice, seconds apart
+    sends = collections.Counter([(s[0], s[1]) for s in sent] + failed)
     counts = {k: len(v) for k, v in seen.items()}
-    assert counts == dict(sends), sorted(set(counts.items()) ^ set(sends.items()))[:5]
+    assert counts == dict(sends), (rate, sorted(set(counts.items()) ^ set(sends.items()))[:5])
     # and the server received each query inside its exchange, between the kernel TX stamp
-    # of its send and the RX stamp of its answer: no other query's stamp was taken for it
+    # of its send and the RX stamp of its answer, and after it received the query sent
+    # before on the same socket: no other query's stamp was taken for it
     outside = [s for s in sent if sum(s[3] <= t <= s[3] + s[4] for t in seen[s[0], s[1]]) != 1]
     assert not outside, [(s, seen[s[0], s[1]]) for s in outside[:5]]
-    assert len({s[0] for s in sent}) < len(sent) / 4  # flows were reused
+    by_port: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
+    for s in sent:
+        t_server = next(t for t in seen[s[0], s[1]] if s[3] <= t <= s[3] + s[4])
+        by_port[s[0]].append((s[3], t_server))
+    stale = [
+        (port, prev, this)
+        for port, xs in by_port.items()
+        for prev, this in itertools.pairwise(sorted(xs))
+        if not this[0] > prev[1]
+    ]
+    assert not stale, stale[:5]
+    assert len(by_port) < len(sent) / 4  # flows were reused

@@ -209,19 +209,21 @@ def _read(data: bytes) -> dnswire.Answer:
 
 async def _identify_chaos(
     flow: net.UdpFlow | net.StreamConn, job: DnsJob, https: bool
-) -> str | None:
-    """Ask the server who it is, on the same flow (same 5-tuple or connection) as the query."""
+) -> tuple[str | None, bool]:
+    """Ask the server who it is, on the same flow (same 5-tuple or connection) as the
+    query: the identity (None if it gives none), and whether every exchange ended in an
+    answer (a pooled flow is given back only then)."""
     for name in _CHAOS_NAMES:
         qid = 0 if https else _fresh_id(flow) if isinstance(flow, net.UdpFlow) else _new_id()
         query = _with_id(_chaos_template(name), qid)
         try:
             data = await _exchange_on(flow, job, query, _qparts(query))
         except (errors.CheckError, OSError, TimeoutError, EOFError, ssl.SSLError):
-            return None
+            return None, False
         txt = _read(data.data).txt
         if txt:
-            return _text(txt)
-    return None
+            return _text(txt), True
+    return None, True
 
 
 async def _exchange_on(
@@ -310,7 +312,7 @@ async def measure(job: DnsJob) -> DnsRecord:
             answer = _read(ex.data)
             site = _text(answer.nsid) if answer.nsid else None
             if t.identify == "chaos":
-                site = await _identify_chaos(flow, job, https)
+                site, _ = await _identify_chaos(flow, job, https)
     except Exception as exc:  # every failure is still a measurement
         return failure(job, exc, started, phase=phase, connect_ns=connect_ns, tls_ns=tls_ns)
     return _record(
@@ -335,9 +337,9 @@ async def _measure_udp(job: DnsJob) -> DnsRecord:
             )
             answer = _read(ex.data)
             site = _text(answer.nsid) if answer.nsid else None
-            if job.target.identify == "chaos":
-                site = await _identify_chaos(flow, job, False)
             clean = True
+            if job.target.identify == "chaos":
+                site, clean = await _identify_chaos(flow, job, False)
         finally:
             pool.release(flow, clean)
     except Exception as exc:  # every failure is still a measurement
