@@ -366,6 +366,8 @@ def test_probe_records_through_a_collector_process(influx: InfluxDB, tmp_path: P
     env = {
         **os.environ,
         "POPWATCH_LISTEN": f"127.0.0.1:{port}",
+        # not the default 8081, which the compose stack test publishes meanwhile
+        "POPWATCH_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
         "POPWATCH_DATA_DIR": str(data),
         "POPWATCH_INFLUXDB_URL": influx.url,
         "POPWATCH_INFLUXDB_API": "v1",
