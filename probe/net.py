@@ -439,7 +439,7 @@ class UdpFlow(_Stamped):
 class UdpPool:
     """Connected UDP flows kept between measurements, per server address and port.
 
-    A fresh socket per query costs about a fifth of a UDP measurement (socket, stamping
+    A fresh socket per query costs about a quarter of a UDP measurement (socket, stamping
     option, connect, epoll registration, close). A pooled flow is taken by one
     measurement at a time and given back when it ends cleanly; it carries at most
     ``max_uses`` measurements, so source ports still rotate, and waits at most
@@ -515,6 +515,7 @@ class UdpPool:
             keep = [(t, f) for t, f in idle if t >= cutoff and not f.stale]
             for t, f in idle:
                 if t < cutoff or f.stale:
+                    self.stale += f.stale
                     f.close()
             self._n_idle -= len(idle) - len(keep)
             if keep:
