@@ -544,20 +544,12 @@ _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, UdpPool] = weakref.
 
 def udp_pool(loop: asyncio.AbstractEventLoop | None = None) -> UdpPool:
     """The running loop's pool of UDP flows (made on first use, closed with the loop)."""
-    global _last_pool
     loop = loop or asyncio.get_running_loop()
-    last = _last_pool
-    if last is not None and last[0]() is loop:  # a weak lookup costs 1 µs a query
-        return last[1]
     pool = _pools.get(loop)
     if pool is None:
         pool = _pools[loop] = UdpPool(loop, UDP_REUSE, UDP_IDLE_S, UDP_MAX_IDLE)
         weakref.finalize(loop, pool.close)
-    _last_pool = (weakref.ref(loop), pool)
     return pool
-
-
-_last_pool: tuple[weakref.ref[asyncio.AbstractEventLoop], UdpPool] | None = None
 
 
 class StreamConn(_Stamped):
