@@ -155,6 +155,9 @@ def test_a_json_file_reads_as_the_same_yaml(tmp_path: Any) -> None:
     f = tmp_path / "t.json"
     f.write_text(json.dumps(doc, indent=1))
     assert read_yaml(f) == doc == yaml.safe_load(f.read_text())
+    # and it was the JSON parser: YAML 1.1 reads 1e3 (no dot) as a string, JSON a number
+    f.write_text('{"x": 1e3}')
+    assert read_yaml(f) == {"x": 1000.0} != yaml.safe_load(f.read_text())
     f.write_text("{targets: [], probe: {id: x}}")
     assert read_yaml(f) == {"targets": [], "probe": {"id": "x"}}
     f.write_text('{"targets": [\n  {"name": "a"\n]}')
