@@ -50,6 +50,108 @@ class Query(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
         msgspec.structs.force_setattr(self, "qname", name)
 
 
+#: the cities a site may name instead of its coordinates (``city: ams``): the IATA code
+#: or the name, (latitude, longitude) in degrees
+CITIES: Final[dict[str, tuple[str, float, float]]] = {
+    "ams": ("Amsterdam", 52.37, 4.90),
+    "arn": ("Stockholm", 59.33, 18.07),
+    "atl": ("Atlanta", 33.75, -84.39),
+    "bom": ("Mumbai", 19.08, 72.88),
+    "cdg": ("Paris", 48.86, 2.35),
+    "dfw": ("Dallas", 32.78, -96.80),
+    "dxb": ("Dubai", 25.20, 55.27),
+    "eze": ("Buenos Aires", -34.60, -58.38),
+    "fra": ("Frankfurt", 50.11, 8.68),
+    "gru": ("Sao Paulo", -23.55, -46.63),
+    "hkg": ("Hong Kong", 22.32, 114.17),
+    "iad": ("Ashburn", 39.04, -77.49),
+    "icn": ("Seoul", 37.57, 126.98),
+    "jnb": ("Johannesburg", -26.20, 28.05),
+    "lax": ("Los Angeles", 34.05, -118.24),
+    "lhr": ("London", 51.51, -0.13),
+    "mad": ("Madrid", 40.42, -3.70),
+    "mia": ("Miami", 25.76, -80.19),
+    "mex": ("Mexico City", 19.43, -99.13),
+    "nrt": ("Tokyo", 35.68, 139.69),
+    "ord": ("Chicago", 41.88, -87.63),
+    "scl": ("Santiago", -33.45, -70.67),
+    "sea": ("Seattle", 47.61, -122.33),
+    "sin": ("Singapore", 1.35, 103.82),
+    "sjc": ("San Jose", 37.34, -121.89),
+    "syd": ("Sydney", -33.87, 151.21),
+    "waw": ("Warsaw", 52.23, 21.01),
+    "yyz": ("Toronto", 43.65, -79.38),
+}
+_CITY_NAMES: Final = {name.lower(): code for code, (name, _, _) in CITIES.items()}
+Latitude = Annotated[float, msgspec.Meta(ge=-90, le=90)]
+Longitude = Annotated[float, msgspec.Meta(ge=-180, le=180)]
+
+
+def city(name: str) -> tuple[float, float] | None:
+    """(lat, lon) of a city of :data:`CITIES`, by its code or its name (any case)."""
+    key = name.strip().lower()
+    found = CITIES.get(key) or CITIES.get(_CITY_NAMES.get(key, ""))
+    return (found[1], found[2]) if found else None
+
+
+class Site(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One site of an anycast service: the identity it answers with (NSID or
+    ``id.server``), its own unicast addresses, and where it is (``lat``/``lon``, or a
+    ``city`` of :data:`CITIES`)."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    unicast: Annotated[list[str], msgspec.Meta(min_length=1, max_length=8)]
+    lat: Latitude | None = None
+    lon: Longitude | None = None
+    city: str | None = None
+    port: Port | None = None  # its DNS port (UDP and TCP) there; default the target's
+
+    def __post_init__(self) -> None:
+        for addr in self.unicast:
+            if not is_ip(addr):
+                raise ValueError(f"site {self.id!r}: unicast {addr!r} is not an IP address")
+        if len(set(self.unicast)) != len(self.unicast):
+            raise ValueError(f"site {self.id!r}: unicast lists an address twice")
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError(f"site {self.id!r}: give both lat and lon, or a city")
+        if self.city is not None:
+            where = city(self.city)
+            if where is None:
+                raise ValueError(
+                    f"site {self.id!r}: city {self.city!r} is not in popwatch's table "
+                    f"(give lat and lon instead; cities: {', '.join(sorted(CITIES))})"
+                )
+            if self.lat is None:
+                msgspec.structs.force_setattr(self, "lat", where[0])
+                msgspec.structs.force_setattr(self, "lon", where[1])
+        elif self.lat is None:
+            raise ValueError(f"site {self.id!r}: where is it? give lat and lon, or a city")
+
+
+def _check_sites(t: DnsTarget) -> None:
+    """Sites belong to an anycast target that identifies its sites; ids and addresses
+    are each listed once."""
+    if not t.sites:
+        return
+    if t.topology != "anycast":
+        raise ValueError(f"sites are for an anycast target, not topology {t.topology!r}")
+    if t.identify == "none":
+        raise ValueError("sites need identify: nsid or chaos (to tell which site answered)")
+    ids: dict[str, int] = {}
+    addrs: dict[tuple[str, int], int] = {}
+    for i, s in enumerate(t.sites):
+        if s.id in ids:
+            raise ValueError(f"sites[{i}].id: {s.id!r} is already the id of sites[{ids[s.id]}]")
+        ids[s.id] = i
+        for a in s.unicast:
+            key = (ipaddress.ip_address(a).compressed, s.port or t.port)
+            if key in addrs:
+                raise ValueError(
+                    f"sites[{i}].unicast: {a!r} is already an address of sites[{addrs[key]}]"
+                )
+            addrs[key] = i
+
+
 class DnsTarget(
     msgspec.Struct,
     forbid_unknown_fields=True,
@@ -91,6 +193,10 @@ class DnsTarget(
     # also ping the same addresses (a `kind: ping` target of the same name, see
     # derived_targets): icmp echo, or tcp handshake to `port`; None: no ping
     ping: PingMethod | None = None
+    # the anycast service's sites, each also measured at its own unicast addresses,
+    # every ``site_every`` intervals: how far each region is from its best site
+    sites: list[Site] = msgspec.field(default_factory=list)
+    site_every: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
 
     def __post_init__(self) -> None:
         if not self.doh_path.startswith("/"):
@@ -103,6 +209,7 @@ class DnsTarget(
             if len(set(seen)) != len(seen):
                 raise ValueError(f"{field} lists a value twice: {seen}")
         _pin_family(self)
+        _check_sites(self)
         if self.rd is None:
             msgspec.structs.force_setattr(self, "rd", self.topology == "resolver")
 

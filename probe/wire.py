@@ -23,7 +23,8 @@ EpochNs = Annotated[int, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 Transport = Literal["udp", "tcp", "tls", "https"]
-Topology = Literal["unicast", "anycast", "resolver"]
+#: ``site``: an anycast site queried at its own unicast address (a target's ``sites``)
+Topology = Literal["unicast", "anycast", "resolver", "site"]
 Timestamping = Literal["kernel", "user"]
 #: an ask's id (an on-demand request, docs/design.md "Asks"): 16 hex digits, chosen by
 #: the collector, so a probe cannot invent tag values with it

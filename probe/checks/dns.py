@@ -48,6 +48,11 @@ class DnsJob:
     transport: str  # udp | tcp | tls | https
     qname: str
     qtype: str
+    #: a site's unicast address, measured for the target's ``sites`` (the site's id), at
+    #: one in ``every`` of the target's intervals; "" for the target's own server
+    site: str = ""
+    every: int = 1
+    site_port: int | None = None  # the site's own DNS port there (UDP and TCP)
     kind: str = field(default="dns", init=False)
     family: int = field(init=False)  # 4 or 6
     port: int = field(init=False)
@@ -66,8 +71,13 @@ class DnsJob:
         address = ipaddress.ip_address(self.address).compressed  # as the kernel reports it
         setf(self, "address", address)
         setf(self, "family", 6 if ":" in address else 4)
-        setf(self, "port", getattr(t, _PORT_KEY[self.transport]))
+        port = getattr(t, _PORT_KEY[self.transport])
+        if self.site_port is not None and self.transport in ("udp", "tcp"):
+            port = self.site_port
+        setf(self, "port", port)
         key = f"{t.name}|{address}|{self.transport}|{self.qname}|{self.qtype}"
+        if self.site:
+            key += f"|site={self.site}"
         setf(self, "key", key)
         phases = _PHASES[self.transport] + (2 if t.identify == "chaos" else 0)
         setf(self, "deadline", None if self.transport == "udp" else t.timeout * phases + 1.0)
@@ -92,7 +102,7 @@ class DnsJob:
                 "transport": self.transport,
                 "qname": self.qname,
                 "qtype": self.qtype,
-                "topology": t.topology,
+                "topology": "site" if self.site else t.topology,
                 "provider": t.provider or None,
                 "family": self.family,
             },
@@ -100,7 +110,7 @@ class DnsJob:
 
     @property
     def interval(self) -> float:
-        return self.target.interval
+        return self.target.interval * self.every
 
 
 @functools.lru_cache(maxsize=65536)
@@ -277,6 +287,7 @@ def failure(
         connect_ms=ms(connect_ns),
         tls_ms=ms(tls_ns),
         timestamping="kernel" if net.kernel_timestamping_available() else "user",
+        site=job.site or None,
         **job.base,
     )
 
@@ -365,6 +376,11 @@ def _record(
     tls_ns: int | None,
     http_version: str | None,
 ) -> DnsRecord:
+    error = None
+    if job.site:  # a site's unicast address: its record names the site it was asked of
+        if site is not None and site != job.site:
+            error = f"identity: site {job.site}'s unicast {job.address} answered as {site}"
+        site = job.site
     return DnsRecord(
         ts=ex.sent_ns,
         rcode=answer.rcode,
@@ -379,6 +395,7 @@ def _record(
         ttl=answer.ttl,
         serial=answer.serial,
         truncated=answer.truncated,
+        error=error,
         **job.base,
     )
 
@@ -387,14 +404,34 @@ def _record(
 
 
 def jobs(target: DnsTarget, addresses: Addresses) -> list[DnsJob]:
-    """Every series of a target: address x transport x query."""
-    return [
+    """Every series of a target: address x transport x query; and for each of its
+    ``sites``, the same at each of the site's unicast addresses of the target's
+    families, every ``site_every`` intervals (records with ``topology: site``)."""
+    out = [
         DnsJob(target, addr, transport, q.qname, q.qtype)
         for fam, addr in addresses
         if fam in target.families
         for transport in target.transports
         for q in target.queries
     ]
+    for s in target.sites:
+        out += [
+            DnsJob(
+                target,
+                addr,
+                transport,
+                q.qname,
+                q.qtype,
+                site=s.id,
+                every=target.site_every,
+                site_port=s.port,
+            )
+            for addr in s.unicast
+            if (6 if ":" in addr else 4) in target.families
+            for transport in target.transports
+            for q in target.queries
+        ]
+    return out
 
 
 def _unresolved(target: DnsTarget, error: str, ts: int) -> list[DnsRecord]:
