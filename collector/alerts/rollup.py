@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from collector.alerts.window import SCHEDULED
+from collector.alerts.window import JUDGED
 from collector.kinds import Kind, alerted
 from collector.store.influxql import InfluxQL, Series
 from collector.store.lineproto import Unrepresentable, line
@@ -225,7 +225,7 @@ class Rollups:
                 Select(
                     k.measurement,
                     (Fn("count", _value(k)),),
-                    (span, SCHEDULED),
+                    (span, *JUDGED),
                     every=f"{BUCKET_S}s",
                     fill="none",
                 )
@@ -266,7 +266,7 @@ class Rollups:
                     Fn("percentile", _value(k), None, 95),
                     Fn("count", _value(k)),
                 ),
-                (span, SCHEDULED),
+                (span, *JUDGED),
                 group_by=_tags(k),
                 every=f"{BUCKET_S}s",
                 fill="none",

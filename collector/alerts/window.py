@@ -67,6 +67,10 @@ class Snapshot:
 #: the scheduled measurements only: asked ones (``ask`` tag, collector.asks) are an
 #: operator's question, measured at their own pace, and judge nothing
 SCHEDULED = Tag("ask", "")
+#: what the rules judge: the scheduled records of the targets' own servers, not those
+#: of their sites' unicast addresses (``topology`` ``site``, which only the inflation
+#: figures read: they share their target's name, and would mix with its series)
+JUDGED = (SCHEDULED, Tag("topology", "site", "!="))
 
 
 def samples_query(kind: Kind[Any], start: int, at: int) -> Select:
@@ -78,7 +82,7 @@ def samples_query(kind: Kind[Any], start: int, at: int) -> Select:
     return Select(
         kind.measurement,
         tuple(columns),
-        (Between(start, at), SCHEDULED),
+        (Between(start, at), *JUDGED),
         group_by=(*SERIES_TAGS, *split),
     )
 
@@ -130,4 +134,14 @@ async def fetch(influx: InfluxQL, at: int, start: int) -> Snapshot:
     return Snapshot(at, start, series, heartbeats)
 
 
-__all__ = ["NO_ANSWER", "NS", "SCHEDULED", "SERIES_TAGS", "Sample", "Series", "Snapshot", "fetch"]
+__all__ = [
+    "JUDGED",
+    "NO_ANSWER",
+    "NS",
+    "SCHEDULED",
+    "SERIES_TAGS",
+    "Sample",
+    "Series",
+    "Snapshot",
+    "fetch",
+]
