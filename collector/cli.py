@@ -23,6 +23,7 @@ from aiohttp import web
 
 from collector import __version__, certs
 from collector.alerts import cli as alerts_cli
+from collector.alerts.inflation import Sites
 from collector.app import CollectorState, create_admin_app, create_app
 from collector.asks import cli as asks_cli
 from collector.asks.board import Board
@@ -375,6 +376,12 @@ async def _run(cfg: CollectorConfig) -> None:
                 targets = runner.app.get(SERVED)
                 return targets.names() if targets is not None else None
 
+            def sites() -> dict[str, Sites]:  # the served anycast targets' sites
+                targets = runner.app.get(SERVED)
+                if targets is None:
+                    return {}
+                return {name: Sites(s, p) for name, (s, p) in targets.sites().items()}
+
             headroom = Headroom(
                 InfluxQL(
                     cfg.influxdb_url,
@@ -392,7 +399,7 @@ async def _run(cfg: CollectorConfig) -> None:
                 board.influx,
                 board.running(),  # asks: others' commands, drills' events
                 headroom.watching(),
-                alerts_cli.evaluator(cfg, state.sink, active, served),  # if alerts.enabled
+                alerts_cli.evaluator(cfg, state.sink, active, served, sites),  # if alerts.enabled
             ):
                 await stop.wait()
                 log.info("collector stopping (a signal): finishing writes, then exiting")

@@ -12,11 +12,13 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TextIO
 
 from collector.alerts.config import AlertsConfig
 from collector.alerts.engine import Engine
+from collector.alerts.inflation import Sites
 from collector.alerts.rules import annotate
 from collector.store.influxql import InfluxQL
 from probe.configfile import ConfigError
@@ -51,10 +53,17 @@ def _when(ns: int) -> str:
     return datetime.fromtimestamp(ns / NS, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def check(influx: InfluxQL, cfg: AlertsConfig, at: float, out: TextIO = sys.stdout) -> int:
-    """Evaluate once at ``at`` (epoch s) and print; 1 when something fires."""
+async def check(
+    influx: InfluxQL,
+    cfg: AlertsConfig,
+    at: float,
+    out: TextIO = sys.stdout,
+    sites: Mapping[str, Sites] | None = None,
+) -> int:
+    """Evaluate once at ``at`` (epoch s) and print; 1 when something fires. ``sites``:
+    the anycast targets' sites (from the collector's targets file), for ``inflation``."""
     at_ns = int(at * NS)
-    engine = Engine(cfg, influx, dry=True)
+    engine = Engine(cfg, influx, dry=True, sites=(lambda: sites) if sites else None)
     await engine.start(at_ns)
     firing = {a.labels: a for a in engine.states.firing()}
     result = await engine.step(at_ns)

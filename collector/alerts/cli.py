@@ -10,12 +10,14 @@ import os
 import socket
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from collector.alerts.check import check, parse_time
 from collector.alerts.engine import Engine, Writer, notifiers_for
+from collector.alerts.inflation import Sites
 from collector.config import CollectorConfig, ConfigError, load_config
 from collector.store.influxql import InfluxQL
+from probe.targets import DnsTarget, load_targets
 
 log = logging.getLogger("popwatch.collector.alerts")
 
@@ -52,10 +54,12 @@ async def evaluator(
     writer: Writer,
     registered: Callable[[], dict[str, str]] | None = None,
     served: Callable[[], set[str] | None] | None = None,
+    sites: Callable[[], Mapping[str, Sites]] | None = None,
 ) -> AsyncIterator[Engine | None]:
     """The alert engine, evaluating until the block ends (None when ``alerts.enabled``
     is false). Its points go to ``writer``, the collector's sink; ``registered`` gives
-    the active probes and their regions, ``served`` the targets served to them."""
+    the active probes and their regions, ``served`` the targets served to them, ``sites``
+    the served anycast targets' sites."""
     if not cfg.alerts.enabled:
         yield None
         return
@@ -77,6 +81,7 @@ async def evaluator(
             registered=registered,
             served=served,
             holder=holder_of(cfg),
+            sites=sites,
         ) as engine,
     ):
         task = asyncio.get_running_loop().create_task(engine.run(stop), name="alert-engine")
@@ -91,6 +96,15 @@ async def evaluator(
         finally:
             stop.set()
             await task
+
+
+def targets_sites(path: str) -> dict[str, Sites]:
+    """The sites of the anycast targets of a targets file that list them."""
+    return {
+        t.name: Sites(tuple(t.sites), t.interval * t.site_every)
+        for t in load_targets(path)
+        if isinstance(t, DnsTarget) and t.sites
+    }
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -135,9 +149,15 @@ def main(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    try:
+        sites = targets_sites(cfg.targets) if cfg.targets else {}
+    except ConfigError as exc:
+        print(f"popwatch-collector: {exc}", file=sys.stderr)
+        return 2
+
     async def once() -> int:
         async with influxql(cfg) as influx:
-            return await check(influx, cfg.alerts, at)
+            return await check(influx, cfg.alerts, at, sites=sites)
 
     try:
         return asyncio.run(once())

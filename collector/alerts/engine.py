@@ -29,17 +29,19 @@ import socket
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from collector.alerts import metrics
+from collector.alerts import inflation, metrics
 from collector.alerts.anycast import LOOKBACK_S, SETTLE_S, Catchments, Event, Serials
 from collector.alerts.config import AlertsConfig, TargetSettings, settings_for
+from collector.alerts.inflation import Figure, Sites
 from collector.alerts.lease import LOG_LOOKBACK_S, Lease, delivered, hook_id, log_line
 from collector.alerts.notify import Alertmanager, Notice, Notifier, Webhook, fingerprint
 from collector.alerts.rollup import BASELINE_S, BUCKET_S, Rollups, bucket_of
 from collector.alerts.rules import RULES, Condition, Firing, Inputs, Labels, annotate, assess
+from collector.alerts.rules.inflation import RULE as INFLATION
 from collector.alerts.state import Change, States, Tracked, message, to_line
 from collector.alerts.window import NS, fetch
 from collector.store.influxql import InfluxQL, QueryError
@@ -112,6 +114,7 @@ class Engine:
         dry: bool = False,
         served: Callable[[], set[str] | None] | None = None,
         holder: str | None = None,
+        sites: Callable[[], Mapping[str, Sites]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.influx = influx
@@ -119,6 +122,7 @@ class Engine:
         self.notifiers = list(notifiers)
         self.registered = registered
         self.served = served
+        self.sites = sites
         self.dry = dry
         self.states = States(default_for_s=cfg.for_s, default_keep_s=cfg.keep_firing_for_s)
         self.rollups = Rollups(influx, write=not dry)
@@ -198,6 +202,7 @@ class Engine:
         if self._last_at is not None:  # from where the previous evaluation stopped
             start = min(start, max(self._last_at - SETTLE_S * NS, at - LOOKBACK_S * NS))
         snap = await fetch(self.influx, at, start)
+        figures = await self._inflation(at)
         until = at - SETTLE_S * NS
         events = self.catchments.update(snap, until)
         events += self.serials.update(snap, until)
@@ -230,13 +235,15 @@ class Engine:
             registered=registered,
             served=served,
             flaps=lambda probe, target: self.catchments.flaps(probe, target, at),
+            inflation=figures,
         )
         conditions = assess(inputs)
         changes = [] if self.dry else self.states.apply(conditions, at)
         self._last_at = at
         if events:
             metrics.CATCHMENT_EVENTS.inc(sum(1 for e in events if e.kind == "catchment"))
-        lines = [e.to_line() for e in events] + [to_line(c) for c in changes]
+        lines = [e.to_line() for e in events] + [f.to_line() for f in figures]
+        lines += [to_line(c) for c in changes]
         await self._write(lines)
         if changes:
             self._log(changes)
@@ -250,6 +257,14 @@ class Engine:
         metrics.EVALUATION_SECONDS.observe(seconds)
         holding = [c for c in conditions if c.holds]
         return StepResult(at, holding, changes, events, seconds, self.influx.take_seconds())
+
+    async def _inflation(self, at: int) -> list[Figure]:
+        """The inflation figures of the anycast targets that list their sites."""
+        rule = INFLATION.of(self.cfg.rules)
+        sites = self.sites() if self.sites is not None else {}
+        if not rule.enabled or not sites:
+            return []
+        return await inflation.measure(self.influx, at, sites, rule.window_s, rule.min_samples)
 
     def _forget(self) -> None:
         """Bound what is kept per series: settings of targets not seen for a while."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from probe.configfile import ConfigError
-from probe.targets import load_targets
+from probe.targets import DnsTarget, Site, load_targets
 
 log = logging.getLogger("popwatch.collector")
 
@@ -41,6 +41,7 @@ class ServedTargets:
         self._logged: tuple[tuple[int, ...] | None, str] | None = None
         self._fault: str | None = None
         self._names: frozenset[str] = frozenset()
+        self._sites: dict[str, tuple[tuple[Site, ...], float]] = {}
         self._lock = asyncio.Lock()
         self._refresh()  # at once: a list that loads now is served even if an edit breaks it
 
@@ -69,6 +70,11 @@ class ServedTargets:
     def names(self) -> set[str]:
         """The names of the targets served now (the last list that loaded)."""
         return set(self._names)
+
+    def sites(self) -> dict[str, tuple[tuple[Site, ...], float]]:
+        """The anycast targets served now that list their sites: name -> (the sites,
+        how often each is measured, in seconds: interval x site_every)."""
+        return dict(self._sites)
 
     def _refresh(self) -> None:
         """Load the file again if it changed since the last look (at start)."""
@@ -105,6 +111,11 @@ class ServedTargets:
             self._etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
             self._count = len(targets)
             self._names = frozenset(t.name for t in targets)
+            self._sites = {
+                t.name: (tuple(t.sites), t.interval * t.site_every)
+                for t in targets
+                if isinstance(t, DnsTarget) and t.sites
+            }
 
 
 __all__ = ["ServedTargets"]

@@ -24,6 +24,15 @@ ENGINE: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
         words("rule severity region target topology probe site state"),
         words("value threshold baseline probes message"),
     ),
+    # per probe, anycast target and lane (family, transport), each evaluation: the
+    # serving site against the best site's unicast (collector/alerts/inflation.py)
+    "inflation": (
+        words("probe region target family transport site best closest"),
+        words(
+            "anycast_ms serving_ms best_ms inflation_ms gain_ms factor geo_ms at_best samples "
+            "sites error"
+        ),
+    ),
     # the baselines' 5-minute medians (kind: the record kind, or "done": a bucket's marker)
     "rollup_5m": (
         words("kind probe region target site topology provider"),

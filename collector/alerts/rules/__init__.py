@@ -15,6 +15,7 @@ from typing import Final
 from collector.alerts.rules import (
     catchment,
     errors,
+    inflation,
     latency,
     probe_health,
     propagation,
@@ -43,6 +44,7 @@ RULES: Final[tuple[AnyRule, ...]] = (
     silence.RULE,
     catchment.RULE,
     propagation.RULE,
+    inflation.RULE,
 )
 BY_ALERTNAME: Final[dict[str, AnyRule]] = {r.alertname: r for r in RULES}
 

@@ -29,6 +29,7 @@ from probe.wire import NS
 
 if TYPE_CHECKING:
     from collector.alerts.config import AlertsConfig
+    from collector.alerts.inflation import Figure
     from collector.alerts.rollup import Baseline
 
 #: an alert's identity: its labels, sorted
@@ -169,6 +170,8 @@ class Inputs:
     flaps: Callable[[str, str], int] = lambda probe, target: 0
     #: alerts each probe raised alone this evaluation (on targets not served)
     solo: dict[str, int] = field(default_factory=dict)
+    #: each probe's anycast inflation per target and lane (collector.alerts.inflation)
+    inflation: list[Figure] = field(default_factory=list)
 
     @property
     def at(self) -> int:
