@@ -293,4 +293,7 @@ def test_at_10000_queries_a_second_no_answer_is_matched_to_another_query(
         if not this[0] > prev[1]
     ]
     assert not stale, stale[:5]
-    assert len(by_port) < len(sent) / 4  # flows were reused
+    # flows were reused: each carried two measurements or more on average (with the
+    # other worker busy, bursts of answers pass the 256 idle flows the pool keeps: 3.7
+    # was seen, so "a quarter" failed one run in three)
+    assert len(by_port) < len(sent) / 2
