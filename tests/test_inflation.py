@@ -294,7 +294,11 @@ async def test_a_steered_probe_is_inflated_by_the_difference_to_its_best_site(
     assert f.serving_ms == pytest.approx(128.6)
     assert f.factor == pytest.approx(128.6 / 39.0, abs=0.01)
     assert f.geo_ms == pytest.approx(89.57, abs=0.05)
-    assert by["tcp"].best == "" and "no site answered" in by["tcp"].error  # no tcp site data
+    # no site measured over tcp yet: no best site, rather than a wrong one
+    assert by["tcp"].best == "" and by["tcp"].error == (
+        "waiting for the sites' queries: sin: 0 of 3 queries made; ams: 0 of 3 queries made; "
+        "iad: 0 of 3 queries made"
+    )
     text = f.to_line()
     assert text.startswith("inflation,best=sin,closest=sin,family=4,probe=p1,region=ap,site=iad")
     assert "at_best=0i" in text
@@ -302,26 +306,27 @@ async def test_a_steered_probe_is_inflated_by_the_difference_to_its_best_site(
 
 async def test_a_site_that_does_not_answer_is_never_the_best(influx: InfluxDB) -> None:
     """sin, the nearest, stops answering at its own address (its last query timed out,
-    though its earlier ones were fast): the best site is ams, never sin. When no site
-    answers, the figure has no best site and says why, site by site."""
+    though its earlier ones were fast): the best site is ams, never sin. A site with
+    too few queries yet (iad, 2 of 3) leaves the figure without a best site rather than
+    the best of the others. When no site answers, the figure has no best site and says
+    why, site by site."""
     at = 1_800_000_000 * NS
-    figures = await _figures(
-        influx,
-        at,
-        _steady(at, {"sin": [39.0, 39.0, 39.0, None], "ams": [68.5] * 4}, "ams", 68.6),
+    lines = _steady(
+        at, {"sin": [39.0, 39.0, 39.0, None], "ams": [68.5] * 4, "iad": [None] * 4}, "ams", 68.6
     )
-    (f,) = figures
+    (f,) = await _figures(influx, at, lines)
     assert (f.site, f.best, f.sites) == ("ams", "ams", 1)
     assert f.inflation_ms == pytest.approx(0.1, abs=0.01)
-    none = await _figures(
-        influx, at, _steady(at, {"sin": [None] * 4, "ams": [None] * 4}, "sin", 39.0)
-    )
-    (g,) = none
+    young = _steady(at, {"sin": [39.0] * 4, "ams": [68.5] * 4, "iad": [128.6] * 2}, "ams", 68.6)
+    (w,) = await _figures(influx, at, young)
+    assert w.best == "" and w.error == "waiting for the sites' queries: iad: 2 of 3 queries made"
+    none = _steady(at, {"sin": [None] * 4, "ams": [None] * 4, "iad": [None] * 3}, "sin", 39.0)
+    (g,) = await _figures(influx, at, none)
     assert g.best == "" and g.best_ms is None and g.inflation_ms is None
     assert g.error == (
         "no site answered at its unicast address: sin: 0 of 4 answered "
         "(timeout: no answer within 1 s); ams: 0 of 4 answered (timeout: no answer within "
-        "1 s); iad: not measured yet"
+        "1 s); iad: 0 of 3 answered (timeout: no answer within 1 s)"
     )
     assert "best=" not in g.to_line() and 'error="no site answered' in g.to_line()
 
@@ -331,7 +336,7 @@ async def test_the_readmes_inflation_query_runs_on_the_figures(influx: InfluxDB)
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     (shown,) = re.findall(r"`(SELECT [^`]+FROM \"inflation\"[^`]+)`", readme)
     at = time.time_ns() - 60 * NS
-    lines = _steady(at, {"sin": [39.0] * 4, "iad": [128.6] * 4}, "iad", 128.6)
+    lines = _steady(at, {"sin": [39.0] * 4, "iad": [128.6] * 4, "ams": [68.5] * 4}, "iad", 128.6)
     db = "t" + uuid.uuid4().hex[:8]
     _write(influx, db, lines)
     async with InfluxQL(influx.url, db) as q:

@@ -11,7 +11,10 @@ inflation rule's ``window_s``, each evaluation reads, in four aggregate queries:
   how many were made and answered, the last error): a site is a candidate for **best**
   when at least ``min_samples`` were answered and its last one was; ``best_ms`` is the
   lowest candidate median. A site whose unicast queries go unanswered is never best,
-  and when none answers the point says so in ``error``;
+  and when none answers the point says so in ``error``. While a site of the lane's
+  family has had fewer than ``min_samples`` queries in the window (a lab or a probe
+  just started, a site just added), and its last was not lost, there is no best site
+  yet: the best of the others could be the wrong one;
 * the probes' coordinates (their heartbeats' ``lat``/``lon``, from their tokens).
 
 ``inflation_ms`` is ``anycast_ms - best_ms`` and ``gain_ms`` the part of it that unicast
@@ -304,29 +307,35 @@ def _figure(
     measured = one.sites.get(serving)
     if measured is not None and measured.median is not None:
         base["serving_ms"] = measured.median
-    ids = [s.id for s in known.sites]
-    candidates = {
-        sid: got.median
-        for sid in ids
-        if (got := one.sites.get(sid)) is not None
-        and got.median is not None
-        and got.answered >= min_samples
-        and got.last_ok
-    }
+    # the sites this lane can measure: those with an address of its family
+    ids = [s.id for s in known.sites if any(_family(a) == family for a in s.unicast)]
+    candidates: dict[str, float] = {}
+    waiting = []
+    for sid in ids:
+        got = one.sites.get(sid) or _Site()
+        if got.made and not got.last_ok:
+            continue  # its last query went unanswered: it cannot be the best now
+        if got.made < min_samples:
+            waiting.append(f"{sid}: {got.made} of {min_samples} queries made")
+        elif got.median is not None and got.answered >= min_samples:
+            candidates[sid] = got.median
+    if waiting:  # a best site among some of them only could be a wrong one
+        return Figure(**base, error="waiting for the sites' queries: " + "; ".join(waiting))
     if not candidates:
         return Figure(**base, error=_no_best(ids, one.sites, min_samples))
     best = min(candidates, key=lambda k: (candidates[k], k))
     return Figure(**base, best=best, best_ms=candidates[best], sites=len(candidates))
 
 
+def _family(address: str) -> str:
+    return "6" if ":" in address else "4"
+
+
 def _no_best(ids: list[str], seen: Mapping[str, _Site], min_samples: int) -> str:
     """Why no site can be the best: each site's unicast queries in the window."""
     parts = []
     for sid in ids:
-        got = seen.get(sid)
-        if got is None or not got.made:
-            parts.append(f"{sid}: not measured yet")
-            continue
+        got = seen.get(sid) or _Site()
         why = f"{sid}: {got.answered} of {got.made} answered"
         if got.answered and not got.last_ok:
             why += ", the last not"
