@@ -35,6 +35,8 @@ examples (in a root shell, with the venv activated):
   popwatch-lab degrade iad --delay 150 --loss 0.05   # an attack absorbed at iad
   popwatch-lab bump-serial --sites ams iad           # sin lags behind
   popwatch-lab cut sa-east             # the probe in sa-east loses the backbone
+  popwatch-lab steer ap-south iad      # Mumbai served from Ashburn: inflation
+  popwatch-lab restore ap-south        # mend a cut region, lift a steer
   popwatch-lab exec ap-south -- kdig @{ANYCAST_V4} +nsid {ZONE} SOA
   popwatch-lab down                    # nothing left behind
 
@@ -262,6 +264,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"NSID {m['nsid']}, serial {m['serial']}" if "rtt_ms" in m else m.get("error", "")
         )
         note = "  (cut off)" if r["cut"] else ""
+        if r.get("steered"):
+            note += f"  (steered to {r['steered']}; nearest {r['nearest']})"
         path = None if r["path_rtt_ms"] is None else r["path_rtt_ms"] + r["extra_ms"]
         print(
             f"{r['name']:<11} {r['probe']:<19} {r['site'] or '-':<5} {_ms(path):>9}  "
@@ -309,7 +313,9 @@ def _simple(cmd: str, key: str) -> Any:
             print(f"{name} is restored already{tail}")
         else:
             kind = WORLD.names[name].kind
-            state = {"region": "cut off", "site": "failed or degraded"}.get(kind, "degraded")
+            state = {"region": "cut off or steered", "site": "failed or degraded"}.get(
+                kind, "degraded"
+            )
             print(NOTHING_TO_DO[cmd].format(name, state) + tail)
         return 0
 
@@ -322,6 +328,16 @@ def cmd_degrade(args: argparse.Namespace) -> int:
         {"cmd": "degrade", "site": args.site, "delay_ms": args.delay, "loss": args.loss},
     )
     print(f"{args.site} degraded: +{args.delay:g} ms round trip, {args.loss * 100:g}% loss")
+    return 0
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    a = request(run_dir(args), {"cmd": "steer", "region": args.region, "site": args.site})
+    if not a["changed"]:
+        print(f"{args.region} is steered to {args.site} already")
+        return 0
+    moved = ", ".join(f"{m['from']} -> {m['to']}" for m in a["moves"]) or "no route moved"
+    print(f"{args.region} steered to {args.site} ({moved}); restore {args.region} lifts it")
     return 0
 
 
@@ -436,10 +452,11 @@ def parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_simple("fail", "site"))
     r = command(
         "restore",
-        "bring back a failed or degraded site, or a cut region",
+        "bring back a failed or degraded site; mend a cut or steered region",
         "A failed site answers at once and is announced again --convergence seconds "
         "later; a degraded one loses its extra delay and loss; a cut region rejoins the "
-        "backbone. A site or region that is none of these is left as it is.",
+        "backbone, and a steered one goes back to its nearest site at once. A site or "
+        "region that is none of these is left as it is.",
     )
     r.add_argument("name", choices=[*WORLD.site_names, WORLD.unicast.name, *WORLD.region_names])
     r.set_defaults(func=_simple("restore", "name"))
@@ -486,6 +503,18 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("region", choices=WORLD.region_names)
     c.set_defaults(func=_simple("cut", "region"))
+    sr = command(
+        "steer",
+        "send a region's anycast traffic to a site that is not its nearest",
+        "As a routing policy would (a local preference, a peering): the backbone routes "
+        "REGION's anycast packets to SITE at once, while SITE is announced (to the "
+        "nearest announced site otherwise). The probes' site queries still reach every "
+        "site at its own address, so the inflation figures show the difference. "
+        "restore REGION lifts it.",
+    )
+    sr.add_argument("region", choices=WORLD.region_names)
+    sr.add_argument("site", choices=WORLD.site_names)
+    sr.set_defaults(func=cmd_steer)
     e = command(
         "exec",
         "run a command in a node's namespace (a region, say)",

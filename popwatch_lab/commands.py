@@ -1,5 +1,5 @@
 """The lab's state and its commands: what ``fail``, ``restore``, ``degrade``, ``cut``,
-``bump-serial``, ``status`` and ``down`` do to it, as a table.
+``steer``, ``bump-serial``, ``status`` and ``down`` do to it, as a table.
 
 A request is one JSON object, ``{"cmd": NAME, FIELD: VALUE...}``. ``COMMANDS`` says, for
 each command, its fields, how each is checked, and the :class:`Lab` method that does it.
@@ -11,7 +11,10 @@ and the lab as it was.
 It is the lab's control plane: a failed site goes dark at once (its link drops every
 packet) and its route is withdrawn ``convergence_s`` later, when the regions it served
 move to their next nearest site, the way BGP converges after a PoP goes down; a
-restored site answers at once and is announced ``convergence_s`` later.
+restored site answers at once and is announced ``convergence_s`` later. ``steer``
+sends a region's anycast traffic to a site that is not its nearest, as a routing policy
+(a local preference, a peering) would, while that site is announced; ``restore REGION``
+lifts it.
 
 The commands change the world through a :class:`Backend`: the data plane's parameters,
 the backbone's routes, a region's link, a server's zone serial, a live query. The
@@ -171,6 +174,8 @@ class Lab:
         self.links = {n.name: LinkState() for n in world.servers}
         self.serials = {n.name: FIRST_SERIAL for n in world.servers}
         self.cut: set[str] = set()
+        #: region -> the site a routing policy sends its anycast traffic to
+        self.steered: dict[str, str] = {}
         #: site -> (announce it?, when): the convergence on its way
         self.pending: dict[str, tuple[bool, float]] = {}
         self.generation = dict.fromkeys(world.site_names, 0)
@@ -245,6 +250,9 @@ class Lab:
         """Point every region at its nearest announced site; the moves made."""
         moves = []
         for region, site in self.world.catchment(self.announced).items():
+            policy = self.steered.get(region)
+            if policy in self.announced:  # a steered region goes there while it can
+                site = policy
             node = self.world.region(region)
             before = self.backend.routed_site(node)
             if before == site and site is not None:
@@ -306,11 +314,15 @@ class Lab:
     def restore(self, name: str) -> dict[str, Any]:
         node = self.node(name, ("site", "unicast", "region"), "site or region")
         if node.kind == "region":
-            if name not in self.cut:
+            if name not in self.cut and name not in self.steered:
                 return {"restored": name, "changed": False, "converges_at": None}
-            self.backend.set_region_link(node, up=True)
-            self.cut.discard(name)
-            entry = self.log("mended", region=name)
+            if name in self.cut:
+                self.backend.set_region_link(node, up=True)
+                self.cut.discard(name)
+            moves = []
+            if self.steered.pop(name, None) is not None:
+                moves = self.apply_routes()
+            entry = self.log("mended", region=name, moves=moves)
             return {"restored": name, "changed": True, "at": entry["at"], "converges_at": None}
         link = self.links[name]
         pending = self.pending.get(name)
@@ -344,6 +356,18 @@ class Lab:
         self.cut.add(region)
         entry = self.log("cut", region=region)
         return {"cut": region, "changed": True, "at": entry["at"]}
+
+    def steer(self, region: str, site: str) -> dict[str, Any]:
+        """Route ``region``'s anycast traffic to ``site`` at once (while it is announced;
+        its nearest announced site otherwise), until ``restore REGION``."""
+        self.node(region, ("region",), "region")
+        self.node(site, ("site",), "site")
+        if self.steered.get(region) == site:
+            return {"steered": region, "to": site, "changed": False, "moves": []}
+        self.steered[region] = site
+        moves = self.apply_routes()
+        entry = self.log("steered", region=region, site=site, moves=moves)
+        return {"steered": region, "to": site, "changed": True, "at": entry["at"], "moves": moves}
 
     def bump_serial(self, sites: list[str] | None) -> dict[str, Any]:
         servers = [n.name for n in self.world.servers]
@@ -384,6 +408,8 @@ class Lab:
                     "unicast_rtt_ms": rtts[self.world.unicast.name][r.name],
                     "extra_ms": self.links[site].extra_ms if site else 0.0,
                     "cut": r.name in self.cut,
+                    "steered": self.steered.get(r.name),
+                    "nearest": self.world.nearest(r.name, self.announced),
                     "measured": measured.get(r.name),
                 }
             )
@@ -431,6 +457,7 @@ COMMANDS: Final = {
         ),
     ),
     "cut": Command(Lab.cut_region, (Field("region", check_text),)),
+    "steer": Command(Lab.steer, (Field("region", check_text), Field("site", check_text))),
     "bump-serial": Command(Lab.bump_serial, (Field("sites", check_names, None),)),
     "down": Command(Lab.down),
 }

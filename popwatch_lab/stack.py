@@ -101,6 +101,16 @@ def targets(cfg: LabConfig, tls_ca: Path, world: World = WORLD) -> dict[str, Any
                 "identify": "nsid",
                 "ping": "icmp",
                 "queries": soa,
+                # each site also at its own address, every site_every (10) intervals
+                "sites": [
+                    {
+                        "id": s.name,
+                        "unicast": [s.v4, s.v6],
+                        "lat": s.place.lat,
+                        "lon": s.place.lon,
+                    }
+                    for s in world.sites
+                ],
                 **every,
             },
             {
@@ -165,6 +175,8 @@ def alerts(cfg: LabConfig) -> dict[str, Any]:
             "errors": {"window_s": 10},
             "silence": {"heartbeat_s": cfg.heartbeat_s, "missed": 3},
             "propagation": {"max_serial_lag_s": 5},
+            # four rounds of the sites' queries (every 10 s)
+            "inflation": {"window_s": 40},
         },
     }
 

@@ -82,8 +82,13 @@ def wait_for(what: str, get: Callable[[], T | None], timeout: float, every: floa
 
 def alerts() -> list[dict[str, str]]:
     """The labels of every alert Alertmanager holds now (active ones)."""
+    return [a["labels"] for a in alert_bodies()]
+
+
+def alert_bodies() -> list[dict[str, Any]]:
+    """Every active alert Alertmanager holds now: labels and annotations."""
     with urllib.request.urlopen(f"{ALERTMANAGER_URL}/api/v2/alerts?active=true", timeout=5) as r:
-        return [a["labels"] for a in json.load(r) if a["status"]["state"] == "active"]
+        return [a for a in json.load(r) if a["status"]["state"] == "active"]
 
 
 def regional(region: str) -> list[dict[str, str]]:
@@ -158,7 +163,9 @@ def medians(target: str, t0: float) -> dict[str, float]:
     """region -> median udp ``rtt_ms`` of ``target`` since ``t0`` (both families)."""
     rows = query(
         "SELECT median(rtt_ms) AS m, count(rtt_ms) AS n FROM dns WHERE target = $target "
-        "AND transport = 'udp' AND $after GROUP BY region".replace("$target", f"'{target}'"),
+        "AND topology != 'site' AND transport = 'udp' AND $after GROUP BY region".replace(
+            "$target", f"'{target}'"
+        ),
         t0,
     )
     return {r["region"]: r["m"] for r in rows if r["n"] >= 10}
@@ -233,7 +240,8 @@ def test_catchment_matches_routing(the_lab: Lab) -> None:
         "fresh anycast answers",
         lambda: (
             query(
-                "SELECT last(rtt_ms) FROM dns WHERE target = 'anycast' AND $after "
+                "SELECT last(rtt_ms) FROM dns WHERE target = 'anycast' "
+                "AND topology = 'anycast' AND $after "
                 "GROUP BY region, site, transport, family",
                 t0,
             )
@@ -244,6 +252,72 @@ def test_catchment_matches_routing(the_lab: Lab) -> None:
     )
     seen = {(r["region"], r["site"]) for r in rows}
     assert seen == set(routed.items())
+
+
+def inflation_now(since: float) -> dict[str, list[dict[str, Any]]]:
+    """region -> the engine's inflation points of its last evaluation after ``since``."""
+    rows = query("SELECT * FROM inflation WHERE target = 'anycast' AND $after", since)
+    last = max((r["time"] for r in rows), default=0)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["time"] == last:
+            out.setdefault(r["region"], []).append(r)
+    return out
+
+
+def test_no_region_shows_inflation_without_a_steer(the_lab: Lab) -> None:
+    """With every region served by its nearest site, each probe's inflation figures (its
+    anycast answers against its best site's unicast ones, per family and transport)
+    name that site as serving, best and closest, and are within the wire's own error
+    (1 ms); no inflation alert has fired since the lab came up."""
+    catchment = WORLD.catchment(set(WORLD.site_names))
+    figures = wait_for(
+        "inflation figures for every region and lane",
+        lambda: (
+            f
+            if len(f := inflation_now(time.time() - 5)) == len(WORLD.regions)
+            and all(len(v) == 4 and all(r.get("best") for r in v) for v in f.values())
+            else None
+        ),
+        90,
+    )
+    for region, rows in figures.items():
+        for r in rows:
+            site = catchment[region]
+            assert (r["site"], r["best"], r["closest"]) == (site, site, site), r
+            assert abs(r["inflation_ms"]) <= 1.0, r
+            assert r["geo_ms"] == 0, r
+    assert not query("SELECT * FROM alert WHERE rule = 'inflation' AND $after", the_lab.started)
+
+
+def test_steer_raises_an_inflation_alert_naming_both_sites(the_lab: Lab) -> None:
+    """``steer ap-south iad`` (Mumbai routed to Ashburn): an inflation alert for ap-south
+    reaches Alertmanager naming iad and sin, with the map's difference of the two round
+    trips within 1 ms, and none for another region; ``restore ap-south`` resolves it."""
+    rtt = WORLD.rtt_matrix()
+    expected = rtt["iad"]["ap-south"] - rtt["sin"]["ap-south"]
+    t0 = time.time()
+    out = lab("steer", "ap-south", "iad")
+    assert "sin -> iad" in out, out
+    try:
+        fired = wait_for(
+            "an inflation alert for ap-south",
+            lambda: [a for a in alert_bodies() if a["labels"]["alertname"] == "inflation"],
+            120,
+        )
+        assert {a["labels"]["region"] for a in fired} == {"ap-south"}, fired
+        notes = fired[0]["annotations"]
+        assert (notes["serving_site"], notes["best_site"]) == ("iad", "sin"), notes
+        assert abs(float(notes["inflation_ms"]) - expected) <= 1.0, (notes, expected)
+        assert "iad" in notes["summary"] and "sin" in notes["summary"], notes
+        rows = inflation_now(t0)["ap-south"]
+        assert {(r["site"], r["best"], r["closest"]) for r in rows} == {("iad", "sin", "sin")}
+        for r in rows:
+            assert abs(r["inflation_ms"] - expected) <= 1.0, (r, expected)
+    finally:
+        lab("restore", "ap-south")
+    assert status()["regions"][WORLD.region_names.index("ap-south")]["site"] == "sin"
+    wait_for("every alert to resolve", lambda: not alerts(), 120)
 
 
 def test_routers_answer_ttl_exceeded(the_lab: Lab) -> None:
@@ -347,8 +421,8 @@ def test_degrade_alerts_for_that_sites_regions_only(the_lab: Lab) -> None:
         states = [r["state"] for r in rows if r["region"] == region]
         assert states in ([], ["firing"]), (region, rows)
     wait_for(
-        "the latency alerts to resolve",
-        lambda: not [a for a in alerts() if a["alertname"] == "latency"],
+        "the latency and inflation alerts to resolve",
+        lambda: not [a for a in alerts() if a["alertname"] in ("latency", "inflation")],
         120,
     )
 
@@ -391,7 +465,7 @@ def test_fail_moves_the_catchment_and_popwatch_measures_the_outage(
         def moved() -> float | None:
             rows = query(
                 "SELECT rtt_ms, site FROM dns WHERE target = 'anycast' AND region = 'ap-south' "
-                "AND site = 'ams' AND $after LIMIT 1",
+                "AND topology = 'anycast' AND site = 'ams' AND $after LIMIT 1",
                 t_fail,
             )
             return rows[0]["time"] / NS if rows else None
@@ -457,7 +531,7 @@ def test_fail_moves_the_catchment_and_popwatch_measures_the_outage(
         "ap-south back at sin",
         lambda: query(
             "SELECT rtt_ms FROM dns WHERE target = 'anycast' AND region = 'ap-south' "
-            "AND site = 'sin' AND $after",
+            "AND topology = 'anycast' AND site = 'sin' AND $after",
             t_restore,
         ),
         CONVERGENCE_S + 15,

@@ -108,7 +108,16 @@ NEAREST = WORLD.catchment(set(WORLD.site_names))
 
 def test_the_commands_are_a_table_of_what_the_cli_sends() -> None:
     """Every command the CLI sends to the daemon is in the table, with its fields."""
-    assert set(COMMANDS) == {"status", "fail", "restore", "degrade", "cut", "bump-serial", "down"}
+    assert set(COMMANDS) == {
+        "status",
+        "fail",
+        "restore",
+        "degrade",
+        "cut",
+        "steer",
+        "bump-serial",
+        "down",
+    }
     assert [f.name for f in COMMANDS["degrade"].fields] == ["site", "delay_ms", "loss"]
 
 
@@ -473,7 +482,7 @@ def test_the_cli_says_when_there_was_nothing_to_do(
     )
     assert lab_cli(daemon, "restore", "sa-east", capsys=capsys) == (
         0,
-        "sa-east is not cut off: nothing to restore\n",
+        "sa-east is not cut off or steered: nothing to restore\n",
     )
     code, out = lab_cli(daemon, "fail", "sin", capsys=capsys)
     assert code == 0 and out.startswith("sin failed; routes move in ")
