@@ -110,6 +110,71 @@ def build() -> Board:
         catchment=True,
     )
     b.add(
+        series(),
+        "Inflation per region",
+        "How much slower each region's anycast answers are than its best site's unicast "
+        "answers (the engine's inflation figures: the serving site's median against the "
+        "lowest median of the sites queried at their own addresses). Near 0: routing "
+        "serves the region from its best site.",
+        [
+            TimeSeries(
+                Select(
+                    "inflation",
+                    (Fn("median", "inflation_ms", "inflation_ms"),),
+                    group_by=("region", "target"),
+                    every=True,
+                    fill="none",
+                ),
+                "$tag_region $tag_target",
+            )
+        ],
+        w=12,
+        time_series=True,
+        catchment=True,
+    )
+    b.add(
+        bars("percentunit", [(None, "red"), (0.5, "orange"), (0.9, "green")]),
+        "Served by their best site",
+        "The share of probes (and lanes: family and transport) whose serving site is "
+        "their best site, per region.",
+        [
+            Table(
+                Select(
+                    "inflation",
+                    (Fn("mean", "at_best", "at_best"),),
+                    group_by=("region",),
+                )
+            )
+        ],
+        w=6,
+    )
+    b.add(
+        table.Panel().with_transformation(
+            transform(
+                "groupingToMatrix",
+                columnField="best",
+                rowField="site",
+                valueField="figures",
+                emptyValue="null",
+            )
+        ),
+        "Serving site x best site",
+        "Rows: the site that served; columns: the site that would have been fastest; "
+        "cells: how many figures (a probe and lane per evaluation) over the time range. "
+        "Off the diagonal is inflation.",
+        [
+            Table(
+                Select(
+                    "inflation",
+                    (Fn("count", "inflation_ms", "figures"),),
+                    group_by=("site", "best"),
+                )
+            )
+        ],
+        w=6,
+        uses={"A": ("site", "best", "figures")},
+    )
+    b.add(
         table.Panel()
         .override_by_name("outage_ms", [model.DynamicConfigValue("unit", "ms")])
         .sort_by([cb.TableSortByFieldState().display_name("Time").desc(True)]),

@@ -144,7 +144,7 @@ def test_annotations_mark_the_panels_they_belong_to() -> None:
         }
         want = {p["title"] for p in panels.values() if p["title"] in latency}
         if name == "catchment":
-            want |= {"Site per region", "Site per probe"}
+            want |= {"Site per region", "Site per probe", "Inflation per region"}
         assert marked == want, name
 
 
@@ -166,6 +166,9 @@ def test_the_issues_panels_exist_with_the_sdk_panel_types() -> None:
     assert titles["catchment"]["Site per probe"] == "state-timeline"
     assert titles["catchment"]["Each site's share of probes"] == "bargauge"
     assert {"Flips per region", "Latency per site", "Failover outages"} <= set(titles["catchment"])
+    assert titles["catchment"]["Inflation per region"] == "timeseries"
+    assert titles["catchment"]["Served by their best site"] == "bargauge"
+    assert titles["catchment"]["Serving site x best site"] == "table"
     assert {"SOA serial per site", "Lag per site"} <= set(titles["propagation"])
     assert {
         "Phases per region",

@@ -27,6 +27,8 @@ from support import servers
 from support.influx import InfluxDB
 from support.procs import Collector, register
 
+from collector.alerts.inflation import Figure
+
 DB = "status"
 CHROMIUM = shutil.which("chromium")
 PROBES = {  # id: (region, country, lat, lon, anycast site)
@@ -157,6 +159,29 @@ def seed_alerts(influx: InfluxDB, now: int) -> None:
         "alert,region=us-east,rule=latency,severity=warning,state=resolved,target=ns-unicast "
         f'value=31.0,baseline=30.0,probes="p-iad-1",message="us-east fine" {now - 9 * 10**9}',
     ]
+    # the engine's inflation figures, as it writes them: p-fra-1 is served by pop-iad1,
+    # 70 ms slower than its best site, pop-fra1; an older evaluation is not shown
+    for at, anycast in ((now - 40 * 10**9, 99.0), (now - 10 * 10**9, 85.0)):
+        for probe, site, ms in (("p-par-1", "pop-fra1", 15.0), ("p-fra-1", "pop-iad1", anycast)):
+            lines.append(
+                Figure(
+                    at=at,
+                    probe=probe,
+                    region="eu-west",
+                    target="ns-anycast",
+                    family="4",
+                    transport="udp",
+                    period_s=600.0,
+                    site=site,
+                    best="pop-fra1",
+                    closest="pop-fra1",
+                    anycast_ms=ms,
+                    best_ms=15.0,
+                    geo_ms=0.0 if site == "pop-fra1" else 64.2,
+                    samples=30,
+                    sites=2,
+                ).to_line()
+            )
     query = urllib.parse.urlencode({"db": DB})
     req = urllib.request.Request(f"{influx.url}/write?{query}", data="\n".join(lines).encode())
     with urllib.request.urlopen(req, timeout=10) as r:
@@ -227,6 +252,20 @@ def test_status_json_holds_what_the_page_shows(collector: Collector) -> None:
         ("eu-west", "pop-iad1", ["p-fra-1"], False),
         ("us-east", "pop-iad1", ["p-iad-1"], True),
     ]  # one probe at each eu-west site: the tie goes to the first by name
+    assert d["inflation"] == [
+        {
+            "region": "eu-west",
+            "target": "ns-anycast",
+            "site": "pop-fra1",  # a tie between the probes' sites: the first by name
+            "best": "pop-fra1",
+            "inflation_ms": 35.0,  # the median of 0 and 70 ms
+            "anycast_ms": 50.0,
+            "best_ms": 15.0,
+            "geo_ms": 32.1,
+            "probes": 2,
+            "at_best": 1,
+        }
+    ]
     share = {(t["region"], t["target"]): t["dns_share"] for t in d["ttfb"]}
     assert share == {
         ("eu-west", "www"): pytest.approx(0.12),
@@ -295,6 +334,9 @@ def test_the_page_in_chromium_shows_regions_sites_and_the_firing_alert(
         "ns-anycast",
         "eu-west ns-anycast p50 48.5 ms against 12.25 ms",
         "12.0 %",
+        "Anycast inflation per region",
+        "35.0 ms",
+        "1 of 2",
     ):
         assert text in dom, text
     assert "us-east slow" not in dom

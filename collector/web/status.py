@@ -1,5 +1,7 @@
 """What the status page shows, from fixed queries: the probes, latency per region and
-target, the current anycast site per region, DNS's share of TTFB, firing alerts.
+target, the current anycast site per region, the serving and the best site per region
+with the inflation (the alert engine's ``inflation`` figures), DNS's share of TTFB,
+firing alerts.
 
 Which kinds feed which section comes from the kinds table (``collector.kinds``): the
 ``latency``, ``median`` and ``sites`` sections read each feeding kind's value field, the
@@ -25,6 +27,10 @@ WINDOW: Final = "15m"
 HEARTBEATS: Final = "1d"
 #: a probe whose last heartbeat is older than this is stale (3 x the default heartbeat_s)
 STALE_S: Final = 180
+#: how far back the page looks for the engine's last inflation figures (a few evaluations)
+INFLATION_WINDOW: Final = "2m"
+#: the records of a target's own servers, not of its sites' unicast addresses
+NOT_SITES: Final = Tag("topology", "site", "!=")
 
 
 def _value(kind: Kind[Any]) -> str:
@@ -51,7 +57,7 @@ def queries() -> dict[str, list[Select]]:
             Select(
                 k.measurement,
                 (Fn("median", _value(k), "median_ms"),),
-                (since,),
+                (since, NOT_SITES),
                 group_by=("probe",),
             )
             for k in feeding("median")
@@ -64,7 +70,7 @@ def queries() -> dict[str, list[Select]]:
                     Fn("percentile", _value(k), "p95_ms", 95),
                     Fn("count", "ok", "queries"),
                 ),
-                (since,),
+                (since, NOT_SITES),
                 group_by=region,
             )
             for k in feeding("latency")
@@ -73,7 +79,7 @@ def queries() -> dict[str, list[Select]]:
             Select(
                 k.measurement,
                 (Fn("count", "ok", "ok"),),
-                (FieldIs("ok", True), since),
+                (FieldIs("ok", True), since, NOT_SITES),
                 group_by=region,
             )
             for k in feeding("latency")
@@ -86,6 +92,14 @@ def queries() -> dict[str, list[Select]]:
                 group_by=("region", "target", "probe", "site"),
             )
             for k in feeding("sites")
+        ],
+        "inflation": [
+            Select(
+                "inflation",
+                (Col("inflation_ms"), Col("anycast_ms"), Col("best_ms"), Col("geo_ms")),
+                (Ago(INFLATION_WINDOW),),
+                group_by=("region", "target", "probe", "site", "best"),
+            )
         ],
         "ttfb": [
             Select(
@@ -212,6 +226,50 @@ def sites(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def inflation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per region and anycast target, from the engine's latest figures: the site serving
+    most of its probes, the best site most of them have, and the medians over its
+    probes and lanes of the inflation, the anycast and the best round trips."""
+    latest: dict[tuple[str, str], int] = {}
+    for r in rows:
+        k = (str(r.get("region") or ""), str(r.get("target") or ""))
+        latest[k] = max(latest.get(k, 0), r["time"])
+    at: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        k = (str(r.get("region") or ""), str(r.get("target") or ""))
+        if r["time"] == latest[k] and r.get("inflation_ms") is not None:
+            at[k].append(r)
+
+    def median(values: list[float]) -> float | None:
+        v = sorted(values)
+        return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2 if v else None
+
+    def most(key: str, of: list[dict[str, Any]]) -> str:
+        counts: dict[str, int] = defaultdict(int)
+        for r in of:
+            counts[str(r.get(key) or "")] += 1
+        return min(counts, key=lambda s: (-counts[s], s))
+
+    out = []
+    for (region, target), of in sorted(at.items()):
+        geo = [r["geo_ms"] for r in of if r.get("geo_ms") is not None]
+        out.append(
+            {
+                "region": region,
+                "target": target,
+                "site": most("site", of),
+                "best": most("best", of),
+                "inflation_ms": median([r["inflation_ms"] for r in of]),
+                "anycast_ms": median([r["anycast_ms"] for r in of]),
+                "best_ms": median([r["best_ms"] for r in of]),
+                "geo_ms": median(geo),
+                "probes": len({r.get("probe") for r in of}),
+                "at_best": len({r.get("probe") for r in of if r.get("site") == r.get("best")}),
+            }
+        )
+    return out
+
+
 def ttfb(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Median phases per region and target; DNS's share of the time to first byte
     (dns + connect + tls + server wait; a plain-HTTP page has no tls)."""
@@ -276,6 +334,7 @@ async def gather(influx: InfluxQL) -> dict[str, Any]:
         "probes": probes(got["probes"], got["probe_latency"], alerts, now_ms),
         "latency": latency(got["latency"], got["answered"]),
         "sites": sites(got["sites"]),
+        "inflation": inflation(got["inflation"]),
         "ttfb": ttfb(got["ttfb"]),
         "alerts": alerts,
     }

@@ -8,6 +8,7 @@ over HTTPS, pings, plus an alert and event history written in the schema's shape
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -18,6 +19,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collector.alerts import inflation
+from collector.alerts.inflation import Sites
+from collector.store.influxql import InfluxQL
+from probe.targets import Site
 from support import servers, web
 from support.influx import InfluxDB
 from support.procs import PROBE, Collector, probe_env, register
@@ -41,6 +46,8 @@ PROBES = (
     Probe("p-iad-1", "us-east", "US", 38.9, -77.04, "pop-iad1"),
 )
 SITES = ("pop-fra1", "pop-iad1")
+#: where the sites are (Frankfurt, Ashburn): p-fra-1, served by pop-iad1, is inflated
+SITE_PLACES = {"pop-fra1": (50.11, 8.68), "pop-iad1": (39.04, -77.49)}
 QNAMES = ("example.test", "www.example.test", "nope.example.test")
 
 
@@ -96,10 +103,15 @@ class World:
                 f"'127.0.0.1:{knots[p.site].port}', family: 4, tls_ca: {lab.cert}, "
                 "interval: 1, timeout: 0.9"
             )
+            sites = ", ".join(
+                f"{{id: {site}, unicast: [127.0.0.1], port: {knots[site].port}, "
+                f"lat: {SITE_PLACES[site][0]}, lon: {SITE_PLACES[site][1]}}}"
+                for site in SITES
+            )
             targets.write_text(
                 "targets:\n"
                 f"  - {{name: ns-anycast, topology: anycast, provider: acme, server: 127.0.0.1, "
-                f"port: {knots[p.site].port}, {dns}}}\n"
+                f"port: {knots[p.site].port}, sites: [{sites}], site_every: 1, {dns}}}\n"
                 f"  - {{name: ns-unicast, topology: unicast, provider: solo, server: 127.0.0.1, "
                 f"port: {unicast.port}, {dns}}}\n"
                 f"  - {{name: ns-dead, topology: unicast, provider: solo, server: 127.0.0.1, "
@@ -128,7 +140,29 @@ class World:
                 proc.wait(20)
         self.end_ns = time.time_ns()
         self.seed_history()
+        self.figure_inflation()
         return self
+
+    def figure_inflation(self) -> None:
+        """The alert engine's inflation figures over the run (its own code, on what the
+        probes measured), written as the engine writes them."""
+        sites = {
+            "ns-anycast": Sites(
+                tuple(
+                    Site(id=s, unicast=["127.0.0.1"], lat=SITE_PLACES[s][0], lon=SITE_PLACES[s][1])
+                    for s in SITES
+                ),
+                1.0,
+            )
+        }
+
+        async def measure() -> list[str]:
+            async with InfluxQL(self.influx.url, DB) as influx:
+                span = (self.end_ns - self.start_ns) / 1e9 + 1
+                figures = await inflation.measure(influx, self.end_ns, sites, span, 1)
+            return [f.to_line() for f in figures]
+
+        self.write(asyncio.run(measure()))
 
     def _enough(self) -> bool:
         """Every probe has shipped heartbeats, DNS, HTTP and ping records."""
