@@ -19,7 +19,12 @@ measured, from InfluxDB and Alertmanager, against what the lab's map says:
    how much**: ``steer ap-south iad``; the inflation alert's sites and figure against the
    map's difference.
 
-Needs root, and no lab up already. ``python bench/claims.py [--json]``: about 5 minutes.
+With ``--quiet-minutes M`` it first leaves the lab alone for M minutes and counts the
+inflation alerts that fired (none should: every region is served from its best site)
+and each region's largest inflation figure over that time, against the wire's error.
+
+Needs root, and no lab up already. ``python bench/claims.py [--json] [--quiet-minutes
+10]``: about 5 minutes, plus the quiet ones.
 """
 
 from __future__ import annotations
@@ -126,6 +131,34 @@ def nearest(t0: float) -> list[dict[str, Any]]:
     return rows
 
 
+def quiet(minutes: float) -> list[dict[str, Any]]:
+    """No steer, no failure, for ``minutes``: the inflation alerts that fired, and each
+    region's inflation figures over the time (median of its lanes per evaluation)."""
+    log(f"0. {minutes:g} minutes with every region at its nearest site")
+    t = time.time()
+    time.sleep(minutes * 60)
+    fired = query(f"SELECT * FROM alert WHERE rule = 'inflation' AND time > {int(t * NS)}")  # noqa: S608
+    rows = query(f"SELECT * FROM inflation WHERE time > {int(t * NS)}")  # noqa: S608
+    out = []
+    for region in WORLD.region_names:
+        mine = [r for r in rows if r["region"] == region and r.get("inflation_ms") is not None]
+        per_eval: dict[int, list[float]] = {}
+        for r in mine:
+            per_eval.setdefault(r["time"], []).append(r["inflation_ms"])
+        medians = [statistics.median(v) for v in per_eval.values()]
+        out.append(
+            {
+                "region": region,
+                "evaluations": len(medians),
+                "inflation_p50_ms": round(statistics.median(medians), 2) if medians else None,
+                "inflation_max_abs_ms": round(max(map(abs, medians)), 2) if medians else None,
+                "not_at_best": sum(1 for r in mine if r.get("at_best") == 0),
+                "inflation_alerts": sum(1 for a in fired if a.get("region") == region),
+            }
+        )
+    return out
+
+
 def failover(convergence_s: float) -> dict[str, Any]:
     log("2. a failed site moves its region to the next one")
     t = time.time()
@@ -228,6 +261,13 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="the figures as one JSON object")
+    ap.add_argument(
+        "--quiet-minutes",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="first leave the lab alone this long and count the inflation alerts (0: skip)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the lab needs root (network namespaces)")
@@ -236,7 +276,10 @@ def main() -> None:
     try:
         t0 = time.time()
         time.sleep(60)  # a minute of measurements, four rounds of site queries
-        result = {
+        result: dict[str, Any] = {}
+        if args.quiet_minutes:
+            result["quiet"] = quiet(args.quiet_minutes)
+        result |= {
             "nearest": nearest(t0),
             "failover": failover(LabConfig().convergence_s),
             "attack": attack(),
@@ -248,6 +291,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=1))
         return
+    if "quiet" in result:
+        print(f"0. {args.quiet_minutes:g} minutes, no steer\n" + table(result["quiet"]) + "\n")
     print("1. the nearest site answers\n" + table(result["nearest"]))
     print("\n2. a failed site moves its region to the next one\n" + table([result["failover"]]))
     print("\n3. an attack at one site leaves the other regions alone\n" + table(result["attack"]))

@@ -24,6 +24,8 @@ from dashboards.schema import VARIABLES, Measurement, Variable
 #: the uids the provisioning files and ``dashboards push`` give the data sources
 INFLUX_UID: Final = "popwatch-influxdb"
 ALERTMANAGER_UID: Final = "popwatch-alertmanager"
+#: not the records of an anycast target's sites at their own addresses
+NOT_SITES: Final = Tag("topology", "site", "!=")
 
 Format = Literal["time_series", "table"]
 
@@ -66,6 +68,10 @@ class Select:
     def query(self) -> sq.Select:
         """The store's statement this panel query is."""
         conds: list[sq.Cond] = [*self.where, *(var_filter(v) for v in self.variables)]
+        if self.measurement == "dns" and "topology" in self.variables:
+            # the sites' own records (topology site) share their target's name: a panel
+            # of a target's answers is of its own servers, unless it asks for sites
+            conds.insert(len(self.where), NOT_SITES)
         if self.since:
             conds.append(sq.Ago(self.since))
         elif self.time_filter:

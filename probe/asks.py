@@ -166,6 +166,8 @@ class Asks:
             fault = explain(chk.target_type, cmd.target, exc)
             why = f"target: {fault.path}: {fault.text}" if fault.path else fault.text
             raise Refused(why) from None
+        if getattr(target, "sites", None):  # their addresses would pass the allowed networks
+            raise Refused("an ask measures its target alone: it may not list sites")
         addresses: list[tuple[int, str]] = []
         if (host := chk.host(target)) is not None:
             try:

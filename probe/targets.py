@@ -195,7 +195,7 @@ class DnsTarget(
     ping: PingMethod | None = None
     # the anycast service's sites, each also measured at its own unicast addresses,
     # every ``site_every`` intervals: how far each region is from its best site
-    sites: list[Site] = msgspec.field(default_factory=list)
+    sites: Annotated[list[Site], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
     site_every: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from support import servers
 from support.influx import InfluxDB
@@ -411,3 +412,69 @@ def test_the_rule_needs_a_quorum_past_both_min_ms_and_factor() -> None:
     assert _assess([_figure(p, "ams", "sin", 30.0, 15.0) for p in ("p1", "p2")]) == []
     (c,) = _assess([_figure(p, "ams", "sin", 30.0, 15.0) for p in ("p1", "p2")], min_ms=10)
     assert c.value == 15.0
+
+
+def test_the_quorum_counts_the_regions_probes_not_only_those_with_a_figure() -> None:
+    """One probe of three with a figure (the others still waiting for site queries)
+    does not make the region's alert alone."""
+    cfg = load_alerts({"quorum": 2})
+    inp = Inputs(
+        cfg=cfg,
+        snap=Snapshot(NS, 0, {}, {}),
+        settings=lambda t, tp, p: settings_for(cfg, t, tp, p),
+        baseline=lambda *a: None,
+        usual_site=lambda *a: None,
+        firing=Firing(),
+        registered={"p1": "ap", "p2": "ap", "p3": "ap"},
+        inflation=[_figure("p1", "iad", "sin", 128.6, 39.0)],
+    )
+    assert RULE.assess(inp, [], set()) == []
+
+
+async def test_a_window_too_short_for_the_site_queries_says_so(influx: InfluxDB) -> None:
+    """Sites measured every 300 s cannot give 3 samples in a 60 s window: the figure
+    says which key to raise, rather than waiting for ever in silence."""
+    at = 1_800_000_000 * NS
+    lines = _steady(at, {"sin": [39.0] * 4, "ams": [68.5] * 4, "iad": [128.6] * 4}, "iad", 128.6)
+    slow = {"any": Sites(SITES.sites, 300.0)}
+    (f,) = await _figures(influx, at, lines, targets=slow)
+    assert f.best == "" and "raise alerts.rules.inflation.window_s" in f.error, f.error
+
+
+async def test_a_serving_site_the_target_does_not_list_is_said(influx: InfluxDB) -> None:
+    at = 1_800_000_000 * NS
+    lines = _steady(at, {"sin": [39.0] * 4, "ams": [68.5] * 4, "iad": [128.6] * 4}, "lhr9", 70.0)
+    (f,) = await _figures(influx, at, lines)
+    assert (f.site, f.best, f.serving_ms, f.geo_ms) == ("lhr9", "sin", None, None)
+    assert f.error.startswith("serving site lhr9 is not one of the target's sites"), f.error
+
+
+def test_an_answer_as_another_site_is_not_ok_and_asks_cannot_list_sites() -> None:
+    """A site's address that answered as another site is written ok=false, so it is
+    never a site's answer in the figures; an ask's options may not list sites."""
+    from collector.identity import Identity
+    from collector.kinds.base import ask_options
+    from collector.kinds.dns import KIND
+    from probe.wire import DnsRecord
+
+    record = DnsRecord(
+        ts=NS,
+        target="any",
+        server="192.0.2.12",
+        port=53,
+        transport="udp",
+        qname="example.test.",
+        qtype="SOA",
+        rcode="NOERROR",
+        timestamping="kernel",
+        rtt_ms=39.0,
+        site="sin",
+        topology="site",
+        error="identity: site sin's unicast 192.0.2.12 answered as ams",
+    )
+    who = Identity(probe="p1", region="ap", country="IN")
+    assert " ok=false," in KIND.to_line(record, who)
+    assert " ok=true," in KIND.to_line(msgspec.structs.replace(record, error=None), who)
+    for key in ("sites", "site_every"):
+        with pytest.raises(ValueError, match=key):
+            ask_options({key: 1})

@@ -78,7 +78,7 @@ def generic(r: DnsRecord, who: Identity) -> str:
         "timestamping": r.timestamping,
     }
     fields = {
-        "ok": r.rcode in ("NOERROR", "NXDOMAIN"),
+        "ok": r.rcode in ("NOERROR", "NXDOMAIN") and r.error is None,
         "truncated": r.truncated,
         "rtt_ms": r.rtt_ms,
         "connect_ms": r.connect_ms,

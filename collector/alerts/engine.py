@@ -264,7 +264,11 @@ class Engine:
         sites = self.sites() if self.sites is not None else {}
         if not rule.enabled or not sites:
             return []
-        return await inflation.measure(self.influx, at, sites, rule.window_s, rule.min_samples)
+        try:
+            return await inflation.measure(self.influx, at, sites, rule.window_s, rule.min_samples)
+        except (QueryError, TimeoutError) as exc:  # the other rules go on without it
+            log.warning("alert engine: inflation figures not read this cycle: %s", exc)
+            return []
 
     def _forget(self) -> None:
         """Bound what is kept per series: settings of targets not seen for a while."""

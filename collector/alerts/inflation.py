@@ -224,6 +224,7 @@ def compute(
     results: Sequence[Sequence[Result]],
     places: Mapping[str, tuple[float, float]],
     targets: Mapping[str, Sites],
+    window_s: float,
     min_samples: int,
 ) -> list[Figure]:
     """The figures of one evaluation from the results of :func:`queries` (in order)."""
@@ -266,7 +267,9 @@ def compute(
         known = targets.get(target)
         if known is None or not one.anycast:
             continue
-        out.append(_figure(at, probe, target, family, transport, one, known, places, min_samples))
+        out.append(
+            _figure(at, probe, target, family, transport, one, known, places, window_s, min_samples)
+        )
     return out
 
 
@@ -279,6 +282,7 @@ def _figure(
     one: _Lane,
     known: Sites,
     places: Mapping[str, tuple[float, float]],
+    window_s: float,
     min_samples: int,
 ) -> Figure:
     serving, (anycast_ms, n, _) = max(one.anycast.items(), key=lambda kv: (kv[1][2], kv[0]))
@@ -293,11 +297,23 @@ def _figure(
         "site": serving,
         "samples": n,
     }
+    if known.period_s * min_samples > window_s:
+        return Figure(
+            **base,
+            error=(
+                f"window_s ({window_s:g} s) holds fewer than min_samples ({min_samples}) of "
+                f"this target's site queries (one every {known.period_s:g} s): raise "
+                "alerts.rules.inflation.window_s"
+            ),
+        )
     if n < min_samples:
         return Figure(**base, error=f"{n} anycast answers from {serving} (needs {min_samples})")
     base["anycast_ms"] = anycast_ms
+    # the sites this lane can measure: those with an address of its family
+    lane_sites = [s for s in known.sites if any(_family(a) == family for a in s.unicast)]
+    ids = [s.id for s in lane_sites]
     here = places.get(probe)
-    placed = {s.id: where for s in known.sites if (where := known.place(s.id)) is not None}
+    placed = {s.id: where for s in lane_sites if (where := known.place(s.id)) is not None}
     if here is not None and placed:
         dist = {sid: distance_km(here, where) for sid, where in placed.items()}
         closest = min(dist, key=lambda k: (dist[k], k))
@@ -307,8 +323,6 @@ def _figure(
     measured = one.sites.get(serving)
     if measured is not None and measured.median is not None:
         base["serving_ms"] = measured.median
-    # the sites this lane can measure: those with an address of its family
-    ids = [s.id for s in known.sites if any(_family(a) == family for a in s.unicast)]
     candidates: dict[str, float] = {}
     waiting = []
     for sid in ids:
@@ -324,7 +338,13 @@ def _figure(
     if not candidates:
         return Figure(**base, error=_no_best(ids, one.sites, min_samples))
     best = min(candidates, key=lambda k: (candidates[k], k))
-    return Figure(**base, best=best, best_ms=candidates[best], sites=len(candidates))
+    unknown = ""
+    if serving not in ids:  # an identity the target's sites do not list
+        unknown = (
+            f"serving site {serving} is not one of the target's sites of this family "
+            f"({', '.join(ids)}): no serving_ms, no geographic inflation"
+        )
+    return Figure(**base, best=best, best_ms=candidates[best], sites=len(candidates), error=unknown)
 
 
 def _family(address: str) -> str:
@@ -364,7 +384,7 @@ async def measure(
         row = _row(s)
         if row.get("lat") is not None and row.get("lon") is not None:
             places[s.tags.get("probe", "")] = (float(row["lat"]), float(row["lon"]))
-    return compute(at, results, places, targets, min_samples)
+    return compute(at, results, places, targets, window_s, min_samples)
 
 
 __all__ = [

@@ -84,7 +84,9 @@ class Askable:
 
 
 #: keys of a target spec an ask's options may not set: the ask sets them itself
-RESERVED_OPTIONS: frozenset[str] = frozenset({"name", "kind", "server", "url", "interval"})
+RESERVED_OPTIONS: frozenset[str] = frozenset(
+    {"name", "kind", "server", "url", "interval", "sites", "site_every"}
+)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 
 

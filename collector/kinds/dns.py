@@ -123,6 +123,10 @@ def _dns_line(r: DnsRecord, who: Identity) -> str:
             _DNS_HEADS_CHARS = 0
         _DNS_HEADS[key] = head
         _DNS_HEADS_CHARS += cost
+    if r.error is not None and head.endswith(" ok=true"):
+        # an answer that is not what was asked (a site's address answering as another
+        # site): not ok, whatever its rcode
+        head = head[: -len("true")] + "false"
     out = head + (",truncated=true" if r.truncated else ",truncated=false")
     # floats: the wire bounds them (0-3,600,000 ms); ints: only >= 0, so the top is
     # checked here; serial is bounded to 32 bits by the wire

@@ -21,6 +21,7 @@ from collector.alerts.rules.base import (
     labels,
     median,
 )
+from collector.alerts.rules.regional import region_size
 
 if TYPE_CHECKING:
     from collector.alerts.inflation import Figure
@@ -98,20 +99,20 @@ class Inflation(Rule[InflationSettings]):
         probes: dict[str, list[Figure]],
     ) -> Condition | None:
         st = inp.settings(target, "anycast", provider)
-        worst: dict[str, Figure] = {}  # each probe's median lane (of the inflated ones)
+        chosen: dict[str, Figure] = {}  # each probe's median lane (of the inflated ones)
         bad: list[str] = []
         for probe, figures in sorted(probes.items()):
             hit = [f for f in figures if inflated(f, rule)]
             pick = sorted(hit or figures, key=lambda f: (f.inflation_ms or 0.0, f.family))
-            worst[probe] = pick[(len(pick) - 1) // 2]
+            chosen[probe] = pick[(len(pick) - 1) // 2]
             if hit:
                 bad.append(probe)
-        of = len(worst)
+        of = region_size(inp, region) or len(chosen)  # those still waiting count too
         holds = bool(bad) and len(bad) >= min(st.quorum, of)
         firing = inp.firing.get(self.alertname, region, target)
         if not holds and firing is None:
             return None
-        shown = [worst[p] for p in (bad or sorted(worst))]
+        shown = [chosen[p] for p in (bad or sorted(chosen))]
         serving = Counter(f.site for f in shown).most_common(1)[0][0]
         best = Counter(f.best for f in shown).most_common(1)[0][0]
         value = median(f.inflation_ms or 0.0 for f in shown)
@@ -145,7 +146,7 @@ class Inflation(Rule[InflationSettings]):
             value=value,
             unit="ms",
             baseline=best_ms,
-            probes=tuple(bad or sorted(worst)),
+            probes=tuple(bad or sorted(chosen)),
             of=of,
             summary=summary,
             for_s=rule.for_s if rule.for_s is not None else max(st.for_s, 2 * period),
