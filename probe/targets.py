@@ -228,7 +228,7 @@ def _check_server(t: DnsTarget | PingTarget) -> None:
         raise ValueError(f"server {t.server!r} is neither an IP address nor a host name")
 
 
-def _pin_family(t: DnsTarget | PingTarget) -> None:
+def _pin_family(t: DnsTarget | PingTarget | TraceTarget) -> None:
     """An IP-address server has one family: its own, whatever ``families`` said."""
     if is_ip(t.server):
         fam = ipaddress.ip_address(t.server).version
@@ -320,7 +320,56 @@ class HttpTarget(
             parse_hostport(self.resolver, 53)
 
 
-AnyTarget = DnsTarget | HttpTarget | PingTarget
+class TraceTarget(
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    frozen=True,
+    kw_only=True,
+    tag="trace",
+    tag_field="kind",
+):
+    """A path to trace (``kind: trace``), Paris-style and unprivileged: TTL-limited
+    datagrams on one socket (one flow for the whole trace), the routers' ICMP
+    time-exceeded read from the socket's error queue (``IP_RECVERR``, the offender's
+    address), as ``tracepath`` does. ``method: udp`` sends a real DNS query to ``port``,
+    so the last hop is the nameserver (and, with ``nsid``, its NSID names the site);
+    ``method: icmp`` an echo request on a ping socket. One query at a time."""
+
+    name: Name
+    topology: Literal["unicast", "anycast", "resolver"]
+    server: str  # an IP address, or a host name resolved (A and AAAA) on a schedule
+    method: Literal["udp", "icmp"] = "udp"
+    port: Port = 53
+    qname: str = "."
+    nsid: bool = True
+    provider: str = ""
+    families: Annotated[list[Literal[4, 6]], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [4, 6]
+    )
+    max_hops: Annotated[int, msgspec.Meta(ge=1, le=64)] = 30
+    queries_per_hop: Annotated[int, msgspec.Meta(ge=1, le=16)] = 3
+    hop_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 1.0
+    interval: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 900.0
+
+    def __post_init__(self) -> None:
+        if not is_ip(self.server) and not _HOSTNAME_RE.match(self.server):
+            raise ValueError(f"server {self.server!r} is neither an IP address nor a host name")
+        worst = self.max_hops * self.queries_per_hop * self.hop_timeout_s
+        if worst >= self.interval:
+            raise ValueError(
+                f"a trace may take max_hops x queries_per_hop x hop_timeout_s = {worst:g} s: "
+                f"that must be shorter than interval ({self.interval:g} s)"
+            )
+        try:
+            msgspec.structs.force_setattr(self, "qname", dnswire.absolute_name(self.qname))
+        except ValueError as exc:
+            raise ValueError(f"qname {self.qname!r} is not a domain name: {exc}") from None
+        if len(set(self.families)) != len(self.families):
+            raise ValueError(f"families lists a value twice: {self.families}")
+        _pin_family(self)
+
+
+AnyTarget = DnsTarget | HttpTarget | PingTarget | TraceTarget
 Target = DnsTarget  # the name before other kinds existed
 
 

@@ -116,6 +116,49 @@ class PingRecord(msgspec.Struct, tag="ping", tag_field="kind", omit_defaults=Tru
     ask: AskId | None = None  # the ask this record answers; scheduled records: absent
 
 
+class TraceHop(msgspec.Struct, omit_defaults=True, kw_only=True, forbid_unknown_fields=True):
+    """One TTL of a trace: who answered it (the router whose ICMP time-exceeded came
+    back, or the destination), and the round trip of each query sent at it."""
+
+    ttl: Annotated[int, msgspec.Meta(ge=1, le=255)]
+    addr: Label | None = None  # the responding address; None: no answer at this TTL
+    # one per query answered, in ms (kernel stamps: the send's TX, the ICMP error's RX)
+    rtt_ms: Annotated[list[NonNegMs], msgspec.Meta(max_length=16)] = msgspec.field(
+        default_factory=list
+    )
+    sent: Annotated[int, msgspec.Meta(ge=1, le=16)]
+    # other addresses that answered queries at this TTL (a load balancer that split the
+    # flow: with one flow per trace, none)
+    others: Annotated[list[Label], msgspec.Meta(max_length=16)] = msgspec.field(
+        default_factory=list
+    )
+    # "time-exceeded" (a router), "reply" (the destination answered the query),
+    # "unreachable" (the destination, or a router, said it cannot be reached)
+    kind: Literal["time-exceeded", "reply", "unreachable"] | None = None
+
+
+class TraceRecord(msgspec.Struct, tag="trace", tag_field="kind", omit_defaults=True, kw_only=True):
+    """One Paris-style trace to a server: the flow (addresses, ports, protocol) is the
+    same for every query of it, so a per-flow load balancer keeps it on one path.
+    ``kind`` is ``"trace"``."""
+
+    ts: EpochNs  # epoch ns of the first query's send
+    target: Label
+    server: Label  # the IP address traced to
+    method: Literal["udp", "icmp"]
+    timestamping: Timestamping
+    hops: Annotated[list[TraceHop], msgspec.Meta(max_length=64)]
+    reached: bool  # the destination answered
+    path_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    site: str | None = None  # udp: the NSID of the destination's answer
+    port: Port | None = None  # udp
+    error: str | None = None
+    topology: Topology | None = None
+    provider: str | None = None
+    family: Literal[4, 6] | None = None
+    ask: AskId | None = None
+
+
 class ProbeRecord(msgspec.Struct, tag="probe", tag_field="kind", omit_defaults=True, kw_only=True):
     """A probe's heartbeat: how it is doing. ``kind`` is ``"probe"``.
 
@@ -130,7 +173,7 @@ class ProbeRecord(msgspec.Struct, tag="probe", tag_field="kind", omit_defaults=T
     rejected: Annotated[int, msgspec.Meta(ge=0)]  # records the collector rejected
 
 
-Measurement = DnsRecord | HttpRecord | PingRecord | ProbeRecord
+Measurement = DnsRecord | HttpRecord | PingRecord | TraceRecord | ProbeRecord
 
 
 class BatchHeader(msgspec.Struct, kw_only=True):

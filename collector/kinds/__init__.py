@@ -13,13 +13,19 @@ from __future__ import annotations
 from typing import Any, Final
 
 from collector.identity import Identity
-from collector.kinds import dns, heartbeat, http, ping
+from collector.kinds import dns, heartbeat, http, ping, trace
 from collector.kinds.base import IDENTITY_TAGS, Alerting, Kind, StatusSection
 from probe.wire import Measurement
 
 #: every record kind the collector takes, in the order the status page and the engine
 #: read them
-KINDS: Final[tuple[Kind[Any], ...]] = (dns.KIND, http.KIND, ping.KIND, heartbeat.KIND)
+KINDS: Final[tuple[Kind[Any], ...]] = (
+    dns.KIND,
+    http.KIND,
+    ping.KIND,
+    trace.KIND,
+    heartbeat.KIND,
+)
 
 BY_NAME: Final[dict[str, Kind[Any]]] = {k.name: k for k in KINDS}
 _BY_RECORD: Final[dict[type, Kind[Any]]] = {k.record: k for k in KINDS}

@@ -29,6 +29,7 @@ from probe.wire import Measurement
 #: check kind -> the module that exports its ``CHECK``. The order is the order in which
 #: ``once`` asks each kind whether its flags were given.
 CHECKS: dict[str, str] = {
+    "trace": "probe.checks.trace",  # first: its --trace takes dns's --qname and --nsid too
     "dns": "probe.checks.dns",
     "http": "probe.checks.http",
     "ping": "probe.checks.ping",
