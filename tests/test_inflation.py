@@ -376,7 +376,10 @@ def _figure(probe: str, site: str, best: str, anycast: float, best_ms: float) ->
     )
 
 
-def _assess(figures: list[Figure], **rule: Any) -> list[Any]:
+def _assess(
+    figures: list[Figure], registered: dict[str, str] | None = None, **rule: Any
+) -> list[Any]:
+    """The rule's conditions over ``figures`` (quorum 2), ``registered`` the probes."""
     cfg = load_alerts({"quorum": 2, "rules": {"inflation": rule}})
     inp = Inputs(
         cfg=cfg,
@@ -385,6 +388,7 @@ def _assess(figures: list[Figure], **rule: Any) -> list[Any]:
         baseline=lambda *a: None,
         usual_site=lambda *a: None,
         firing=Firing(),
+        registered=registered,
         inflation=figures,
     )
     return RULE.assess(inp, [], set())
@@ -417,18 +421,9 @@ def test_the_rule_needs_a_quorum_past_both_min_ms_and_factor() -> None:
 def test_the_quorum_counts_the_regions_probes_not_only_those_with_a_figure() -> None:
     """One probe of three with a figure (the others still waiting for site queries)
     does not make the region's alert alone."""
-    cfg = load_alerts({"quorum": 2})
-    inp = Inputs(
-        cfg=cfg,
-        snap=Snapshot(NS, 0, {}, {}),
-        settings=lambda t, tp, p: settings_for(cfg, t, tp, p),
-        baseline=lambda *a: None,
-        usual_site=lambda *a: None,
-        firing=Firing(),
-        registered={"p1": "ap", "p2": "ap", "p3": "ap"},
-        inflation=[_figure("p1", "iad", "sin", 128.6, 39.0)],
-    )
-    assert RULE.assess(inp, [], set()) == []
+    steered = [_figure("p1", "iad", "sin", 128.6, 39.0)]
+    assert _assess(steered, registered={"p1": "ap", "p2": "ap", "p3": "ap"}) == []
+    assert len(_assess(steered, registered={"p1": "ap"})) == 1  # the region's one probe
 
 
 async def test_a_window_too_short_for_the_site_queries_says_so(influx: InfluxDB) -> None:
