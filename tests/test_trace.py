@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +27,25 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="the paths need root (network namespaces)"),
 ]
+
+
+@pytest.fixture(scope="module")
+def reachable() -> Iterator[None]:
+    """uid 10001 must reach the interpreter and the code: a directory on the way that
+    others may not enter (``mktemp -d`` makes CI's clone's parent 0700) gets ``o+x``
+    for the module's tests, and its mode back after."""
+    changed: list[tuple[Path, int]] = []
+    for top in (ROOT, Path(sys.prefix)):
+        for d in [top, *top.parents]:
+            mode = d.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                changed.append((d, mode))
+                d.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    try:
+        yield
+    finally:
+        for d, mode in changed:
+            d.chmod(stat.S_IMODE(mode))
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +163,7 @@ def test_each_trace_keeps_one_flow_and_so_one_path_through_ecmp(paths: Paths) ->
 
 
 @pytest.mark.parametrize("method", ["udp", "icmp"])
-def test_uid_10001_with_no_capabilities_traces(paths: Paths, method: str) -> None:
+def test_uid_10001_with_no_capabilities_traces(paths: Paths, reachable: None, method: str) -> None:
     """No raw socket, no capability: a probe running as uid 10001 with an empty
     bounding set traces the same path (ICMP: its group is in ping_group_range)."""
     r = trace(paths, method, paths.dst_v6, "--hop-timeout", "0.5", user=True)

@@ -374,13 +374,15 @@ def _row(r: TraceRecord) -> list[str]:
     tail = tail or (
         "  reached" if r.reached else f"  not reached{': ' + r.error if r.error else ''}"
     )
-    return ["\n".join(lines) + f"\n     path {r.path_id} ({r.timestamping} stamps){tail}"]
+    head = f"to {r.server} ({r.method}, IPv{r.family})\n"
+    return [head + "\n".join(lines) + f"\n     path {r.path_id} ({r.timestamping} stamps){tail}"]
 
 
 def _summary(records: Sequence[TraceRecord]) -> str:
     paths = sorted({r.path_id for r in records})
     reached = sum(1 for r in records if r.reached)
-    return f"{len(records)} traces, {reached} reached, {len(paths)} distinct paths"
+    n, k = len(records), len(paths)
+    return f"{n} trace{'s' * (n != 1)}, {reached} reached, {k} distinct path{'s' * (k != 1)}"
 
 
 def _add_arguments(once: argparse.ArgumentParser) -> None:
@@ -427,7 +429,7 @@ CHECK: Final = Check[TraceTarget, TraceJob, TraceRecord](
     failure=failure,
     outcome=_outcome,
     answered=lambda r: r.reached,
-    columns=(("trace: hop, address, loss, sent, min / avg / max ms", 0),),
+    columns=(("trace: hop, address, loss %, sent, rtt_ms min / avg / max", 0),),
     row=_row,
     summary=_summary,
     once=Once(
