@@ -158,7 +158,7 @@ async def test_invalid_records_rejected_one_by_one(
     assert sorted(reasons) == [1, 2, 3, 4, 5, 6, 7, 8]
     # in our words, with the key: never the decoder's text
     assert reasons[1] == "rtt_ms: expected a number >= 0, got -5"
-    assert reasons[2] == "kind: 'ftp' is not one of dns, http, ping, probe"
+    assert reasons[2] == "kind: 'ftp' is not one of dns, http, ping, trace, probe"
     assert reasons[3] == "transport: 'carrier-pigeon' is not one of https, tcp, tls, udp"
     assert reasons[4] == "qname: required key is missing"
     assert reasons[5] == "rtt_ms: expected a number from 0 to 3600000 or null, got a string"

@@ -99,7 +99,10 @@ def test_a_tagged_union_names_its_kinds() -> None:
     with pytest.raises(msgspec.ValidationError) as err:
         msgspec.convert(data, TargetsFile, strict=False)
     fault = explain(TargetsFile, data, err.value)
-    assert (fault.path, fault.text) == ("targets[0].kind", "'ftp' is not one of dns, http, ping")
+    assert (fault.path, fault.text) == (
+        "targets[0].kind",
+        "'ftp' is not one of dns, http, ping, trace",
+    )
     record = {"kind": "dns", "ts": 1, "port": "x"}
     with pytest.raises(msgspec.ValidationError) as err:
         msgspec.convert(record, Measurement)

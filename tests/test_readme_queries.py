@@ -78,6 +78,19 @@ def records(now: int) -> list[dict[str, Any]]:
         "provider": "acme",
         "family": 4,
     }
+    trace = {
+        "kind": "trace",
+        "target": "anycast-ns",
+        "server": "192.0.2.53",
+        "method": "udp",
+        "port": 53,
+        "timestamping": "kernel",
+        "reached": False,
+        "path_id": "0123456789abcdef",
+        "topology": "anycast",
+        "provider": "acme",
+        "family": 4,
+    }
     s = 10**9
     return [
         *(dns_record(ts=now - i * s, rtt_ms=10.0 + i, **dns) for i in range(5)),
@@ -112,6 +125,24 @@ def records(now: int) -> list[dict[str, Any]]:
         *({**ping, "ts": now - i * s, "rtt_ms": 9.0 + i} for i in range(3)),
         {**ping, "ts": now - 8 * s, "method": "tcp", "error": "timeout: connect timed out"},
         {**ping, "ts": now - 9 * s, "rtt_ms": 9.5, "ask": ASK},
+        {  # a trace that reached the server, and an asked one that did not
+            **trace,
+            "ts": now - 11 * s,
+            "reached": True,
+            "site": "fra1",
+            "hops": [
+                {
+                    "ttl": 1,
+                    "addr": "198.51.100.1",
+                    "rtt_ms": [0.5, 0.6],
+                    "sent": 2,
+                    "kind": "time-exceeded",
+                },
+                {"ttl": 2, "sent": 2},
+                {"ttl": 3, "addr": "192.0.2.53", "rtt_ms": [9.0], "sent": 2, "kind": "reply"},
+            ],
+        },
+        {**trace, "ts": now - 12 * s, "hops": [], "error": "forbidden: ping", "ask": ASK},
         {
             "kind": "probe",
             "ts": now,

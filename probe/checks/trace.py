@@ -50,6 +50,8 @@ _EE: Final = struct.Struct("IBBBBII")  # struct sock_extended_err
 # SOF_TIMESTAMPING_TX_SOFTWARE | RX_SOFTWARE | SOFTWARE | OPT_ID | OPT_TSONLY
 _STAMP_FLAGS: Final = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 7) | (1 << 11)
 _ANCBUF: Final = 512
+#: messages read from a queue at one go, at most
+_MAX_READS: Final = 64
 #: ICMP types: time exceeded (v4 11, v6 3); destination unreachable (v4 3, v6 1)
 _EXCEEDED: Final = {4: 11, 6: 3}
 _UNREACHABLE: Final = {4: 3, 6: 1}
@@ -181,12 +183,12 @@ class _Tracer:
         """Everything queued now; the answer to ``seq`` if it is among it."""
         heard = None
         for flags in (socket.MSG_ERRQUEUE, 0):
-            while True:
+            for _ in range(_MAX_READS):  # bounded: a socket that keeps failing ends it
                 try:
                     data, anc, _, addr = self.sock.recvmsg(2048, _ANCBUF, flags)
                 except (BlockingIOError, InterruptedError):
                     break
-                except OSError:  # a pending socket error (sk_err) reported on read
+                except OSError:  # a pending socket error (sk_err), reported once
                     continue
                 got = self._message(seq, data, anc, addr, flags)
                 heard = heard or got
@@ -251,8 +253,7 @@ class _Tracer:
                 heard = self.read(seq)
                 if heard is None:
                     return None, None
-        if heard.rx_ns is None or index not in self.tx:
-            self.kernel = False
+        if index not in self.tx:
             self.read(seq)  # a TX stamp late on the queue
         tx = self.tx.pop(index, None)
         if tx is not None and heard.rx_ns is not None:
@@ -272,51 +273,56 @@ def _offender(raw: bytes, family: int) -> str | None:
 
 async def measure(job: TraceJob) -> TraceRecord:
     """Trace ``job``'s path once (failures are records too)."""
-    t = job.target
     started = time.time_ns()
     try:
         tracer = _Tracer(job)
     except OSError as exc:  # EACCES: the ping group range leaves our group out
         return failure(job, errors.classify_icmp_socket(exc, "trace"), started)
+    try:
+        return await _trace(job, tracer, started)
+    except OSError as exc:
+        return failure(job, exc, started)
+    finally:  # a cancelled or timed-out trace too
+        tracer.close()
+
+
+async def _trace(job: TraceJob, tracer: _Tracer, started: int) -> TraceRecord:
+    """TTL 1, 2, ...: each hop's queries, until the destination (or the end) answers."""
+    t = job.target
     hops: list[TraceHop] = []
     reached = False
     site = None
     seq = tracer.query_id
-    try:
-        for ttl in range(1, t.max_hops + 1):
-            rtts: list[float] = []
-            others: list[str] = []
-            addr = None
-            kind = None
-            for _ in range(t.queries_per_hop):
-                seq = (seq + 1) & 0xFFFF
-                heard, rtt_ns = await tracer.query(ttl, seq, t.hop_timeout_s)
-                if heard is None:
-                    continue
-                addr = addr or heard.addr
-                if heard.addr != addr and heard.addr not in others:
-                    others.append(heard.addr)
-                kind = kind or heard.kind
-                site = site or heard.nsid
-                if rtt_ns is not None and rtt_ns >= 0:
-                    rtts.append(ms(rtt_ns) or 0.0)
-            hops.append(
-                TraceHop(
-                    ttl=ttl,
-                    addr=addr,
-                    rtt_ms=rtts,
-                    sent=t.queries_per_hop,
-                    kind=kind,  # type: ignore[arg-type]
-                    others=others,
-                )
+    for ttl in range(1, t.max_hops + 1):
+        rtts: list[float] = []
+        others: list[str] = []
+        addr = None
+        kind = None
+        for _ in range(t.queries_per_hop):
+            seq = (seq + 1) & 0xFFFF
+            heard, rtt_ns = await tracer.query(ttl, seq, t.hop_timeout_s)
+            if heard is None:
+                continue
+            addr = addr or heard.addr
+            if heard.addr != addr and heard.addr not in others:
+                others.append(heard.addr)
+            kind = kind or heard.kind
+            site = site or heard.nsid
+            if rtt_ns is not None and rtt_ns >= 0:
+                rtts.append(ms(rtt_ns) or 0.0)
+        hops.append(
+            TraceHop(
+                ttl=ttl,
+                addr=addr,
+                rtt_ms=rtts,
+                sent=t.queries_per_hop,
+                kind=kind,  # type: ignore[arg-type]
+                others=others,
             )
-            if kind == "reply" or (kind == "unreachable"):
-                reached = addr == job.address
-                break
-    except OSError as exc:
-        tracer.close()
-        return failure(job, exc, started)
-    tracer.close()
+        )
+        if kind in ("reply", "unreachable"):  # the end, or where the path ends
+            reached = addr == job.address
+            break
     return TraceRecord(
         ts=started,
         timestamping="kernel" if tracer.kernel else "user",
