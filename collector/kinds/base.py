@@ -83,6 +83,25 @@ class Askable:
     example: str  # an ``ask`` command line of the kind, for --help
 
 
+def text(v: object) -> str:
+    """A tag's value: "" for none (a tag left out of the point)."""
+    return "" if v is None else str(v)
+
+
+def record_tags(r: Any, who: Identity) -> dict[str, str]:
+    """The tags the points of every probe record kind carry: the probe's identity (from
+    its token), the ask it answers, its target, and the target's topology and provider."""
+    return {
+        "probe": who.probe,
+        "region": who.region,
+        "country": who.country,
+        "ask": text(r.ask),
+        "target": r.target,
+        "topology": text(r.topology),
+        "provider": text(r.provider),
+    }
+
+
 #: keys of a target spec an ask's options may not set: the ask sets them itself
 RESERVED_OPTIONS: frozenset[str] = frozenset(
     {"name", "kind", "server", "url", "interval", "sites", "site_every"}
@@ -137,5 +156,7 @@ __all__ = [
     "StatusSection",
     "ask_name",
     "ask_options",
+    "record_tags",
+    "text",
     "words",
 ]

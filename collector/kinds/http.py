@@ -14,6 +14,8 @@ from collector.kinds.base import (
     Kind,
     ask_name,
     ask_options,
+    record_tags,
+    text,
     words,
 )
 from collector.store.lineproto import FieldValue, line
@@ -21,22 +23,12 @@ from probe.targets import HttpTarget
 from probe.wire import HttpRecord
 
 
-def _str(v: object) -> str:
-    return "" if v is None else str(v)
-
-
 def _http_line(r: HttpRecord, who: Identity) -> str:
     tags = {
-        "probe": who.probe,
-        "region": who.region,
-        "country": who.country,
-        "ask": _str(r.ask),
-        "target": r.target,
-        "topology": _str(r.topology),
-        "provider": _str(r.provider),
-        "family": _str(r.family),
-        "ip": _str(r.ip),
-        "status": _str(r.status),
+        **record_tags(r, who),
+        "family": text(r.family),
+        "ip": text(r.ip),
+        "status": text(r.status),
     }
     fields: dict[str, FieldValue | None] = {
         "dns_ms": r.dns_ms,

@@ -10,27 +10,25 @@ import argparse
 from typing import Any, Final
 
 from collector.identity import Identity
-from collector.kinds.base import IDENTITY_TAGS, Askable, Kind, ask_name, ask_options
+from collector.kinds.base import (
+    IDENTITY_TAGS,
+    Askable,
+    Kind,
+    ask_name,
+    ask_options,
+    record_tags,
+    text,
+)
 from collector.store.lineproto import FieldValue, line
 from probe.targets import PingTarget
 from probe.wire import PingRecord
 
 
-def _str(v: object) -> str:
-    return "" if v is None else str(v)
-
-
 def _ping_line(r: PingRecord, who: Identity) -> str:
     tags = {
-        "probe": who.probe,
-        "region": who.region,
-        "country": who.country,
-        "ask": _str(r.ask),
-        "target": r.target,
-        "topology": _str(r.topology),
-        "provider": _str(r.provider),
+        **record_tags(r, who),
         "server": r.server,
-        "family": _str(r.family),
+        "family": text(r.family),
         "method": r.method,
     }
     fields: dict[str, FieldValue | None] = {

@@ -13,26 +13,16 @@ import statistics
 from typing import Final
 
 from collector.identity import Identity
-from collector.kinds.base import IDENTITY_TAGS, Kind
+from collector.kinds.base import IDENTITY_TAGS, Kind, record_tags, text
 from collector.store.lineproto import FieldValue, line
 from probe.wire import TraceRecord
 
 
-def _str(v: object) -> str:
-    return "" if v is None else str(v)
-
-
 def _trace_lines(r: TraceRecord, who: Identity) -> str:
     tags = {
-        "probe": who.probe,
-        "region": who.region,
-        "country": who.country,
-        "ask": _str(r.ask),
-        "target": r.target,
-        "topology": _str(r.topology),
-        "provider": _str(r.provider),
+        **record_tags(r, who),
         "server": r.server,
-        "family": _str(r.family),
+        "family": text(r.family),
         "method": r.method,
     }
     out = []
