@@ -136,6 +136,10 @@ class TraceHop(msgspec.Struct, omit_defaults=True, kw_only=True, forbid_unknown_
     # "unreachable" (the destination, or a router, said it cannot be reached)
     kind: Literal["time-exceeded", "reply", "unreachable"] | None = None
 
+    def __post_init__(self) -> None:
+        if len(self.rtt_ms) > self.sent:
+            raise ValueError(f"{len(self.rtt_ms)} round trips of {self.sent} queries sent")
+
 
 class TraceRecord(msgspec.Struct, tag="trace", tag_field="kind", omit_defaults=True, kw_only=True):
     """One Paris-style trace to a server: the flow (addresses, ports, protocol) is the

@@ -110,3 +110,17 @@ def test_roundtrip(rtt: float, ts: int) -> None:
     )
     b = Batch(schema=1, batch="x", sent_at=ts, measurements=[r])
     assert decode_batch(encode(b)) == b
+
+
+def test_a_trace_hop_cannot_claim_more_round_trips_than_queries() -> None:
+    """A hop's ``rtt_ms`` holds one figure per query answered: more than it sent is a
+    record the collector rejects with the reason, not a negative loss."""
+    bad = (
+        b'{"kind":"trace","ts":1,"target":"a","server":"192.0.2.1","method":"udp",'
+        b'"timestamping":"kernel","reached":false,"path_id":"p",'
+        b'"hops":[{"ttl":1,"sent":1,"rtt_ms":[1.0,2.0]}]}'
+    )
+    with pytest.raises(msgspec.ValidationError, match=r"2 round trips of 1 queries sent"):
+        decode_record(bad)
+    good = bad.replace(b'"sent":1', b'"sent":2')
+    assert decode_record(good).hops[0].rtt_ms == [1.0, 2.0]  # type: ignore[union-attr]
