@@ -452,9 +452,9 @@ def test_fail_moves_the_catchment_and_popwatch_measures_the_outage(
 ) -> None:
     """``fail sin``: ap-south moves to ams within the convergence delay + 10 s, the
     other regions stay; the catchment ``event`` says from sin to ams, and its
-    ``outage_ms`` and ``lost`` match the gap in a tcpdump capture in ap-south within one
-    probe interval; a catchment alert for ap-south reaches Alertmanager and the other
-    regions raise none. ``restore sin`` brings ap-south back."""
+    ``outage_ms`` matches the gap in a tcpdump capture in ap-south within two send
+    spacings and ``lost`` its lost queries within one; a catchment alert for ap-south
+    reaches Alertmanager and the other regions raise none. ``restore sin`` brings ap-south back."""
     region = WORLD.region("ap-south")
     path = tmp_path / "ap-south.pcap"
     with pcap.capture(path, f"udp and host {ANYCAST_V4}", "bb", netns=region.netns):
@@ -502,7 +502,10 @@ def test_fail_moves_the_catchment_and_popwatch_measures_the_outage(
         30,
     )[-1]
     assert (event["from_site"], event["to_site"]) == ("sin", "ams"), event
-    assert abs(event["outage_ms"] - gap_ms) <= INTERVAL_S * 1000, (event, gap_ms)
+    # the event pools the target's four series (udp and tcp, IPv4 and IPv6), the capture
+    # sees one: its last sin answer and its first ams answer may each be a send spacing
+    # from the pooled ones (one query lost at the convergence makes it so; seen: 1.7 s)
+    assert abs(event["outage_ms"] - gap_ms) <= 2 * spacing_ms, (event, gap_ms, spacing_ms)
     # the capture sees the udp/IPv4 series; the event counts the lost queries of every
     # series of the target (udp and tcp, IPv4 and IPv6), about as many in each: within
     # one probe interval of each other
