@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import statistics
 import struct
 import subprocess
 import sys
@@ -269,7 +270,9 @@ def test_no_region_shows_inflation_without_a_steer(the_lab: Lab) -> None:
     """With every region served by its nearest site, each probe's inflation figures (its
     anycast answers against its best site's unicast ones, per family and transport)
     name that site as serving, best and closest, and are within the wire's own error
-    (1 ms); no inflation alert has fired since the lab came up."""
+    (the region's median over its lanes within 1 ms, each lane within 2 ms: a lane's
+    best site median is of 4 queries); no inflation alert has fired since the lab came
+    up."""
     catchment = WORLD.catchment(set(WORLD.site_names))
     figures = wait_for(
         "inflation figures for every region and lane",
@@ -285,8 +288,11 @@ def test_no_region_shows_inflation_without_a_steer(the_lab: Lab) -> None:
         for r in rows:
             site = catchment[region]
             assert (r["site"], r["best"], r["closest"]) == (site, site, site), r
-            assert abs(r["inflation_ms"]) <= 1.0, r
+            assert abs(r["inflation_ms"]) <= 2.0, r  # one lane: a median of 4 site queries
             assert r["geo_ms"] == 0, r
+        # the region's figure, the median of its lanes, within the wire's error (the
+        # largest in 10 minutes of bench/claims.py --quiet-minutes was 0.65 ms)
+        assert abs(statistics.median(r["inflation_ms"] for r in rows)) <= 1.0, rows
     assert not query("SELECT * FROM alert WHERE rule = 'inflation' AND $after", the_lab.started)
 
 
