@@ -231,11 +231,11 @@ def compute(
     medians, lasts, site_medians, site_lasts = results
     lanes: dict[Lane, _Lane] = {}
 
-    def lane_of(s: Result) -> tuple[_Lane, str]:
+    def lane_of(s: Result) -> tuple[_Lane, Lane, str]:
         key, region, site = _lane(s)
         one = lanes.setdefault(key, _Lane())
         one.region = one.region or region
-        return one, site
+        return one, key, site
 
     last_ts: dict[tuple[Lane, str], int] = {}
     for s in lasts:
@@ -243,13 +243,12 @@ def compute(
         if s.values:
             last_ts[(key, site)] = int(s.values[0][0])
     for s in medians:
-        one, site = lane_of(s)
+        one, key, site = lane_of(s)
         row = _row(s)
         if row.get("m") is not None:
-            when = last_ts.get((_lane(s)[0], site), 0)
-            one.anycast[site] = (float(row["m"]), int(row["n"]), when)
+            one.anycast[site] = (float(row["m"]), int(row["n"]), last_ts.get((key, site), 0))
     for s in site_lasts:
-        one, site = lane_of(s)
+        one, _, site = lane_of(s)
         row = _row(s)
         one.sites[site] = _Site(
             made=int(row.get("made") or 0),
@@ -257,7 +256,7 @@ def compute(
             error=str(row.get("error") or ""),
         )
     for s in site_medians:
-        one, site = lane_of(s)
+        one, _, site = lane_of(s)
         row = _row(s)
         got = one.sites.setdefault(site, _Site())
         if row.get("m") is not None:

@@ -11,6 +11,7 @@ Which kinds feed which section comes from the kinds table (``collector.kinds``):
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections import defaultdict
 from typing import Any, Final
@@ -241,8 +242,7 @@ def inflation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             at[k].append(r)
 
     def median(values: list[float]) -> float | None:
-        v = sorted(values)
-        return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2 if v else None
+        return statistics.median(values) if values else None
 
     def most(key: str, of: list[dict[str, Any]]) -> str:
         counts: dict[str, int] = defaultdict(int)
