@@ -24,6 +24,7 @@ from aiohttp import web
 from collector import __version__, certs
 from collector.alerts import cli as alerts_cli
 from collector.alerts.inflation import Sites
+from collector.alerts.tracing import OPERATOR
 from collector.app import CollectorState, create_admin_app, create_app
 from collector.asks import cli as asks_cli
 from collector.asks.board import Board
@@ -382,6 +383,15 @@ async def _run(cfg: CollectorConfig) -> None:
                     return {}
                 return {name: Sites(s, p) for name, (s, p) in targets.sites().items()}
 
+            def traced() -> dict[str, dict[str, object]]:  # the served targets' traces
+                targets = runner.app.get(SERVED)
+                return targets.traces() if targets is not None else {}
+
+            async def asker(
+                ask_id: str, kind: str, spec: dict[str, object], probes: list[str], at: int
+            ) -> object:  # the alert engine's traces, asked as an operator's asks are
+                return await board.make(ask_id, OPERATOR, kind, spec, probes, at)
+
             headroom = Headroom(
                 InfluxQL(
                     cfg.influxdb_url,
@@ -399,7 +409,9 @@ async def _run(cfg: CollectorConfig) -> None:
                 board.influx,
                 board.running(),  # asks: others' commands, drills' events
                 headroom.watching(),
-                alerts_cli.evaluator(cfg, state.sink, active, served, sites),  # if alerts.enabled
+                alerts_cli.evaluator(  # if alerts.enabled
+                    cfg, state.sink, active, served, sites, asker, traced
+                ),
             ):
                 await stop.wait()
                 log.info("collector stopping (a signal): finishing writes, then exiting")

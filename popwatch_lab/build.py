@@ -259,7 +259,7 @@ class BuiltLab:
         for node in self.world.servers:
             p = params[node.name]
             netem.apply(BACKBONE_NETNS, netem.commands(node.bb_dev, True, peers, p, create))
-            netem.apply(node.netns, netem.commands("bb", False, peers, p, create))
+            netem.apply(node.edge_netns, netem.commands("bb", False, peers, p, create))
 
     def shape(self, params: dict[str, dict[str, Any]]) -> None:
         self._shape(params, create=False)

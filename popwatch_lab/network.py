@@ -1,9 +1,11 @@
 """The lab's network: namespaces, links, addresses and the backbone's routes.
 
 * Each region and the core join the backbone by a veth pair (no delay of their own).
-* Each server (the sites and the unicast server) joins it by a shaped link: two TUN
-  devices and the user-space wire (:mod:`popwatch_lab.wire`), or, where the kernel has
-  ``netem``, a veth pair with a netem class per region (:mod:`popwatch_lab.netem`).
+* Each server (the sites and the unicast server) joins it by a shaped link to its edge
+  router: two TUN devices and the user-space wire (:mod:`popwatch_lab.wire`), or, where
+  the kernel has ``netem``, a veth pair with a netem class per region
+  (:mod:`popwatch_lab.netem`). The edge reaches its server by a veth pair: a path from a
+  region is three hops, the backbone, the server's edge, the server.
 * The backbone routes each region's packets for the anycast prefix by the region's own
   table (``ip rule iif``): its nearest announced site, as BGP's shortest path would.
   Everything else follows the main table. The backbone answers TTL-exceeded at full
@@ -74,6 +76,22 @@ def create(world: World) -> None:
         ("net.ipv6.icmp.ratelimit", "0"),
     ):
         netns.sysctl(BB, key, value)
+        for node in world.servers:
+            netns.sysctl(node.edge_netns, key, value)
+    for node in world.servers:  # the edge's own link to its server
+        edge, (e4, e6), (s4, s6) = node.edge_netns, node.inner(1), node.inner(2)
+        ip("link", "add", "srv", "type", "veth", "peer", "name", "bb", "netns", node.netns,
+           netns=edge)  # fmt: skip
+        _addr(edge, "srv", f"{e4}/24", f"{e6}/64")
+        _addr(node.netns, "bb", f"{s4}/24", f"{s6}/64")
+        ip("addr", "add", f"{node.v4}/32", "dev", "bb", netns=node.netns)
+        ip("-6", "addr", "add", f"{node.v6}/128", "dev", "bb", "nodad", netns=node.netns)
+        ip("route", "add", "default", "via", e4, netns=node.netns)
+        ip("-6", "route", "add", "default", "via", e6, netns=node.netns)
+        for dst4, dst6 in ((f"{node.v4}/32", f"{node.v6}/128"),
+                           (ANYCAST_PREFIX_V4, ANYCAST_PREFIX_V6)):  # fmt: skip
+            ip("route", "add", dst4, "via", s4, "dev", "srv", netns=edge)
+            ip("-6", "route", "add", dst6, "via", s6, "dev", "srv", netns=edge)
     for node in [*world.regions, world.core]:
         _veth(node)
     for node in world.regions:
@@ -95,29 +113,37 @@ def create(world: World) -> None:
 
 
 def link_servers(world: World, shaper: Shaper) -> None:
-    """The servers' links: TUN pairs for the wire, or veth pairs for netem."""
+    """The servers' shaped links, backbone to edge: TUN pairs for the wire, or veth pairs
+    for netem (where the edge answers ARP and ND for its server's own address)."""
     for node in world.servers:
+        edge = node.edge_netns
         if shaper == "wire":
             ip("tuntap", "add", "dev", node.bb_dev, "mode", "tun", netns=BB)
-            ip("tuntap", "add", "dev", "bb", "mode", "tun", netns=node.netns)
+            ip("tuntap", "add", "dev", "bb", "mode", "tun", netns=edge)
         else:
-            _veth(node)
+            peer = ["peer", "name", "bb", "netns", edge]
+            ip("link", "add", node.bb_dev, "netns", BB, "type", "veth", *peer)
+            netns.sysctl(edge, "net.ipv4.conf.all.proxy_arp", "1")
+            netns.sysctl(edge, "net.ipv6.conf.all.proxy_ndp", "1")
         _addr(BB, node.bb_dev, f"{node.bb_v4}/24", f"{node.bb_v6}/64")
-        _addr(node.netns, "bb", f"{node.v4}/24", f"{node.v6}/64")
+        _addr(edge, "bb", f"{node.edge_v4}/24", f"{node.edge_v6}/64")
+        if shaper != "wire":
+            ip("-6", "neigh", "add", "proxy", node.v6, "dev", "bb", netns=edge)
 
 
 def route_servers(world: World) -> None:
-    """Each server's default route, once its link carries packets (the wire is up)."""
+    """Each edge's default route, once its link carries packets (the wire is up)."""
     for node in world.servers:
-        ip("route", "add", "default", "via", node.bb_v4, "dev", "bb", netns=node.netns)
-        ip("-6", "route", "add", "default", "via", node.bb_v6, "dev", "bb", netns=node.netns)
+        edge = node.edge_netns
+        ip("route", "add", "default", "via", node.bb_v4, "dev", "bb", netns=edge)
+        ip("-6", "route", "add", "default", "via", node.bb_v6, "dev", "bb", netns=edge)
 
 
 def wire_spec(world: World, params: dict[str, dict[str, object]]) -> dict[str, object]:
     """The wire's spec: its links, the regions it knows by prefix, and the parameters."""
     return {
         "links": {
-            n.name: {"outer": [BB, n.bb_dev], "inner": [n.netns, "bb"]} for n in world.servers
+            n.name: {"outer": [BB, n.bb_dev], "inner": [n.edge_netns, "bb"]} for n in world.servers
         },
         "peers": {r.name: [r.prefix_v4, r.prefix_v6] for r in world.regions},
         "params": params,

@@ -88,6 +88,9 @@ def targets(cfg: LabConfig, tls_ca: Path, world: World = WORLD) -> dict[str, Any
     """The targets the collector serves to every probe."""
     every = {"interval": cfg.interval_s, "timeout": round(cfg.interval_s * 0.9, 3)}
     soa = [{"qname": ZONE, "qtype": "SOA"}]
+    # each path traced every 20 s: the baseline an alert's trace is compared with
+    trace = {"method": "udp", "every": 20, "max_hops": 8, "queries_per_hop": 3,
+             "hop_timeout_s": 0.3}  # fmt: skip
     return {
         "targets": [
             {
@@ -100,6 +103,7 @@ def targets(cfg: LabConfig, tls_ca: Path, world: World = WORLD) -> dict[str, Any
                 "transports": ["udp", "tcp"],
                 "identify": "nsid",
                 "ping": "icmp",
+                "trace": trace,
                 "queries": soa,
                 # each site also at its own address, every site_every (10) intervals
                 "sites": [
@@ -122,6 +126,7 @@ def targets(cfg: LabConfig, tls_ca: Path, world: World = WORLD) -> dict[str, Any
                 "families": [4, 6],
                 "transports": ["udp"],
                 "identify": "nsid",
+                "trace": trace,
                 "queries": soa,
                 **every,
             },

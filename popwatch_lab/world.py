@@ -8,6 +8,12 @@ Addresses (``n`` is a link's number, the same digits in both families):
 
 * link ``n`` between the backbone and a node: ``198.18.n.0/24`` and ``fd00:1:0:n::/64``,
   the backbone ``.1``/``::1``, the node ``.2``/``::2``;
+* a server (a site, the unicast server) sits behind its own edge router, one more hop,
+  so a path is region -> backbone -> the server's edge -> the server, and a failover
+  changes the path's second hop: the edge is ``.3``/``::3`` on link ``n``, and the
+  edge and its server share ``198.18.(n+100).0/24`` and ``fd00:1:0:(n+100)::/64`` (the
+  edge ``.1``, the server ``.2``); the server keeps ``.2``/``::2`` of link ``n`` as its
+  own address;
 * the anycast service: ``198.19.53.53`` and ``fd00:53::53`` (prefixes ``198.19.53.0/24``
   and ``fd00:53::/64``), on every site's loopback;
 * the core (InfluxDB, collector, Alertmanager): ``198.19.255.2``, joined to the host's
@@ -95,6 +101,24 @@ class Node:
         return f"fd00:1:0:{self.link}::/64"
 
     @property
+    def edge_netns(self) -> str:
+        """A server's edge router, between its shaped link and the server."""
+        return f"pwl-{self.name}-edge"
+
+    @property
+    def edge_v4(self) -> str:
+        """The edge's address on the node's link: what a trace's second hop shows."""
+        return f"198.18.{self.link}.3"
+
+    @property
+    def edge_v6(self) -> str:
+        return f"fd00:1:0:{self.link}::3"
+
+    def inner(self, host: int) -> tuple[str, str]:
+        """An address on the link between the edge (``host`` 1) and its server (2)."""
+        return f"198.18.{self.link + 100}.{host}", f"fd00:1:0:{self.link + 100}::{host}"
+
+    @property
     def table(self) -> int:
         """A region's own routing table in the backbone: its view of the anycast prefix."""
         return 100 + self.link
@@ -160,7 +184,8 @@ class World:
     @property
     def netns(self) -> list[str]:
         """Every namespace the lab makes, the backbone first."""
-        return [BACKBONE_NETNS, *(n.netns for n in self.names.values())]
+        nodes = [n.netns for n in self.names.values()]
+        return [BACKBONE_NETNS, *nodes, *(n.edge_netns for n in self.servers)]
 
     def region(self, name: str) -> Node:
         node = self.names.get(name)

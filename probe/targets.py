@@ -27,6 +27,7 @@ QType = Literal["A", "AAAA", "NS", "SOA", "TXT", "CNAME", "MX", "CAA", "HTTPS", 
 TransportName = Literal["udp", "tcp", "tls", "https"]
 Identify = Literal["nsid", "chaos", "none"]
 PingMethod = Literal["icmp", "tcp"]
+TraceMethod = Literal["udp", "icmp"]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")]
@@ -152,6 +153,16 @@ def _check_sites(t: DnsTarget) -> None:
             addrs[key] = i
 
 
+class TraceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A DNS target's ``trace``: how its path is traced, and how often (``every``)."""
+
+    method: TraceMethod = "udp"
+    every: Annotated[float, msgspec.Meta(ge=10, le=86400)] = 900.0
+    max_hops: Annotated[int, msgspec.Meta(ge=1, le=64)] = 30
+    queries_per_hop: Annotated[int, msgspec.Meta(ge=1, le=16)] = 3
+    hop_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 1.0
+
+
 class DnsTarget(
     msgspec.Struct,
     forbid_unknown_fields=True,
@@ -193,6 +204,10 @@ class DnsTarget(
     # also ping the same addresses (a `kind: ping` target of the same name, see
     # derived_targets): icmp echo, or tcp handshake to `port`; None: no ping
     ping: PingMethod | None = None
+    # also trace the path to the same addresses (a `kind: trace` target of the same name,
+    # see derived_targets): the baseline an alert's path difference is taken against.
+    # A method (udp, icmp), or TraceSettings; None: no baseline traces
+    trace: TraceMethod | TraceSettings | None = None
     # the anycast service's sites, each also measured at its own unicast addresses,
     # every ``site_every`` intervals: how far each region is from its best site
     sites: Annotated[list[Site], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
@@ -210,6 +225,13 @@ class DnsTarget(
                 raise ValueError(f"{field} lists a value twice: {seen}")
         _pin_family(self)
         _check_sites(self)
+        if isinstance(self.trace, str):
+            msgspec.structs.force_setattr(self, "trace", TraceSettings(method=self.trace))
+        if self.trace is not None:
+            try:
+                trace_of(self)
+            except ValueError as exc:
+                raise ValueError(f"trace: {exc}") from None
         if self.rd is None:
             msgspec.structs.force_setattr(self, "rd", self.topology == "resolver")
 
@@ -338,7 +360,7 @@ class TraceTarget(
     name: Name
     topology: Literal["unicast", "anycast", "resolver"]
     server: str  # an IP address, or a host name resolved (A and AAAA) on a schedule
-    method: Literal["udp", "icmp"] = "udp"
+    method: TraceMethod = "udp"
     port: Port = 53
     qname: str = "."
     nsid: bool = True
@@ -354,7 +376,7 @@ class TraceTarget(
     def __post_init__(self) -> None:
         if not is_ip(self.server) and not _HOSTNAME_RE.match(self.server):
             raise ValueError(f"server {self.server!r} is neither an IP address nor a host name")
-        worst = self.max_hops * self.queries_per_hop * self.hop_timeout_s
+        worst = self.timeout
         if worst >= self.interval:
             raise ValueError(
                 f"a trace may take max_hops x queries_per_hop x hop_timeout_s = {worst:g} s: "
@@ -367,6 +389,11 @@ class TraceTarget(
         if len(set(self.families)) != len(self.families):
             raise ValueError(f"families lists a value twice: {self.families}")
         _pin_family(self)
+
+    @property
+    def timeout(self) -> float:
+        """The longest one trace may take: every hop's every query timing out."""
+        return self.max_hops * self.queries_per_hop * self.hop_timeout_s
 
 
 AnyTarget = DnsTarget | HttpTarget | PingTarget | TraceTarget
@@ -412,24 +439,54 @@ def load_targets(path: str | os.PathLike[str]) -> list[AnyTarget]:
 
 
 def derived_targets(targets: list[AnyTarget]) -> list[AnyTarget]:
-    """Targets measured because another target asks for them: a DNS target's ``ping``.
+    """Targets measured because another target asks for them: a DNS target's ``ping``
+    and ``trace``.
 
-    The ping target has the DNS target's name, so the two kinds of points share the
-    ``target`` tag, and its server, topology, provider, families, interval and timeout;
-    over tcp it connects to the DNS ``port``.
+    Each has the DNS target's name, so the kinds' points share the ``target`` tag, and
+    its server, topology, provider and families. The ping target has its interval and
+    timeout too, and over tcp connects to the DNS ``port``. The trace target follows the
+    ``trace`` settings; by udp it sends the target's first query to ``port`` (with NSID
+    when the target identifies its sites by NSID).
     """
-    return [
-        PingTarget(
-            name=t.name,
-            topology=t.topology,
-            server=t.server,
-            method=t.ping,
-            port=t.port,
-            provider=t.provider,
-            families=list(t.families),
-            interval=t.interval,
-            timeout=t.timeout,
-        )
-        for t in targets
-        if isinstance(t, DnsTarget) and t.ping is not None
-    ]
+    out: list[AnyTarget] = []
+    for t in targets:
+        if not isinstance(t, DnsTarget):
+            continue
+        if t.ping is not None:
+            out.append(
+                PingTarget(
+                    name=t.name,
+                    topology=t.topology,
+                    server=t.server,
+                    method=t.ping,
+                    port=t.port,
+                    provider=t.provider,
+                    families=list(t.families),
+                    interval=t.interval,
+                    timeout=t.timeout,
+                )
+            )
+        if t.trace is not None:
+            out.append(trace_of(t))
+    return out
+
+
+def trace_of(t: DnsTarget) -> TraceTarget:
+    """The trace of a DNS target's path: its name, server, port, families and first
+    query, by its ``trace`` settings (udp, every 900 s, when it has none)."""
+    how = t.trace if isinstance(t.trace, TraceSettings) else TraceSettings()
+    return TraceTarget(
+        name=t.name,
+        topology=t.topology,
+        server=t.server,
+        method=how.method,
+        port=t.port,
+        qname=t.queries[0].qname,
+        nsid=t.identify == "nsid",
+        provider=t.provider,
+        families=list(t.families),
+        max_hops=how.max_hops,
+        queries_per_hop=how.queries_per_hop,
+        hop_timeout_s=how.hop_timeout_s,
+        interval=how.every,
+    )

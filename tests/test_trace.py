@@ -13,10 +13,13 @@ import shutil
 import stat
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from support.paths import LOOP_V4, LOOP_V6, SILENT_V4, SILENT_V6, Paths
 
@@ -169,3 +172,98 @@ def test_uid_10001_with_no_capabilities_traces(paths: Paths, reachable: None, me
     r = trace(paths, method, paths.dst_v6, "--hop-timeout", "0.5", user=True)
     assert r["reached"] is True and len(r["hops"]) == 4, r
     assert r["timestamping"] == "kernel"
+
+
+def _pin(paths: Paths, family: int, via: str | None) -> None:
+    """r1's route to dst, and r3's back (r3 answers from its link toward us), through
+    ``via`` (ra or rb) alone, or (None) both again."""
+    fam, dst, back = (
+        ("-4", "10.77.6.0/24", "10.77.0.0/16") if family == 4 else
+        ("-6", "fd00:77:0:6::/64", "fd00:77::/32")
+    )  # fmt: skip
+    addr = paths.v4 if family == 4 else paths.v6
+    for node, to, hops in (
+        ("r1", dst, {"ra": ["via", addr(2, "ra")], "rb": ["via", addr(3, "rb")]}),
+        ("r3", back, {"ra": ["via", addr(4, "ra")], "rb": ["via", addr(5, "rb")]}),
+    ):
+        spec = ["nexthop", *hops["ra"], "nexthop", *hops["rb"]] if via is None else hops[via]
+        paths.ip(node, fam, "route", "replace", to, *spec)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+async def test_a_changed_path_is_a_path_event_that_says_where(
+    paths: Paths, influx: Any, family: int
+) -> None:
+    """Traced through ra, then (r1's route moved) through rb: written as the collector
+    writes them, read back from a real InfluxDB, the second trace is a ``path`` event
+    from the first's path_id to its own, changed after hop 1 (r1) and still ending at
+    dst; ``last_before`` finds the first as the second's baseline, and the difference
+    names the routers added and gone; a third trace on the same path is no event, and a
+    move back counts as a second flap."""
+    from collector.alerts import paths as pathmod
+    from collector.identity import Identity
+    from collector.kinds import to_line
+    from collector.store.influxql import InfluxQL
+    from probe.wire import TraceRecord
+
+    dst = paths.dst_v4 if family == 4 else paths.dst_v6
+    addr = paths.v4 if family == 4 else paths.v6
+    who = Identity(probe="p1", region="ap", country="IN")
+    db = f"paths{family}"
+    influx.query(f'CREATE DATABASE "{db}"')
+
+    def traced(via: str) -> TraceRecord:
+        _pin(paths, family, via)
+        r = trace(paths, "udp", dst, "--queries-per-hop", "2", "--hop-timeout", "0.5")
+        record = msgspec.convert(r, TraceRecord)
+        assert record.hops[1].addr == (addr(2, "ra") if via == "ra" else addr(3, "rb")), r
+        body = to_line(record, who).encode()
+        q = urllib.parse.urlencode({"db": db, "precision": "ns"})
+        req = urllib.request.Request(f"{influx.url}/write?{q}", data=body)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 204
+        return record
+
+    follow = pathmod.Baselines()
+    try:
+        async with InfluxQL(influx.url, db) as q:
+            first = traced("ra")
+            assert await follow.update(q, first.ts + 1000, 0) == []  # the first: no news
+            second = traced("rb")
+            [event] = await follow.update(q, second.ts + 1000, 0)
+            third = traced("rb")
+            assert await follow.update(q, third.ts + 1000, 0) == []
+            back = traced("ra")
+            [again] = await follow.update(q, back.ts + 1000, 0)
+            base = await pathmod.last_before(q, "p1", first.target, second.ts)
+    finally:
+        _pin(paths, family, None)
+    assert (event.kind, event.probe, event.region, event.family) == (
+        "path",
+        "p1",
+        "ap",
+        str(family),
+    )
+    assert (event.from_path, event.to_path) == (first.path_id, second.path_id)
+    assert first.path_id != second.path_id
+    assert event.after_hop == 1 and event.flaps_1h == 1 and again.flaps_1h == 2
+    assert event.message == (
+        f"ap (p1, IPv{family}): path changed after hop 1 ({addr(1, 'r1')}); still ends at {dst}"
+    ), event.message
+    [(key, before)] = base.items()
+    assert key == (str(family), "udp") and before.path_id == first.path_id
+    assert [h.addr for h in before.hops] == [h.addr for h in first.hops]
+    d = pathmod.compare(
+        before,
+        pathmod.Trace(
+            before.key,
+            second.ts,
+            second.path_id,
+            True,
+            "",
+            tuple(pathmod.Hop(h.ttl, h.addr, None) for h in second.hops),
+        ),
+    )
+    # rb, and r3 answering from its link toward rb, for ra and r3's link toward ra
+    added, gone = (addr(3, "rb"), addr(5, "r3")), (addr(2, "ra"), addr(4, "r3"))
+    assert (d.after, d.added, d.gone) == (1, added, gone), d

@@ -55,7 +55,7 @@ def _serials(kind: str, topology: str) -> bool:
 class Event:
     """One point of the ``event`` measurement."""
 
-    kind: str  # "catchment" or "serial"
+    kind: str  # "catchment", "serial" or "path" (collector/alerts/paths.py)
     ts: int  # the first answer from the new site, or with the new serial
     probe: str
     region: str
@@ -68,6 +68,13 @@ class Event:
     serial: int | None = None
     lag_s: float | None = None  # newest serial first seen anywhere -> first seen here
     message: str = ""
+    family: str = ""  # path: the trace's address family
+    from_path: str = ""  # path: the path_id before, and now
+    to_path: str = ""
+    after_hop: int | None = None  # path: hops in common from the start
+    grew_ms: float | None = None  # path: the end of the path's round trip, now - before
+    grew_from_hop: int | None = None  # path: the hop from which it grew
+    ask: str = ""  # path: the ask that traced it ("" for a scheduled trace)
 
     def to_line(self) -> str:
         tags = {
@@ -77,6 +84,8 @@ class Event:
             "target": self.target,
             "from_site": self.from_site,
             "to_site": self.to_site,
+            "family": self.family,
+            "ask": self.ask,
         }
         fields: dict[str, FieldValue | None] = {
             "outage_ms": self.outage_ms,
@@ -85,6 +94,11 @@ class Event:
             "serial": self.serial,
             "lag_s": self.lag_s,
             "message": self.message,
+            "from_path": self.from_path or None,
+            "to_path": self.to_path or None,
+            "after_hop": self.after_hop,
+            "grew_ms": self.grew_ms,
+            "grew_from_hop": self.grew_from_hop,
         }
         return line("event", tags, {k: v for k, v in fields.items() if v is not None}, self.ts)
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from collector.alerts.check import check, parse_time
 from collector.alerts.engine import Engine, Writer, notifiers_for
 from collector.alerts.inflation import Sites
+from collector.alerts.tracing import Asker
 from collector.config import CollectorConfig, ConfigError, load_config
 from collector.store.influxql import InfluxQL
 from probe.targets import DnsTarget, load_targets
@@ -55,11 +56,14 @@ async def evaluator(
     registered: Callable[[], dict[str, str]] | None = None,
     served: Callable[[], set[str] | None] | None = None,
     sites: Callable[[], Mapping[str, Sites]] | None = None,
+    asker: Asker | None = None,
+    traced: Callable[[], Mapping[str, dict[str, object]]] | None = None,
 ) -> AsyncIterator[Engine | None]:
     """The alert engine, evaluating until the block ends (None when ``alerts.enabled``
     is false). Its points go to ``writer``, the collector's sink; ``registered`` gives
     the active probes and their regions, ``served`` the targets served to them, ``sites``
-    the served anycast targets' sites."""
+    the served anycast targets' sites, ``asker`` and ``traced`` the traces on alert
+    (collector.alerts.tracing)."""
     if not cfg.alerts.enabled:
         yield None
         return
@@ -82,6 +86,8 @@ async def evaluator(
             served=served,
             holder=holder_of(cfg),
             sites=sites,
+            asker=asker,
+            traced=traced,
         ) as engine,
     ):
         task = asyncio.get_running_loop().create_task(engine.run(stop), name="alert-engine")

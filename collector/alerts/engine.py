@@ -33,17 +33,27 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from collector.alerts import inflation, metrics
+from collector.alerts import inflation, metrics, paths
 from collector.alerts.anycast import LOOKBACK_S, SETTLE_S, Catchments, Event, Serials
 from collector.alerts.config import AlertsConfig, TargetSettings, settings_for
 from collector.alerts.inflation import Figure, Sites
 from collector.alerts.lease import LOG_LOOKBACK_S, Lease, delivered, hook_id, log_line
 from collector.alerts.notify import Alertmanager, Notice, Notifier, Webhook, fingerprint
 from collector.alerts.rollup import BASELINE_S, BUCKET_S, Rollups, bucket_of
-from collector.alerts.rules import RULES, Condition, Firing, Inputs, Labels, annotate, assess
+from collector.alerts.rules import (
+    BY_ALERTNAME,
+    RULES,
+    Condition,
+    Firing,
+    Inputs,
+    Labels,
+    annotate,
+    assess,
+)
 from collector.alerts.rules.inflation import RULE as INFLATION
 from collector.alerts.state import Change, States, Tracked, message, to_line
-from collector.alerts.window import NS, fetch
+from collector.alerts.tracing import CATCHMENT_LEAD_S, Asker, Evidence, Tracing
+from collector.alerts.window import NS, Snapshot, fetch
 from collector.store.influxql import InfluxQL, QueryError
 
 log = logging.getLogger("popwatch.collector.alerts")
@@ -102,6 +112,9 @@ class Engine:
     report). ``served``: the targets the collector serves to every probe (None: it
     serves none, or it is not known). ``holder``: this evaluator's name in the webhook
     lease, the same across its restarts (so a restarted one takes its lease back).
+    ``asker`` makes an ask (collector.asks' board) and ``traced`` gives each served
+    target's trace spec: with both, a regional alert that fires asks for traces
+    (:mod:`collector.alerts.tracing`).
     """
 
     def __init__(
@@ -115,6 +128,8 @@ class Engine:
         served: Callable[[], set[str] | None] | None = None,
         holder: str | None = None,
         sites: Callable[[], Mapping[str, Sites]] | None = None,
+        asker: Asker | None = None,
+        traced: Callable[[], Mapping[str, dict[str, object]]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.influx = influx
@@ -145,6 +160,14 @@ class Engine:
         #: webhooks must have been told
         self.recent: dict[Labels, tuple[str, int, Tracked]] = {}
         self._log_of: dict[tuple[str, str], tuple[str, int]] = {}  # the delivery log
+        self.baselines = paths.Baselines()
+        self.tracing = (
+            Tracing(influx, asker, traced, self._lead_s)
+            if asker is not None and traced is not None and not dry
+            else None
+        )
+        #: what each firing alert's traces said (its path annotations)
+        self.evidence: dict[Labels, Evidence] = {}
 
     async def __aenter__(self) -> Engine:
         for n in self.notifiers:
@@ -206,6 +229,7 @@ class Engine:
         until = at - SETTLE_S * NS
         events = self.catchments.update(snap, until)
         events += self.serials.update(snap, until)
+        events += await self._path_events(at)
         providers = {s.target: s.provider for s in snap.series.values()}
         serials = self.serials.newest(
             snap, lambda t: self.settings(t, "anycast", providers.get(t, "")).quorum
@@ -250,6 +274,8 @@ class Engine:
             self._notify(changes)
         if not self.dry:
             await self._deliver_webhooks(at, changes)
+        if self.tracing is not None:
+            await self._trace(changes, snap, at)
         for rule in RULES:
             name = rule.alertname
             metrics.FIRING.labels(name).set(sum(1 for a in self.states.firing() if a.rule == name))
@@ -257,6 +283,84 @@ class Engine:
         metrics.EVALUATION_SECONDS.observe(seconds)
         holding = [c for c in conditions if c.holds]
         return StepResult(at, holding, changes, events, seconds, self.influx.take_seconds())
+
+    def _lead_s(self, alertname: str) -> float:
+        """How long before an alert's pending its onset is: its rule's window."""
+        rule = BY_ALERTNAME.get(alertname)
+        window = getattr(rule.of(self.cfg.rules), "window_s", None) if rule else None
+        return float(window) if window else CATCHMENT_LEAD_S
+
+    async def _path_events(self, at: int) -> list[Event]:
+        """The scheduled traces since the last evaluation: their path changes."""
+        if self.dry:
+            return []
+        try:
+            return await self.baselines.update(self.influx, at, SETTLE_S * NS)
+        except (QueryError, TimeoutError) as exc:  # the other rules go on without it
+            log.warning("alert engine: traces not read this cycle: %s", exc)
+            return []
+
+    async def _trace(self, changes: list[Change], snap: Snapshot, at: int) -> None:
+        """Ask for the traces of the alerts that fired; the evidence of those whose
+        traces are in, into their annotations, a follow-up and ``path`` events."""
+        assert self.tracing is not None
+        firing = {a.labels: a for a in self.states.firing()}
+        busy = {
+            (p, dict(a.labels).get("target", ""))
+            for a in firing.values()
+            for p in (a.condition.probes if a.condition else ())
+        }
+        found: list[Evidence] = []
+        for c in changes:
+            if c.state == "resolved":
+                self.tracing.forget(c.alert.labels)
+                ev = self.evidence.pop(c.alert.labels, None)
+                if ev is not None and ev.traces:
+                    self._follow_up([(c.alert, ev)], "resolved")
+            elif (ev := await self.tracing.fired(c.alert, at, snap, busy)) is not None:
+                found.append(ev)
+        found += await self.tracing.collect(at)
+        lines, fresh = [], []
+        for ev in found:
+            alert = firing.get(ev.labels)
+            if alert is None:  # resolved while its traces were taken
+                continue
+            self.evidence[ev.labels] = ev
+            lines += [e.to_line() for e in ev.events]
+            if ev.traces:  # a follow-up that says "not traced" would be noise
+                fresh.append((alert, ev))
+            log.info("alert %s path: %s", alert.rule, " | ".join(ev.annotations.values()))
+        await self._write(lines)
+        if fresh:
+            self._follow_up(fresh, "firing")
+            # the alert itself again, with its path annotations (Alertmanager keeps the
+            # newest; the follow-up is what makes a receiver hear of them)
+            self._notify([Change(a, "firing", a.since) for a, _ in fresh])
+
+    def follow_up(self, a: Tracked, ev: Evidence, state: str, wall: float) -> Notice:
+        """The follow-up alert of ``a``'s path evidence: ``alertname`` ``path``, the
+        alert's other labels, ``alert`` its rule."""
+        labels = {**dict(a.labels), "alertname": "path", "alert": a.rule, "severity": "info"}
+        annotations = {"summary": ev.annotations.get("path", ""), **ev.annotations}
+        if a.condition is not None:
+            annotations["alert_summary"] = a.condition.summary
+        link = self.link(dict(a.labels), a.since, None if state == "firing" else wall)
+        return Notice(
+            status=state,
+            labels=labels,
+            annotations=annotations,
+            starts_at=ev.at / NS,
+            resolved_at=wall if state == "resolved" else None,
+            generator_url=link,
+        )
+
+    def _follow_up(self, pairs: list[tuple[Tracked, Evidence]], state: str) -> None:
+        wall = time.time()
+        notices = [self.follow_up(a, ev, state, wall) for a, ev in pairs]
+        deliver = self.lease is None or self.lease.held
+        for n in self.notifiers:
+            if deliver or not isinstance(n, Webhook):
+                n.submit(notices, change=True)
 
     async def _inflation(self, at: int) -> list[Figure]:
         """The inflation figures of the anycast targets that list their sites."""
@@ -319,6 +423,8 @@ class Engine:
         annotations = annotate(a.condition) if a.condition is not None else {}
         if a.condition is not None:
             annotations["summary"] = message(a, state)
+        if (ev := self.evidence.get(a.labels)) is not None:
+            annotations.update(ev.annotations)
         link = self.link(labels, a.since, None if state == "firing" else wall)
         if link:
             annotations["dashboard"] = link
@@ -408,7 +514,13 @@ class Engine:
         if not force and wall - self._last_resend < self.cfg.resend_s:
             return
         self._last_resend = wall
-        notices = [self.notice(a, "firing", wall) for a in self.states.firing()]
+        firing = self.states.firing()
+        notices = [self.notice(a, "firing", wall) for a in firing]
+        notices += [
+            self.follow_up(a, ev, "firing", wall)
+            for a in firing
+            if (ev := self.evidence.get(a.labels)) is not None and ev.traces
+        ]
         for n in self.notifiers:
             n.submit(notices, change=False)
 

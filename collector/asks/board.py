@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
+import msgspec
 from prometheus_client import Gauge
 
 from collector.asks import drill
@@ -118,6 +119,42 @@ class Board:
         return self.commands_for(probe, have)
 
     # ------------------------------------------------------------ the store
+
+    async def make(
+        self,
+        ask_id: str,
+        operator: str,
+        kind: str,
+        spec: dict[str, Any],
+        probes: list[str],
+        created_at: int,
+    ) -> Ask:
+        """An ask the collector makes itself (the alert engine's traces, ``operator``
+        names it): one round of ``spec`` (a target spec of ``kind``) on ``probes``, kept
+        and handed out as any ask. The same ``ask_id`` twice (two evaluators) is one ask.
+        Raises ``ValueError`` for a spec its kind refuses, ``SinkUnavailable``."""
+        askable = BY_NAME[kind].ask
+        if askable is None:
+            raise ValueError(f"{kind} cannot be asked for")
+        target = msgspec.convert(spec, askable.target_type, strict=True)
+        ask = Ask(
+            id=ask_id,
+            operator=operator,
+            kind=kind,
+            target=askable.host(target),
+            spec=spec,
+            host=askable.host(target),
+            count=1,
+            interval_s=1.0,
+            timeout_s=float(getattr(target, "timeout", 5.0)),
+            series=askable.series(target),
+            probes=probes,
+            created_at=created_at,
+        )
+        if ask.id not in self.asks:
+            await self.write(ask)
+            self.add(ask)
+        return ask
 
     async def write(self, ask: Ask) -> None:
         """Keep ``ask`` in the ``ask`` measurement (raises ``SinkUnavailable``)."""

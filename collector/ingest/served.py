@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from probe.configfile import ConfigError
-from probe.targets import DnsTarget, Site, load_targets
+from probe.targets import DnsTarget, Site, TraceTarget, load_targets, trace_of
 
 log = logging.getLogger("popwatch.collector")
 
@@ -42,6 +42,7 @@ class ServedTargets:
         self._fault: str | None = None
         self._names: frozenset[str] = frozenset()
         self._sites: dict[str, tuple[tuple[Site, ...], float]] = {}
+        self._traces: dict[str, dict[str, object]] = {}
         self._lock = asyncio.Lock()
         self._refresh()  # at once: a list that loads now is served even if an edit breaks it
 
@@ -75,6 +76,12 @@ class ServedTargets:
         """The anycast targets served now that list their sites: name -> (the sites,
         how often each is measured, in seconds: interval x site_every)."""
         return dict(self._sites)
+
+    def traces(self) -> dict[str, dict[str, object]]:
+        """Each target served now as the spec of a trace of its path (a ``kind: trace``
+        target's own, a DNS target's by its ``trace`` method, udp when it has none):
+        what the alert engine asks for when an alert on it fires."""
+        return dict(self._traces)
 
     def _refresh(self) -> None:
         """Load the file again if it changed since the last look (at start)."""
@@ -116,6 +123,9 @@ class ServedTargets:
                 for t in targets
                 if isinstance(t, DnsTarget) and t.sites
             }
+            dns = {t.name: trace_of(t) for t in targets if isinstance(t, DnsTarget)}
+            traced = {t.name: t for t in targets if isinstance(t, TraceTarget)}
+            self._traces = {n: msgspec.to_builtins(t) for n, t in {**dns, **traced}.items()}
 
 
 __all__ = ["ServedTargets"]

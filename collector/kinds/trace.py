@@ -9,12 +9,22 @@ trace's time.
 
 from __future__ import annotations
 
+import argparse
 import statistics
-from typing import Final
+from typing import Any, Final
 
 from collector.identity import Identity
-from collector.kinds.base import IDENTITY_TAGS, Kind, record_tags, text
+from collector.kinds.base import (
+    IDENTITY_TAGS,
+    Askable,
+    Kind,
+    ask_name,
+    ask_options,
+    record_tags,
+    text,
+)
 from collector.store.lineproto import FieldValue, line
+from probe.targets import TraceTarget
 from probe.wire import TraceRecord
 
 
@@ -52,6 +62,58 @@ def _trace_lines(r: TraceRecord, who: Identity) -> str:
     return "\n".join(out)
 
 
+def _ask_spec(target: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A TraceTarget spec from an ask: the target is the server; options are its keys
+    (``method``, ``port``, ``qname``, ``nsid``, ``max_hops``, ``queries_per_hop``,
+    ``hop_timeout_s``)."""
+    opts = ask_options(options)
+    return {
+        "name": ask_name(target),
+        "topology": opts.pop("topology", "unicast"),
+        "server": target,
+        "interval": 3600,  # never scheduled: the ask's count and interval_s say when
+        **opts,
+    }
+
+
+def _ask_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=("udp", "icmp"), help="a DNS query (default) or echo")
+    p.add_argument("--port", type=int, help="the DNS port for --method udp (default 53)")
+    p.add_argument("--qname", help="the name the udp trace's query asks (default '.')")
+    p.add_argument("--max-hops", type=int, dest="max_hops", help="TTLs tried (default 30)")
+    p.add_argument(
+        "--queries-per-hop", type=int, dest="queries_per_hop", help="per TTL (default 3)"
+    )
+    p.add_argument(
+        "--hop-timeout", type=float, dest="hop_timeout_s", help="seconds per query (default 1)"
+    )
+
+
+def _ask_options(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("method", "port", "qname", "max_hops", "queries_per_hop", "hop_timeout_s")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+ASK: Final = Askable(
+    target_type=TraceTarget,
+    spec=_ask_spec,
+    host=lambda t: t.server,
+    series=lambda t: len(t.families),
+    add_arguments=_ask_arguments,
+    options=_ask_options,
+    columns=(
+        ("hop", 4, "hop"),
+        ("addr", 26, "addr"),
+        ("rtt_ms", 9, "rtt_ms"),
+        ("loss", 5, "loss"),
+        ("hops", 5, "hops"),
+        ("site", 8, "site"),
+        ("path_id", 17, "path_id"),
+    ),
+    value="hops",  # a summary row's: the median path length per region
+    example="trace 198.51.100.53 --method udp --qname example.com",
+)
+
 KIND: Final = Kind(
     name="trace",
     record=TraceRecord,
@@ -69,6 +131,7 @@ KIND: Final = Kind(
     ),
     fields=("addr", "rtt_ms", "loss", "answered", "path_id", "hops", "reached", "site", "error"),
     to_line=_trace_lines,
+    ask=ASK,
 )
 
 __all__ = ["KIND"]

@@ -15,10 +15,15 @@ from collector.kinds.base import words
 
 #: measurement -> (tags, fields) of what the alert engine writes
 ENGINE: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
-    # kind drill (and the ask tag, flips): a failover drill's site changes (collector/asks)
+    # kind drill (and the ask tag, flips): a failover drill's site changes (collector/asks);
+    # kind path (family, the path fields): a trace's path against the one before
+    # (collector/alerts/paths.py)
     "event": (
-        words("kind probe region target from_site to_site ask"),
-        words("outage_ms lost flaps_1h flips serial lag_s message"),
+        words("kind probe region target family from_site to_site ask"),
+        words(
+            "outage_ms lost flaps_1h flips serial lag_s message from_path to_path after_hop "
+            "grew_ms grew_from_hop"
+        ),
     ),
     "alert": (
         words("rule severity region target topology probe site state"),

@@ -82,7 +82,7 @@ class TraceJob:
         setf(self, "family", 6 if ":" in address else 4)
         setf(self, "transport", t.method)
         setf(self, "key", f"trace|{t.name}|{address}|{t.method}")
-        setf(self, "deadline", t.max_hops * t.queries_per_hop * t.hop_timeout_s + 5.0)
+        setf(self, "deadline", t.timeout + 5.0)
         setf(
             self,
             "base",
