@@ -92,6 +92,44 @@ def alert_bodies() -> list[dict[str, Any]]:
         return [a for a in json.load(r) if a["status"]["state"] == "active"]
 
 
+def path_of(alertname: str, region: str, target: str) -> dict[str, str] | None:
+    """The path annotations of an alert Alertmanager holds, once its traces are in."""
+    for a in alert_bodies():
+        labels = a["labels"]
+        if (labels["alertname"], labels.get("region"), labels.get("target")) == (
+            alertname, region, target,
+        ) and "path_control" in a["annotations"]:  # fmt: skip
+            annotations: dict[str, str] = a["annotations"]
+            return annotations
+    return None
+
+
+def wait_baselines(lead_s: float = 35) -> None:
+    """Until every probe has a scheduled trace of the anycast target, in each family,
+    older than ``lead_s``: what an alert's trace is compared with (the last one from
+    before its onset, at most 30 s before it was pending)."""
+    q = (
+        "SELECT count(path_id) FROM trace WHERE target = 'anycast' AND ask = '' AND hop = '' "  # noqa: S608 - a number
+        f"AND time < now() - {int(lead_s)}s GROUP BY probe, family"
+    )
+
+    def ready() -> bool:
+        rows = query(q)
+        return len({(r["probe"], r["family"]) for r in rows if r["count"]}) == 2 * len(
+            WORLD.regions
+        )
+
+    wait_for(f"a trace of every path older than {lead_s:g} s", ready, 120, every=2)
+
+
+def assert_control_unchanged(annotations: dict[str, str], sick: set[str]) -> None:
+    """The control's traces, from a region outside ``sick``: their path unchanged."""
+    for said in annotations["path_control"].split(" | "):
+        region = said.split(" ", 1)[0]
+        assert region in WORLD.region_names and region not in sick, annotations
+        assert "control): path unchanged (3 hops, ends at " in said, annotations
+
+
 def regional(region: str) -> list[dict[str, str]]:
     return [a for a in alerts() if a["alertname"] in REGIONAL and a.get("region") == region]
 
@@ -404,6 +442,7 @@ def test_degrade_alerts_for_that_sites_regions_only(the_lab: Lab) -> None:
     resolved, firing every 8 to 20 s); all resolves after ``restore``."""
     served = {r for r, s in WORLD.catchment(set(WORLD.site_names)).items() if s == "iad"}
     assert served == {"us-east", "sa-east"}
+    wait_baselines()
     started = time.time()
     lab("degrade", "iad", "--delay", "150", "--loss", "0.05")
     try:
@@ -419,6 +458,19 @@ def test_degrade_alerts_for_that_sites_regions_only(the_lab: Lab) -> None:
         assert latency == served, firing
         for region in set(WORLD.region_names) - served:
             assert not regional(region), (region, alerts())
+        # the traces taken when it fired: same path, 150 ms more from hop 2 (iad's edge,
+        # behind the slow link) to the end; the control, elsewhere, unchanged
+        traced = wait_for(
+            "the us-east latency alert's path difference",
+            lambda: path_of("latency", "us-east", "anycast"),
+            30,
+        )
+        for said in traced["path"].split(" | "):
+            m = re.search(
+                r"path unchanged \(3 hops, ends at iad\); \+([\d.]+) ms from hop 2$", said
+            )
+            assert m and abs(float(m.group(1)) - 150) < 10, traced
+        assert_control_unchanged(traced, served)
         time.sleep(25)
         rows = query("SELECT state, region FROM alert WHERE rule = 'errors' AND $after", started)
     finally:
@@ -463,6 +515,7 @@ def test_fail_moves_the_catchment_and_popwatch_measures_the_outage(
     reaches Alertmanager and the other regions raise none. ``restore sin`` brings ap-south back."""
     region = WORLD.region("ap-south")
     path = tmp_path / "ap-south.pcap"
+    wait_baselines()
     with pcap.capture(path, f"udp and host {ANYCAST_V4}", "bb", netns=region.netns):
         time.sleep(2)
         t_fail = time.time()
@@ -533,6 +586,38 @@ def test_fail_moves_the_catchment_and_popwatch_measures_the_outage(
     )
     assert {a["region"] for a in fired} == {"ap-south"}, fired
     assert not [a for a in alerts() if a.get("region") != "ap-south"], alerts()
+    # its traces: the path leaves at hop 2 (sin's edge, now ams's), and ends at ams
+    traced = wait_for(
+        "the catchment alert's path difference",
+        lambda: path_of("catchment", "ap-south", "anycast"),
+        30,
+    )
+    r1 = WORLD.region("ap-south")
+    ams, sin = WORLD.site("ams"), WORLD.site("sin")
+    for said, backbone, now, was in zip(
+        traced["path"].split(" | "),
+        (r1.bb_v4, r1.bb_v6),
+        (ams.edge_v4, ams.edge_v6),
+        (sin.edge_v4, sin.edge_v6),
+        strict=True,
+    ):
+        assert f"path changed after hop 1 ({backbone}); now ends at ams (was sin)" in said, said
+        assert re.search(r"; \+\d+\.\d ms from hop 2$", said), said
+        assert now not in said and was not in said  # the words name the last common hop
+    assert_control_unchanged(traced, {"ap-south"})
+    rows = query(
+        "SELECT to_site, from_site, after_hop, grew_from_hop, ask FROM event "
+        "WHERE kind = 'path' AND region = 'ap-south' AND $after",
+        t_fail,
+    )
+    asked = [r for r in rows if r.get("ask")]
+    assert {(r["from_site"], r["to_site"], r["after_hop"], r["grew_from_hop"]) for r in asked} == {
+        ("sin", "ams", 1, 2)
+    }, rows
+    follow_up = [a for a in alert_bodies() if a["labels"]["alertname"] == "path"]
+    assert {(a["labels"]["alert"], a["labels"]["region"]) for a in follow_up} >= {
+        ("catchment", "ap-south")
+    }, follow_up
 
     lab("restore", "sin")
     t_restore = time.time()

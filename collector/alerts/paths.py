@@ -175,16 +175,16 @@ class Difference:
 
     now: Trace
     base: Trace | None
-    #: hops in common from the start: the path changed after this hop (0: at the first)
+    #: a hop answered from another address, or the path is longer or shorter, or one
+    #: reached the destination and the other did not
+    changed: bool
+    #: the last hop, before any that differs, both answered from the same address: the
+    #: path changed after it (0: at the first)
     after: int
     added: tuple[str, ...]  # addresses on the path now that were not on it before
     gone: tuple[str, ...]  # addresses on it before that are not now
     grew_ms: float | None  # the end of the path against the end of the baseline's
     grew_from: int | None  # the hop from which every hop is GROW_MS slower or more
-
-    @property
-    def changed(self) -> bool:
-        return self.base is not None and self.base.path_id != self.now.path_id
 
     def words(self, who: str) -> str:
         """``"ap-south: path changed after hop 2 (198.18.0.1); now ends at ams (was
@@ -200,8 +200,8 @@ class Difference:
             if self.after == 0:
                 text += "at hop 1"
             else:
-                last = base.hops[self.after - 1].addr if self.after <= len(base.hops) else None
-                text += f"after hop {self.after}" + (f" ({last})" if last else "")
+                last = next(h.addr for h in base.hops if h.ttl == self.after)
+                text += f"after hop {self.after} ({last})"
             if not now.reached and base.reached:
                 text += f"; no longer reaches {now.key[5]} (last answer: {now.ends_at})"
             elif now.ends_at != base.ends_at:
@@ -241,26 +241,43 @@ class Difference:
 
 def compare(base: Trace | None, now: Trace) -> Difference:
     """``now`` against ``base`` (None: there is none). Hops are compared by TTL; a hop
-    that did not answer in either trace matches any address there (a lost answer is not
-    a new path)."""
+    that did not answer in either trace matches any address there (a lost answer, or a
+    router that answers one time in two, is not a new path)."""
     if base is None:
-        return Difference(now, None, 0, (), (), None, None)
+        return Difference(now, None, False, 0, (), (), None, None)
     by_ttl_base = {h.ttl: h for h in base.hops}
-    after = 0
-    for h in now.hops:
-        b = by_ttl_base.get(h.ttl)
-        if b is None or (h.addr is not None and b.addr is not None and h.addr != b.addr):
+    by_ttl_now = {h.ttl: h for h in now.hops}
+    after, differs = 0, False
+    for ttl in range(1, max(len(now.hops), len(base.hops)) + 1):
+        h, b = by_ttl_now.get(ttl), by_ttl_base.get(ttl)
+        if h is None or b is None:
+            differs = True
             break
-        after = h.ttl
-    else:
-        if len(base.hops) > len(now.hops):
-            after = len(now.hops)
-    if base.path_id == now.path_id:
-        after = len(now.hops)
-    addrs_now = [h.addr for h in now.hops if h.addr]
-    addrs_base = [h.addr for h in base.hops if h.addr]
-    added = tuple(dict.fromkeys(a for a in addrs_now if a not in addrs_base))
-    gone = tuple(dict.fromkeys(a for a in addrs_base if a not in addrs_now))
+        if h.addr is not None and b.addr is not None:
+            if h.addr != b.addr:
+                differs = True
+                break
+            after = ttl  # the last hop both answered from the same address
+    changed = differs or now.reached != base.reached
+    # an address at a TTL the other trace got no answer at is neither added nor gone
+    quiet_now = {h.ttl for h in now.hops if h.addr is None}
+    quiet_base = {h.ttl for h in base.hops if h.addr is None}
+    addrs_now = {h.addr for h in now.hops if h.addr}
+    addrs_base = {h.addr for h in base.hops if h.addr}
+    added = tuple(
+        dict.fromkeys(
+            h.addr
+            for h in now.hops
+            if h.addr and h.addr not in addrs_base and h.ttl not in quiet_base
+        )
+    )
+    gone = tuple(
+        dict.fromkeys(
+            h.addr
+            for h in base.hops
+            if h.addr and h.addr not in addrs_now and h.ttl not in quiet_now
+        )
+    )
     grew_ms = grew_from = None
     end_now, end_base = now.end, base.end
     if (
@@ -280,12 +297,13 @@ def compare(base: Trace | None, now: Trace) -> Difference:
                 if h.rtt_ms - b.rtt_ms < GROW_MS:
                     break
                 grew_from = h.ttl
-    return Difference(now, base, after, added, gone, grew_ms, grew_from)
+    return Difference(now, base, changed, after, added, gone, grew_ms, grew_from)
 
 
 class Baselines:
     """Every probe's scheduled traces, followed in time: the last one per series, and
-    the ``path`` events of those whose ``path_id`` changed."""
+    the ``path`` events of those whose path changed (:func:`compare`: a hop that did
+    not answer is no change, though it changes the ``path_id``)."""
 
     def __init__(self) -> None:
         self.last: dict[Key, Trace] = {}
@@ -307,7 +325,10 @@ class Baselines:
         for t in traces:
             before = self.last.get(t.key)
             self.last[t.key] = t
-            if before is None or before.path_id == t.path_id:
+            if before is None:
+                continue
+            d = compare(before, t)
+            if not d.changed:
                 continue
             moves = self.moves[t.key]
             moves.append(t.ts)
@@ -315,7 +336,6 @@ class Baselines:
             moves[:] = [m for m in moves if m > cut]
             if first:
                 continue  # what happened before this engine started: known, not news
-            d = compare(before, t)
             events.append(d.event(len(moves), d.words(t.who())))
         return events
 
