@@ -1,4 +1,4 @@
-"""The six popwatch dashboards: one module per dashboard, each with a ``build()`` that
+"""The seven popwatch dashboards: one module per dashboard, each with a ``build()`` that
 returns its :class:`Board`, and this table of them.
 
 Every panel's queries are InfluxQL built with :mod:`dashboards.influxql` (over the
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from dashboards import catchment, fleet, overview, propagation, region, ttfb
+from dashboards import catchment, fleet, overview, paths, propagation, region, ttfb
 from dashboards.board import Board
 
 #: file name (without .json) -> the function that builds it
@@ -22,4 +22,5 @@ DASHBOARDS: Final[dict[str, Callable[[], Board]]] = {
     "propagation": propagation.build,
     "ttfb": ttfb.build,
     "fleet": fleet.build,
+    "paths": paths.build,
 }

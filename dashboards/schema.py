@@ -7,7 +7,7 @@ from typing import Final, Literal
 
 from collector.store.schema import SCHEMA, fields, tags
 
-Measurement = Literal["dns", "http", "ping", "probe", "event", "alert", "inflation"]
+Measurement = Literal["dns", "http", "ping", "trace", "probe", "event", "alert", "inflation"]
 
 Variable = Literal["region", "target", "topology", "provider", "probe", "qname"]
 

@@ -157,7 +157,7 @@ class TraceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     """A DNS target's ``trace``: how its path is traced, and how often (``every``)."""
 
     method: TraceMethod = "udp"
-    every: Annotated[float, msgspec.Meta(ge=10, le=86400)] = 900.0
+    every: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 900.0
     max_hops: Annotated[int, msgspec.Meta(ge=1, le=64)] = 30
     queries_per_hop: Annotated[int, msgspec.Meta(ge=1, le=16)] = 3
     hop_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 1.0

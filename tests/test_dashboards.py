@@ -178,6 +178,10 @@ def test_the_issues_panels_exist_with_the_sdk_panel_types() -> None:
         "HTTP versions",
     } <= set(titles["ttfb"])
     assert {"Probes", "Dropped and rejected", "Sick probes"} <= set(titles["fleet"])
+    assert titles["paths"]["Hops"] == "table"
+    assert titles["paths"]["Path per probe"] == "state-timeline"
+    assert titles["paths"]["Round trip per hop"] == "timeseries"
+    assert titles["paths"]["Path changes"] == "table"
     geomap = next(p for p in committed()["overview"]["panels"] if p["type"] == "geomap")
     assert all(t["resultFormat"] == "table" for t in geomap["targets"])
     assert geomap["options"]["layers"][0]["location"] == {

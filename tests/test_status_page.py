@@ -27,7 +27,10 @@ from support import servers
 from support.influx import InfluxDB
 from support.procs import Collector, register
 
+from collector.alerts.anycast import Event
 from collector.alerts.inflation import Figure
+from collector.alerts.rules.base import labels
+from collector.alerts.tracing import ask_id
 
 DB = "status"
 CHROMIUM = shutil.which("chromium")
@@ -144,6 +147,13 @@ def heartbeat(ts: int) -> dict[str, Any]:
     }
 
 
+PATH_WORDS = (
+    "eu-west (p-fra-1, IPv4): path changed after hop 2 (192.0.2.1); now ends at pop-iad1 "
+    "(was pop-fra1); +70.0 ms from hop 3"
+)
+CONTROL_WORDS = "us-east (p-iad-1, IPv4, control): path unchanged (4 hops, ends at pop-iad1)"
+
+
 def seed_alerts(influx: InfluxDB, now: int) -> None:
     """A latency alert firing in eu-west; one in us-east that fired and resolved; the
     quiet probe's silence alert firing."""
@@ -182,6 +192,18 @@ def seed_alerts(influx: InfluxDB, now: int) -> None:
                     sites=2,
                 ).to_line()
             )
+    # what the traces the eu-west alert asked for said, as the engine writes it; another
+    # ask's (an alert no longer firing) is not shown
+    fired = labels(alertname="latency", severity="critical", region="eu-west", target="ns-anycast")
+    for ask, probe, region, message in (
+        (ask_id(fired, now - 20 * 10**9), "p-fra-1", "eu-west", PATH_WORDS),
+        (ask_id(fired, now - 20 * 10**9), "p-iad-1", "us-east", CONTROL_WORDS),
+        ("0123456789abcdef", "p-fra-1", "eu-west", "eu-west (p-fra-1, IPv4): an old one"),
+    ):
+        lines.append(
+            Event("path", now - 15 * 10**9, probe, region, "ns-anycast", message=message,
+                  family="4", ask=ask).to_line()
+        )  # fmt: skip
     query = urllib.parse.urlencode({"db": DB})
     req = urllib.request.Request(f"{influx.url}/write?{query}", data="\n".join(lines).encode())
     with urllib.request.urlopen(req, timeout=10) as r:
@@ -275,6 +297,8 @@ def test_status_json_holds_what_the_page_shows(collector: Collector) -> None:
         ("latency", "eu-west", "ns-anycast"),
         ("silence", "us-east", ""),
     ]
+    # the path difference its traces found: the alert's probe first, the control last
+    assert [a["path"] for a in d["alerts"]] == [[PATH_WORDS, CONTROL_WORDS], []]
 
 
 def test_the_page_is_on_the_admin_listener_only(collector: Collector) -> None:
@@ -337,6 +361,8 @@ def test_the_page_in_chromium_shows_regions_sites_and_the_firing_alert(
         "Anycast inflation per region",
         "35.0 ms",
         "1 of 2",
+        PATH_WORDS,
+        CONTROL_WORDS,
     ):
         assert text in dom, text
     assert "us-east slow" not in dom

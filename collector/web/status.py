@@ -16,6 +16,9 @@ import time
 from collections import defaultdict
 from typing import Any, Final
 
+from collector.alerts.rules.base import labels
+from collector.alerts.state import TAGS as ALERT_TAGS
+from collector.alerts.tracing import ask_id
 from collector.kinds import Kind, feeding
 from collector.store.influxql import InfluxQL, Series
 from collector.store.query import Ago, Col, FieldIs, Fn, Select, Tag
@@ -127,7 +130,25 @@ def queries() -> dict[str, list[Select]]:
                     Col("probes"),
                 ),
                 (Ago(ALERT_HISTORY),),
-                group_by=("rule", "severity", "region", "target", "probe", "state"),
+                group_by=(
+                    "rule",
+                    "severity",
+                    "region",
+                    "target",
+                    "topology",
+                    "probe",
+                    "site",
+                    "state",
+                ),
+            )
+        ],
+        # what the traces an alert asked for said (collector/alerts/tracing.py)
+        "paths": [
+            Select(
+                "event",
+                (Fn("last", "message", "message"),),
+                (Ago(ALERT_HISTORY), Tag("kind", "path"), Tag("ask", "", "!=")),
+                group_by=("ask", "probe", "family"),
             )
         ],
     }
@@ -293,8 +314,15 @@ def ttfb(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda x: (x["region"], x["target"]))
 
 
-def firing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The alerts whose latest state change is to firing."""
+def firing(
+    rows: list[dict[str, Any]], paths: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The alerts whose latest state change is to firing, each with what its traces
+    said (``paths``: the ``path`` events of the asks the engine made when it fired; the
+    alert's probes first, the control last)."""
+    said: dict[str, list[str]] = {}
+    for p in sorted(paths or [], key=lambda p: ("control)" in p["message"], p["message"])):
+        said.setdefault(p.get("ask", ""), []).append(p["message"])
     latest: dict[tuple[str, ...], dict[str, Any]] = {}
     for r in sorted(rows, key=lambda r: r["time"]):
         latest[_key(r, "rule", "region", "target", "probe")] = r
@@ -311,11 +339,18 @@ def firing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "baseline": r.get("baseline"),
             "threshold": r.get("threshold"),
             "probes": r.get("probes"),
+            "path": said.get(_ask_of(r), []),
         }
         for r in latest.values()
         if r.get("state") == "firing"
     ]
     return sorted(out, key=lambda a: -a["since_ms"])
+
+
+def _ask_of(row: dict[str, Any]) -> str:
+    """The id of the trace ask an alert's firing made: its labels and instant."""
+    tags = {k: str(row.get(k) or "") for k in ALERT_TAGS}
+    return ask_id(labels(alertname=str(row.get("rule", "")), **tags), int(row["time"]))
 
 
 async def gather(influx: InfluxQL) -> dict[str, Any]:
@@ -327,7 +362,7 @@ async def gather(influx: InfluxQL) -> dict[str, Any]:
     for (name, _), result in zip(flat, results, strict=True):
         got[name] += _rows(result)
     now_ms = int(time.time() * 1000)
-    alerts = firing(got["alerts"])
+    alerts = firing(got["alerts"], got["paths"])
     return {
         "window": WINDOW,
         "generated_ms": now_ms,

@@ -111,7 +111,8 @@ class World:
             targets.write_text(
                 "targets:\n"
                 f"  - {{name: ns-anycast, topology: anycast, provider: acme, server: 127.0.0.1, "
-                f"port: {knots[p.site].port}, sites: [{sites}], site_every: 1, {dns}}}\n"
+                f"port: {knots[p.site].port}, sites: [{sites}], site_every: 1, {dns}, "
+                "trace: {every: 1, max_hops: 2, queries_per_hop: 2, hop_timeout_s: 0.2}}\n"
                 f"  - {{name: ns-unicast, topology: unicast, provider: solo, server: 127.0.0.1, "
                 f"port: {unicast.port}, {dns}}}\n"
                 f"  - {{name: ns-dead, topology: unicast, provider: solo, server: 127.0.0.1, "
@@ -165,8 +166,8 @@ class World:
         self.write(asyncio.run(measure()))
 
     def _enough(self) -> bool:
-        """Every probe has shipped heartbeats, DNS, HTTP and ping records."""
-        for m in ("dns", "http", "ping", "probe"):
+        """Every probe has shipped heartbeats, DNS, HTTP, ping and trace records."""
+        for m in ("dns", "http", "ping", "trace", "probe"):
             try:
                 rows = self.influx.query(f'SELECT count(*) FROM "{m}" GROUP BY "probe"', db=DB)  # noqa: S608
             except RuntimeError:
@@ -187,7 +188,7 @@ class World:
         """An alert and event history in the shape the alert engine writes (a regional
         alert has a topology and no probe; a probe alert a probe and no target): a latency
         alert firing in eu-west, one fired and resolved in us-east, a sick probe, a
-        catchment change and a lagging serial."""
+        catchment change, a lagging serial and a path change."""
         t = self.end_ns - 1_000_000_000
         ms = 1_000_000
         self.write(
@@ -213,6 +214,12 @@ class World:
                 f"target=ns-anycast,to_site=pop-fra1 serial={servers.SERIAL}i,lag_s=42.0,"
                 f'message="pop-fra1 serves {servers.SERIAL}, pop-iad1 {servers.SERIAL + 1}" '
                 f"{t - 500 * ms}",
+                "event,family=4,from_site=pop-fra1,kind=path,probe=p-fra-1,region=eu-west,"
+                'target=ns-anycast,to_site=pop-iad1 from_path="0d3905aa8c3a6344",'
+                'to_path="229482f0eae6ffd9",after_hop=1i,grew_ms=70.5,grew_from_hop=2i,'
+                'flaps_1h=1i,message="eu-west (p-fra-1, IPv4): path changed after hop 1 '
+                '(192.0.2.1); now ends at pop-iad1 (was pop-fra1); +70.5 ms from hop 2" '
+                f"{t - 400 * ms}",
             ]
         )
 
