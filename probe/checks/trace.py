@@ -14,7 +14,8 @@ reads it: no raw socket, no capability.
   ``net.ipv4.ping_group_range``); the destination sends the echo reply.
 
 Round trips are kernel stamps: the query's TX stamp from the error queue (numbered by
-``SOF_TIMESTAMPING_OPT_ID``) to the RX stamp of the ICMP error or of the answer. Where a
+``SOF_TIMESTAMPING_OPT_ID``; taken as it enters the device layer, ``TX_SCHED``) to the
+RX stamp of the ICMP error or of the answer. Where a
 stamp is missing the hop's figures are the user-space clock's, and the record says
 ``timestamping: user``. The trace ends when the destination answers (or says it cannot
 be reached), or at ``max_hops``. ``path_id`` is a hash of the responding addresses in
@@ -47,8 +48,12 @@ _TTL: Final = {4: (socket.IPPROTO_IP, socket.IP_TTL), 6: (socket.IPPROTO_IPV6, 1
 _ORIGIN_ICMP: Final = {2, 3}  # SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6
 _ORIGIN_TIMESTAMPING: Final = 4
 _EE: Final = struct.Struct("IBBBBII")  # struct sock_extended_err
-# SOF_TIMESTAMPING_TX_SOFTWARE | RX_SOFTWARE | SOFTWARE | OPT_ID | OPT_TSONLY
-_STAMP_FLAGS: Final = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 7) | (1 << 11)
+# SOF_TIMESTAMPING_TX_SCHED | RX_SOFTWARE | SOFTWARE | OPT_ID | OPT_TSONLY. The TX stamp
+# is the scheduler's (the query entering the device layer, where a capture of it is also
+# taken), not the driver's (TX_SOFTWARE): on an idle machine the driver's comes several
+# µs after a capture's, the time the capture itself takes over the packet
+# (bench/trace_accuracy.py: 5 to 8 µs short with TX_SOFTWARE, 0.2 to 5 µs long with this)
+_STAMP_FLAGS: Final = (1 << 8) | (1 << 3) | (1 << 4) | (1 << 7) | (1 << 11)
 _ANCBUF: Final = 512
 #: messages read from a queue at one go, at most
 _MAX_READS: Final = 64
