@@ -27,7 +27,7 @@ QType = Literal["A", "AAAA", "NS", "SOA", "TXT", "CNAME", "MX", "CAA", "HTTPS", 
 TransportName = Literal["udp", "tcp", "tls", "https"]
 Identify = Literal["nsid", "chaos", "none"]
 PingMethod = Literal["icmp", "tcp"]
-TraceMethod = Literal["udp", "icmp"]
+TraceMethod = Literal["udp", "icmp", "tcp"]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")]

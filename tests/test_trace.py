@@ -1,7 +1,8 @@
 """The trace check over paths of real router hops (network namespaces, veth links):
 hop addresses, kernel-stamped round trips, the end of the path, over IPv4 and IPv6, by
-UDP (a DNS query) and ICMP; a silent destination, a loop, ECMP; as uid 10001 with every
-capability dropped. The probe runs as ``popwatch-probe once --trace ... --json`` inside
+UDP (a DNS query), ICMP and TCP (SYNs); a silent destination, a loop, ECMP; as uid 10001
+with every capability dropped; a path change as the alert engine reads it back from
+InfluxDB. The probe runs as ``popwatch-probe once --trace ... --json`` inside
 the source namespace.
 """
 
@@ -98,16 +99,19 @@ def routers(paths: Paths, family: int) -> tuple[set[str], set[str], str]:
 
 
 @pytest.mark.parametrize("family", [4, 6])
-@pytest.mark.parametrize("method", ["udp", "icmp"])
+@pytest.mark.parametrize("method", ["udp", "icmp", "tcp"])
 def test_a_trace_names_each_router_and_the_end_of_the_path(
     paths: Paths, method: str, family: int
 ) -> None:
     """src -> r1 -> ra|rb -> r3 -> dst: four hops, each answered by the router at that
     distance (from the address of its link toward us), the last by dst itself; every
-    round trip kernel-stamped, and positive; the path's id the hash of the addresses."""
+    round trip positive, kernel-stamped (tcp: a SYN has no TX stamp, and the record says
+    so); one router at each TTL (one flow, tcp's too: each SYN from the same port); the
+    path's id the hash of the addresses."""
     dst = paths.dst_v4 if family == 4 else paths.dst_v6
     r = trace(paths, method, dst, "--queries-per-hop", "3", "--hop-timeout", "0.5")
-    assert r["reached"] is True and r["timestamping"] == "kernel", r
+    stamps = "user" if method == "tcp" else "kernel"
+    assert r["reached"] is True and r["timestamping"] == stamps, r
     hops = r["hops"]
     assert [h["ttl"] for h in hops] == [1, 2, 3, 4], hops
     addr = paths.v4 if family == 4 else paths.v6
@@ -117,9 +121,9 @@ def test_a_trace_names_each_router_and_the_end_of_the_path(
     assert hops[3]["addr"] == dst
     assert [h.get("kind") for h in hops] == ["time-exceeded"] * 3 + [
         "unreachable" if method == "udp" else "reply"
-    ]  # nothing listens on port 53 at dst: it says port-unreachable
+    ]  # nothing listens on port 53 at dst: it says port-unreachable (tcp: RST)
     for h in hops:
-        assert len(h["rtt_ms"]) == h["sent"] == 3, h
+        assert len(h["rtt_ms"]) == h["sent"] == 3 and not h.get("others"), h
         assert all(0 < v < 50 for v in h["rtt_ms"]), h
     assert len(r["path_id"]) == 16
 
@@ -152,11 +156,12 @@ def test_a_silent_destination_and_a_loop_are_what_the_trace_shows(
 
 def test_each_trace_keeps_one_flow_and_so_one_path_through_ecmp(paths: Paths) -> None:
     """r1 hashes flows over ra and rb. Each trace is one flow (one socket, one source
-    port): all three queries at hop 2 come back from the same router. Across traces
-    (a new port each) both routers are seen."""
+    port; tcp: a socket per SYN, all bound to one port): all three queries at hop 2 come
+    back from the same router. Across traces (a new port each) both routers are seen."""
     seen = set()
-    for _ in range(12):
-        r = trace(paths, "udp", paths.dst_v4, "--max-hops", "2", "--hop-timeout", "0.3")
+    for i in range(24):  # udp and tcp in turn (tcp: one source port for all its SYNs)
+        method = ("udp", "tcp")[i % 2]
+        r = trace(paths, method, paths.dst_v4, "--max-hops", "2", "--hop-timeout", "0.3")
         hop2 = r["hops"][1]
         assert hop2["rtt_ms"] and not hop2.get("others"), hop2  # one router: one flow
         seen.add(hop2["addr"])
@@ -165,13 +170,14 @@ def test_each_trace_keeps_one_flow_and_so_one_path_through_ecmp(paths: Paths) ->
     assert seen == {paths.v4(2, "ra"), paths.v4(3, "rb")}, seen
 
 
-@pytest.mark.parametrize("method", ["udp", "icmp"])
+@pytest.mark.parametrize("method", ["udp", "icmp", "tcp"])
 def test_uid_10001_with_no_capabilities_traces(paths: Paths, reachable: None, method: str) -> None:
     """No raw socket, no capability: a probe running as uid 10001 with an empty
     bounding set traces the same path (ICMP: its group is in ping_group_range)."""
     r = trace(paths, method, paths.dst_v6, "--hop-timeout", "0.5", user=True)
     assert r["reached"] is True and len(r["hops"]) == 4, r
-    assert r["timestamping"] == "kernel"
+    assert all(h.get("addr") for h in r["hops"]), r
+    assert r["timestamping"] == ("user" if method == "tcp" else "kernel")
 
 
 def _pin(paths: Paths, family: int, via: str | None) -> None:

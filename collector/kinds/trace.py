@@ -77,8 +77,10 @@ def _ask_spec(target: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ask_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=("udp", "icmp"), help="a DNS query (default) or echo")
-    p.add_argument("--port", type=int, help="the DNS port for --method udp (default 53)")
+    p.add_argument(
+        "--method", choices=("udp", "icmp", "tcp"), help="a DNS query (default), echo or SYN"
+    )
+    p.add_argument("--port", type=int, help="the port for --method udp or tcp (default 53)")
     p.add_argument("--qname", help="the name the udp trace's query asks (default '.')")
     p.add_argument("--max-hops", type=int, dest="max_hops", help="TTLs tried (default 30)")
     p.add_argument(

@@ -11,12 +11,14 @@ reads it: no raw socket, no capability.
 * ``udp``: a real DNS query to ``port``: the destination answers it (with ``nsid``, its
   NSID names the site at the end of the path), or says port-unreachable;
 * ``icmp``: an echo request on a ping socket (the probe's group must be in
-  ``net.ipv4.ping_group_range``); the destination sends the echo reply.
+  ``net.ipv4.ping_group_range``); the destination sends the echo reply;
+* ``tcp``: a SYN to ``port`` (53), each from a new socket bound to the trace's one
+  source port; the destination answers SYN-ACK or RST (:class:`_TcpTracer`).
 
 Round trips are kernel stamps: the query's TX stamp from the error queue (numbered by
 ``SOF_TIMESTAMPING_OPT_ID``; taken as it enters the device layer, ``TX_SCHED``) to the
-RX stamp of the ICMP error or of the answer. Where a
-stamp is missing the hop's figures are the user-space clock's, and the record says
+RX stamp of the ICMP error or of the answer. Where a stamp is missing (a SYN has no TX
+stamp) the hop's figures are the user-space clock's, and the record says
 ``timestamping: user``. The trace ends when the destination answers (or says it cannot
 be reached), or at ``max_hops``. ``path_id`` is a hash of the responding addresses in
 order (``*`` for a hop that did not answer).
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import hashlib
 import ipaddress
 import random
@@ -54,6 +58,8 @@ _EE: Final = struct.Struct("IBBBBII")  # struct sock_extended_err
 # µs after a capture's, the time the capture itself takes over the packet
 # (bench/trace_accuracy.py: 5 to 8 µs short with TX_SOFTWARE, 0.2 to 5 µs long with this)
 _STAMP_FLAGS: Final = (1 << 8) | (1 << 3) | (1 << 4) | (1 << 7) | (1 << 11)
+_TCP_STAMP_FLAGS: Final = (1 << 3) | (1 << 4)  # RX_SOFTWARE | SOFTWARE
+_IPV6_AUTOFLOWLABEL: Final = 70  # <linux/in6.h>
 _ANCBUF: Final = 512
 #: messages read from a queue at one go, at most
 _MAX_READS: Final = 64
@@ -95,7 +101,7 @@ class TraceJob:
                 "target": t.name,
                 "server": address,
                 "method": t.method,
-                "port": t.port if t.method == "udp" else None,
+                "port": t.port if t.method != "icmp" else None,
                 "topology": t.topology,
                 "provider": t.provider or None,
                 "family": self.family,
@@ -267,6 +273,109 @@ class _Tracer:
         return heard, heard.user_ns - sent_user
 
 
+class _TcpTracer:
+    """``tcp``: a SYN to ``port`` per query, each from a new socket bound to the same
+    source port, with no automatic IPv6 flow label (so the same flow: one 5-tuple, and
+    label 0, for the whole trace; a router may hash on the label). A router's
+    time-exceeded for a connecting socket reaches its error queue (the kernel queues the
+    ICMP errors of a socket in SYN-SENT when ``IP_RECVERR`` is on), with the router's
+    address and an RX stamp; the destination answers SYN-ACK (connected) or RST (port
+    closed). A SYN carries no data, so it has no TX stamp: its send is the user clock just
+    before ``connect()`` (the SYN goes out inside the call), and the record says
+    ``timestamping: user``; a SYN-ACK's round trip is the kernel's own SYN -> SYN-ACK
+    sample (``TCP_INFO``)."""
+
+    kernel = False  # the sends are the user clock's
+
+    def __init__(self, job: TraceJob) -> None:
+        self.job = job
+        self.family = socket.AF_INET6 if job.family == 6 else socket.AF_INET
+        self.dest = (job.address, job.target.port)
+        self.port = 0  # the trace's source port, the first socket's
+        self.query_id = 0
+        self.loop = asyncio.get_running_loop()
+
+    def close(self) -> None:
+        pass  # each query's socket is closed with it
+
+    def _socket(self, ttl: int) -> socket.socket:
+        s = socket.socket(self.family, socket.SOCK_STREAM)
+        try:
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+            s.setsockopt(*_RECVERR[self.job.family], 1)
+            with contextlib.suppress(OSError):  # RX stamps only: OPT_ID needs a connection
+                s.setsockopt(socket.SOL_SOCKET, net.SO_TIMESTAMPING, _TCP_STAMP_FLAGS)
+            s.setsockopt(*_TTL[self.job.family], ttl)
+            if self.family == socket.AF_INET6:  # the flow label is of the flow: 0, not
+                with contextlib.suppress(OSError):  # a random one per socket
+                    s.setsockopt(socket.IPPROTO_IPV6, _IPV6_AUTOFLOWLABEL, 0)
+            s.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", self.port))  # noqa: S104 - our source port, any address
+            self.port = self.port or s.getsockname()[1]
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    async def query(self, ttl: int, seq: int, wait_s: float) -> tuple[_Heard | None, int | None]:
+        """One SYN at ``ttl``: what answered it and its round trip in ns (None: none)."""
+        s = self._socket(ttl)
+        ready = asyncio.Event()
+        fd = s.fileno()
+        try:
+            sent = time.time_ns()  # the SYN goes out inside connect()
+            with contextlib.suppress(BlockingIOError):  # in progress: the SYN is out
+                s.connect(self.dest)
+            self.loop.add_writer(fd, ready.set)  # an error or the connection: writable
+            try:
+                await asyncio.wait_for(ready.wait(), wait_s)
+            except TimeoutError:
+                return None, None
+            finally:
+                self.loop.remove_writer(fd)
+            now = time.time_ns()
+            heard = self._icmp(s)
+            if heard is not None:
+                rx = heard.rx_ns if heard.rx_ns is not None else now
+                return heard, rx - sent
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err == 0:  # SYN-ACK: connected
+                kernel_ns = net.kernel_connect_ns(s)
+                heard = _Heard(self.job.address, "reply", None, now)
+                return heard, kernel_ns if kernel_ns is not None else now - sent
+            if err == errno.ECONNREFUSED:  # RST: the destination, its port closed
+                return _Heard(self.job.address, "reply", None, now), now - sent
+            return None, None  # a local error: nothing came back
+        finally:
+            s.close()
+
+    def _icmp(self, s: socket.socket) -> _Heard | None:
+        """The ICMP error on the socket's queue, if one is."""
+        try:
+            _, anc, _, _ = s.recvmsg(512, _ANCBUF, socket.MSG_ERRQUEUE)
+        except OSError:
+            return None
+        rx = err = None
+        for level, what, value in anc:
+            if level == socket.SOL_SOCKET and what == net.SO_TIMESTAMPING and len(value) >= 16:
+                sec, nsec = struct.unpack_from("qq", value)
+                rx = sec * 1_000_000_000 + nsec or None
+            elif (level, what) in _RECVERR.values() and len(value) >= _EE.size:
+                err = value
+        if err is None:
+            return None
+        _errno, origin, icmp_type, _code, _pad, _info, _data = _EE.unpack_from(err)
+        if origin not in _ORIGIN_ICMP:
+            return None
+        offender = _offender(err[_EE.size :], self.job.family) or ""
+        if icmp_type == _EXCEEDED[self.job.family]:
+            return _Heard(offender, "time-exceeded", rx, time.time_ns())
+        if icmp_type == _UNREACHABLE[self.job.family]:
+            return _Heard(offender, "unreachable", rx, time.time_ns())
+        return None
+
+
 def _offender(raw: bytes, family: int) -> str | None:
     """The address in a ``sockaddr_in`` / ``sockaddr_in6`` (SO_EE_OFFENDER)."""
     if family == 4 and len(raw) >= 8:
@@ -279,8 +388,9 @@ def _offender(raw: bytes, family: int) -> str | None:
 async def measure(job: TraceJob) -> TraceRecord:
     """Trace ``job``'s path once (failures are records too)."""
     started = time.time_ns()
+    tracer: _Tracer | _TcpTracer
     try:
-        tracer = _Tracer(job)
+        tracer = _TcpTracer(job) if job.transport == "tcp" else _Tracer(job)
     except OSError as exc:  # EACCES: the ping group range leaves our group out
         return failure(job, errors.classify_icmp_socket(exc, "trace"), started)
     try:
@@ -291,7 +401,7 @@ async def measure(job: TraceJob) -> TraceRecord:
         tracer.close()
 
 
-async def _trace(job: TraceJob, tracer: _Tracer, started: int) -> TraceRecord:
+async def _trace(job: TraceJob, tracer: _Tracer | _TcpTracer, started: int) -> TraceRecord:
     """TTL 1, 2, ...: each hop's queries, until the destination (or the end) answers."""
     t = job.target
     hops: list[TraceHop] = []
@@ -397,14 +507,14 @@ def _summary(records: Sequence[TraceRecord]) -> str:
 
 
 def _add_arguments(once: argparse.ArgumentParser) -> None:
-    g = once.add_argument_group("trace (--trace udp|icmp ADDRESS)")
+    g = once.add_argument_group("trace (--trace udp|icmp|tcp ADDRESS)")
     g.add_argument(
         "--trace",
         nargs=2,
         metavar=("METHOD", "SERVER"),
         help="trace the path to SERVER: udp (a DNS query to port 53, with --qname and "
-        "--nsid) or icmp (echo requests on a ping socket); one line per hop, as mtr's "
-        "report",
+        "--nsid), icmp (echo requests on a ping socket) or tcp (a SYN to port 53); one "
+        "line per hop, as mtr's report",
     )
     g.add_argument("--max-hops", type=int, default=30, help="the largest TTL tried (30)")
     g.add_argument("--queries-per-hop", type=int, default=3, help="queries at each TTL (3)")
@@ -447,6 +557,6 @@ CHECK: Final = Check[TraceTarget, TraceJob, TraceRecord](
         add_arguments=_add_arguments,
         wanted=lambda args: getattr(args, "trace", None) is not None,
         target=_once_target,
-        hint="--trace udp|icmp SERVER",
+        hint="--trace udp|icmp|tcp SERVER",
     ),
 )

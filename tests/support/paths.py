@@ -4,10 +4,11 @@
 
 Every link is a veth pair with an IPv4 /24 and an IPv6 /64 of its own (10.77.L.0/24 and
 fd00:77:0:L::/64, link L). r1 reaches r3 over two equal routes, through ra and through
-rb (ECMP, hashed per flow on the layer-4 ports: ``fib_multipath_hash_policy`` 1), so a
-trace that keeps its flow sees one of them and one that changes its ports may see the
-other. The routers answer TTL-exceeded at full rate. ``src`` may open ping sockets.
-The names carry the test process's pid, so two runs do not meet.
+rb (ECMP, hashed per flow on the addresses, the protocol and the ports, and IPv6's flow
+label: ``fib_multipath_hash_policy`` 3), so a trace that keeps its flow sees one of them
+and one that changes its ports may see the other. The routers answer TTL-exceeded at
+full rate. ``src`` may open ping sockets. The names carry the test process's pid, so two
+runs do not meet.
 """
 
 from __future__ import annotations
@@ -69,8 +70,14 @@ class Paths:
                 ("net.ipv6.conf.all.forwarding", "1"),
                 ("net.ipv4.icmp_ratelimit", "0"),
                 ("net.ipv6.icmp.ratelimit", "0"),
-                ("net.ipv4.fib_multipath_hash_policy", "1"),
-                ("net.ipv6.fib_multipath_hash_policy", "1"),
+                # the 5-tuple (and IPv6's flow label), read from the headers: policy 3
+                # with these fields, not 1, which takes the hash a packet already has,
+                # and a veth carries the sending socket's own random hash across the
+                # namespaces (a router on another machine never sees it)
+                ("net.ipv4.fib_multipath_hash_policy", "3"),
+                ("net.ipv4.fib_multipath_hash_fields", "0x0037"),
+                ("net.ipv6.fib_multipath_hash_policy", "3"),
+                ("net.ipv6.fib_multipath_hash_fields", "0x003f"),
                 ("net.ipv4.ping_group_range", "0 2147483647"),
             ):
                 self.sysctl(n, key, value)
