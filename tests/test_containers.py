@@ -48,6 +48,7 @@ import pytest
 from support import servers
 from support.influx import InfluxDB
 from support.need import need
+from support.paths import Paths
 
 REPO = Path(__file__).parent.parent
 BASE = "localhost/popwatch-base:bookworm"
@@ -131,6 +132,44 @@ def test_the_probe_gets_kernel_timestamps_unprivileged(image: str, knot: servers
         assert r["rcode"] == "NOERROR"
         assert r["timestamping"] == "kernel"
         assert r["site"] == "knot-ctr"
+
+
+@pytest.fixture(scope="module")
+def paths() -> Iterator[Paths]:
+    """tests/support/paths.py's routers, for a container to trace through."""
+    with Paths() as p:
+        yield p
+
+
+@pytest.mark.parametrize("method", ["udp", "icmp", "tcp"])
+def test_the_probe_traces_through_routers_unprivileged(
+    image: str, paths: Paths, method: str
+) -> None:
+    """A probe in a container, uid 10001, every capability dropped, in the network
+    namespace of tests/support/paths.py's source, traces its four hops to dst: the
+    routers' addresses, the end of the path, kernel stamps (tcp: a SYN has none, and the
+    record says so)."""
+    out = podman(
+        "run",
+        "--rm",
+        f"--network=ns:/run/netns/{paths.ns('src')}",
+        # as docker-compose.yml runs the probe (podman's own default is "0 0")
+        "--sysctl=net.ipv4.ping_group_range=0 2147483647",
+        "--cap-drop=all",
+        "--security-opt=no-new-privileges",
+        image,
+        "sh",
+        "-c",
+        f"id -u; popwatch-probe once --trace {method} {paths.dst_v4} --hop-timeout 0.5 --json",
+    ).stdout
+    uid, *lines = out.splitlines()
+    assert uid == "10001", out
+    r = json.loads(lines[-1])
+    hops = [h.get("addr") for h in r["hops"]]
+    assert r["reached"] is True and len(hops) == 4, r
+    assert hops[0] == paths.v4(1, "r1") and hops[3] == paths.dst_v4, hops
+    assert hops[1] in {paths.v4(2, "ra"), paths.v4(3, "rb")}, hops
+    assert r["timestamping"] == ("user" if method == "tcp" else "kernel"), r
 
 
 def test_sigterm_drains_and_exits_within_the_grace_period(
