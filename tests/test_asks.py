@@ -197,6 +197,31 @@ def test_an_ask_reaches_the_chosen_probes_and_their_results_come_back(fleet: Fle
     assert len(audit) == 1 and "127.0.0.1" in audit[0] and "p-eu-1" in audit[0], audit
 
 
+def test_a_trace_can_be_asked_for(fleet: Fleet) -> None:
+    """``type: trace`` (udp, a DNS query with NSID to Knot's port): each probe's trace,
+    its hop points and its summary, with the ask's tag; a loopback path is one hop that
+    is the server, which names its site. Options the trace target refuses are a 400
+    naming the key."""
+    status, made, _ = fleet.ask(
+        type="trace",
+        options={"port": fleet.knot.port, "qname": "example.test", "max_hops": 4},
+        locations=[{"region": "eu-central"}],
+        limit=2,
+    )
+    assert status == 202, made
+    body = fleet.finished(made["id"])
+    summaries = [r for r in body["results"] if "path_id" in r]
+    hops = [r for r in body["results"] if "hop" in r]
+    assert sorted(r["probe"] for r in summaries) == ["p-eu-1", "p-eu-2"], body
+    assert {(r["reached"], r["hops"], r["site"]) for r in summaries} == {
+        (True, 1, fleet.knot.nsid)
+    }, summaries
+    assert {(r["hop"], r["addr"], r["answered"]) for r in hops} == {("1", "127.0.0.1", "reply")}
+    assert {p["state"] for p in body["probes"]} == {"done"}
+    status, refused, _ = fleet.ask(type="trace", options={"max_hops": 99})
+    assert status == 400 and refused["error"].startswith("options.max_hops"), refused
+
+
 def test_the_stream_sends_one_event_per_result_then_finished(fleet: Fleet) -> None:
     """``/stream`` is Server-Sent Events: a ``result`` event for each of 3 rounds of two
     probes, then ``finished``."""
