@@ -36,6 +36,7 @@ from popwatch_lab.world import (
     ZONE,
     Node,
     World,
+    asn_text,
     zone_text,
 )
 
@@ -195,7 +196,9 @@ class BuiltLab:
         cdir = self.run_dir / "collector"
         cdir.mkdir()
         targets = _yaml(self.run_dir / "targets.yaml", stack.targets(self.cfg, self.cert))
-        collector = stack.collector_config(self.cfg, cdir, targets)
+        asn = self.run_dir / "asn.dat"
+        asn.write_text(asn_text(self.world))
+        collector = stack.collector_config(self.cfg, cdir, targets, asn)
         conf = _yaml(self.run_dir / "collector.yaml", collector)
         for r in self.world.regions:
             pl = r.place

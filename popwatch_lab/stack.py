@@ -186,9 +186,11 @@ def alerts(cfg: LabConfig) -> dict[str, Any]:
     }
 
 
-def collector_config(cfg: LabConfig, data_dir: Path, targets_file: Path) -> dict[str, Any]:
+def collector_config(
+    cfg: LabConfig, data_dir: Path, targets_file: Path, asn_file: Path | None = None
+) -> dict[str, Any]:
     """``popwatch-collector run --config``: the collector, its admin listener (the status
-    page) and its alert engine."""
+    page) and its alert engine (with the lab's prefix -> ASN table, ``asn_file``)."""
     return {
         "listen": f"{CORE_ADDRESS}:{COLLECTOR_PORT}",
         "data_dir": str(data_dir),
@@ -198,7 +200,7 @@ def collector_config(cfg: LabConfig, data_dir: Path, targets_file: Path) -> dict
         "influxdb_bucket": DATABASE,
         "log_level": "warning",
         "admin_listen": f"{CORE_ADDRESS}:{ADMIN_PORT}",
-        "alerts": alerts(cfg),
+        "alerts": {**alerts(cfg), **({"asn_file": str(asn_file)} if asn_file else {})},
     }
 
 

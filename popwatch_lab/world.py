@@ -228,6 +228,29 @@ class World:
 WORLD: Final = World()
 
 
+#: the lab's AS numbers (RFC 5398's documentation range): the backbone's, each server's
+#: link's (its number added), the anycast service's
+BACKBONE_AS: Final = 64500
+ANYCAST_AS: Final = 64553
+
+
+def server_as(node: Node) -> int:
+    return BACKBONE_AS + node.link
+
+
+def asn_text(world: World = WORLD) -> str:
+    """The lab's prefix -> ASN table, in pyasn's format (the collector's ``asn_file``):
+    the regions' links are the backbone's, each server's link (its edge router) its own
+    AS, the anycast prefix the anycast service's."""
+    lines = ["; popwatch-lab: prefix -> ASN (pyasn's IPASN format)"]
+    for r in world.regions:
+        lines += [f"{r.prefix_v4}\t{BACKBONE_AS}", f"{r.prefix_v6}\t{BACKBONE_AS}"]
+    for n in world.servers:
+        lines += [f"{n.prefix_v4}\t{server_as(n)}", f"{n.prefix_v6}\t{server_as(n)}"]
+    lines += [f"{ANYCAST_PREFIX_V4}\t{ANYCAST_AS}", f"{ANYCAST_PREFIX_V6}\t{ANYCAST_AS}"]
+    return "\n".join(lines) + "\n"
+
+
 def zone_text(serial: int, world: World = WORLD) -> str:
     """The lab's zone, the same at every site (but for its serial)."""
     u = world.unicast

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.alerts.asn import AsnTable
 from collector.alerts.config import load_alerts
 from collector.config import load_config
 from popwatch_lab import netem, stack
@@ -31,12 +32,13 @@ from popwatch_lab.world import (
     ANYCAST_V6,
     UNICAST_REGION,
     WORLD,
+    asn_text,
     distance_km,
     path_rtt_ms,
     zone_text,
 )
 from probe.config import load_config as load_probe_config
-from probe.targets import load_targets
+from probe.targets import load_targets, trace_of
 
 
 def test_about_one_millisecond_of_round_trip_per_100_km() -> None:
@@ -429,10 +431,17 @@ def test_the_lab_configures_popwatch_with_what_popwatch_accepts(tmp_path: Path) 
     assert anycast.queries[0].qtype == "SOA"  # type: ignore[union-attr]
     assert targets["unicast"].topology == "unicast"
     assert targets["www"].resolver == ANYCAST_V4  # type: ignore[union-attr]
+    assert anycast.trace is not None and trace_of(anycast).timeout < anycast.trace.every  # type: ignore[union-attr, arg-type]
     conf = tmp_path / "collector.yaml"
-    conf.write_text(yaml.safe_dump(stack.collector_config(cfg, tmp_path, targets_file)))
+    asn = tmp_path / "asn.dat"
+    asn.write_text(asn_text())
+    conf.write_text(yaml.safe_dump(stack.collector_config(cfg, tmp_path, targets_file, asn)))
     loaded = load_config(conf, env={})
-    assert loaded.targets == str(targets_file)
+    assert loaded.targets == str(targets_file) and loaded.alerts.asn_file == str(asn)
+    table = AsnTable.load(asn)  # the regions' links the backbone's, each site its own
+    sin, ap = WORLD.site("sin"), WORLD.region("ap-south")
+    assert table.path([ap.bb_v4, sin.edge_v4, ANYCAST_V4]) == [64500, 64522, 64553]
+    assert table.path([ap.bb_v6, sin.edge_v6, ANYCAST_V6]) == [64500, 64522, 64553]
     region = WORLD.region("ap-south")
     probe = tmp_path / "probe.yaml"
     probe.write_text(yaml.safe_dump(stack.probe_config(cfg, region, "t0ken", tmp_path)))

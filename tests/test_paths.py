@@ -1,11 +1,16 @@
 """A trace against the same probe's trace from before (collector/alerts/paths.py): where
 the path changed, the hops added and gone, the hop the round trip grew from, the site
-at the end, and the words an operator reads. The traces over real routers, and the
-path events read back from a real InfluxDB, are in tests/test_trace.py; the alerts that
-carry them, in the lab (tests/test_lab.py)."""
+at the end, and the words an operator reads; the operator's prefix -> ASN file. The
+traces over real routers, and the path events read back from a real InfluxDB, are in
+tests/test_trace.py; the alerts that carry them, in the lab (tests/test_lab.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from collector.alerts.asn import AsnFileError, AsnTable
 from collector.alerts.paths import Hop, Trace, compare
 
 KEY = ("p1", "ap-south", "anycast", "4", "udp", "198.19.53.53")
@@ -112,3 +117,59 @@ def test_the_event_of_a_difference_carries_both_paths_and_the_hops() -> None:
     assert (e.after_hop, e.grew_from_hop, e.flaps_1h, e.message) == (1, 2, 2, "words")
     line = e.to_line()
     assert line.startswith("event,") and "kind=path" in line and 'message="words"' in line
+
+
+ASN_FILE = """; IP-ASN32-DAT file
+; Original source: an operator's own table
+198.18.12.0/24\t64500
+198.18.0.0/15\t64499
+198.18.20.0/24\tAS64520
+198.18.22.0/24\t64522
+fd00:1:0:12::/64\t64500
+198.19.53.0/24   64553
+"""
+
+
+def test_the_asn_file_is_read_as_pyasn_writes_it_longest_prefix_first(tmp_path: Path) -> None:
+    path = tmp_path / "ipasn.dat"
+    path.write_text(ASN_FILE)
+    table = AsnTable.load(path)
+    assert len(table) == 6
+    assert table.lookup("198.18.12.1") == 64500  # the /24, not the /15
+    assert table.lookup("198.18.99.1") == 64499
+    assert table.lookup("fd00:1:0:12::1") == 64500
+    assert table.lookup("192.0.2.1") is None and table.lookup("not an address") is None
+    # the AS path: each AS once, unknown and silent hops left out
+    assert table.path(["198.18.12.1", None, "192.0.2.1", "198.18.22.3", "198.19.53.53"]) == [
+        64500, 64522, 64553,
+    ]  # fmt: skip
+
+
+def test_a_bad_asn_file_says_which_line_and_why(tmp_path: Path) -> None:
+    path = tmp_path / "ipasn.dat"
+    for text, why in (
+        ("198.18.0.0/15\t64500\nnonsense\n", ":2: expected PREFIX and ASN, got 'nonsense'"),
+        ("10.0.0.0/33 64500\n", ":1: '10.0.0.0/33' is no prefix"),
+        ("10.0.0.0/8 AS-FOO\n", ":1: 'AS-FOO' is no AS number"),
+        ("10.0.0.0/8 4294967296\n", ":1: '4294967296' is no AS number"),
+    ):
+        path.write_text(text)
+        with pytest.raises(AsnFileError) as err:
+            AsnTable.load(path)
+        assert str(err.value) == f"{path}{why}", err.value
+    with pytest.raises(AsnFileError, match="cannot read it"):
+        AsnTable.load(tmp_path / "missing.dat")
+
+
+def test_with_the_asn_table_the_words_name_the_networks(tmp_path: Path) -> None:
+    """The last common hop's AS, and the AS path where it changed; an unchanged path
+    says nothing more."""
+    path = tmp_path / "ipasn.dat"
+    path.write_text(ASN_FILE)
+    table = AsnTable.load(path)
+    ams = trace(("198.18.12.1", 0.1), ("198.18.20.3", 68.5), ("198.19.53.53", 68.7), site="ams")
+    assert compare(SIN, ams).words("ap-south", table) == (
+        "ap-south: path changed after hop 1 (198.18.12.1, AS64500); now ends at ams (was "
+        "sin); AS path now 64500 64520 64553 (was 64500 64522 64553); +29.5 ms from hop 2"
+    )
+    assert compare(SIN, SIN).words("x", table) == "x: path unchanged (3 hops, ends at sin)"

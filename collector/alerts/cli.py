@@ -12,6 +12,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Mapping
 
+from collector.alerts.asn import AsnFileError, AsnTable
 from collector.alerts.check import check, parse_time
 from collector.alerts.engine import Engine, Writer, notifiers_for
 from collector.alerts.inflation import Sites
@@ -74,6 +75,13 @@ async def evaluator(
             "(POPWATCH_ALERTMANAGER_URL) or alerts.webhooks; state changes are still "
             "written to the alert measurement"
         )
+    asn = None
+    if cfg.alerts.asn_file:
+        try:
+            asn = AsnTable.load(cfg.alerts.asn_file)
+        except AsnFileError as exc:
+            raise ConfigError(f"alerts.asn_file: {exc}") from None
+        log.info("alert engine: %d prefixes from %s", len(asn), cfg.alerts.asn_file)
     stop = asyncio.Event()
     async with (
         influxql(cfg) as influx,
@@ -88,6 +96,7 @@ async def evaluator(
             sites=sites,
             asker=asker,
             traced=traced,
+            asn=asn,
         ) as engine,
     ):
         task = asyncio.get_running_loop().create_task(engine.run(stop), name="alert-engine")

@@ -108,6 +108,9 @@ class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     probe_warnings: bool = False  # a probe degraded alone on a target: a warning
     rules: Rules = msgspec.field(default_factory=Rules)  # type: ignore[valid-type]
     groups: list[Group] = msgspec.field(default_factory=list)
+    # a prefix -> ASN file of the operator's (pyasn's format): the AS of each hop in a
+    # path difference's words; None: addresses only (nothing is looked up elsewhere)
+    asn_file: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("alertmanager_url", "dashboard_url"):

@@ -35,6 +35,7 @@ from typing import Protocol
 
 from collector.alerts import inflation, metrics, paths
 from collector.alerts.anycast import LOOKBACK_S, SETTLE_S, Catchments, Event, Serials
+from collector.alerts.asn import AsnTable
 from collector.alerts.config import AlertsConfig, TargetSettings, settings_for
 from collector.alerts.inflation import Figure, Sites
 from collector.alerts.lease import LOG_LOOKBACK_S, Lease, delivered, hook_id, log_line
@@ -114,7 +115,7 @@ class Engine:
     lease, the same across its restarts (so a restarted one takes its lease back).
     ``asker`` makes an ask (collector.asks' board) and ``traced`` gives each served
     target's trace spec: with both, a regional alert that fires asks for traces
-    (:mod:`collector.alerts.tracing`).
+    (:mod:`collector.alerts.tracing`); ``asn`` names the hops' networks in their words.
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class Engine:
         sites: Callable[[], Mapping[str, Sites]] | None = None,
         asker: Asker | None = None,
         traced: Callable[[], Mapping[str, dict[str, object]]] | None = None,
+        asn: AsnTable | None = None,
     ) -> None:
         self.cfg = cfg
         self.influx = influx
@@ -160,9 +162,11 @@ class Engine:
         #: webhooks must have been told
         self.recent: dict[Labels, tuple[str, int, Tracked]] = {}
         self._log_of: dict[tuple[str, str], tuple[str, int]] = {}  # the delivery log
-        self.baselines = paths.Baselines()
+        #: the operator's prefix -> ASN table (``asn_file``), read by the evaluator
+        self.asn = asn
+        self.baselines = paths.Baselines(asn)
         self.tracing = (
-            Tracing(influx, asker, traced, self._lead_s)
+            Tracing(influx, asker, traced, self._lead_s, asn)
             if asker is not None and traced is not None and not dry
             else None
         )

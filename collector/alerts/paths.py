@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from collector.alerts.anycast import Event
+from collector.alerts.asn import AsnTable
 from collector.store.influxql import InfluxQL
 from collector.store.influxql import Series as Result
 from collector.store.query import Col, Cond, Fn, Select, Span, Tag
@@ -186,9 +187,11 @@ class Difference:
     grew_ms: float | None  # the end of the path against the end of the baseline's
     grew_from: int | None  # the hop from which every hop is GROW_MS slower or more
 
-    def words(self, who: str) -> str:
+    def words(self, who: str, asn: AsnTable | None = None) -> str:
         """``"ap-south: path changed after hop 2 (198.18.0.1); now ends at ams (was
-        sin); +29.5 ms from hop 3"``; ``who`` is the region (and probe) it speaks of."""
+        sin); +29.5 ms from hop 3"``; ``who`` is the region (and probe) it speaks of.
+        With ``asn`` (the operator's prefix table), the last common hop's AS, and the AS
+        path where it changed: ``"; AS path now 64500 64502 (was 64500 64501)"``."""
         now, base = self.now, self.base
         if base is None:
             return (
@@ -201,13 +204,19 @@ class Difference:
                 text += "at hop 1"
             else:
                 last = next(h.addr for h in base.hops if h.ttl == self.after)
-                text += f"after hop {self.after} ({last})"
+                known = asn.lookup(last) if asn is not None and last else None
+                text += f"after hop {self.after} ({last}{f', AS{known}' if known else ''})"
             if not now.reached and base.reached:
                 text += f"; no longer reaches {now.key[5]} (last answer: {now.ends_at})"
             elif now.ends_at != base.ends_at:
                 text += f"; now ends at {now.ends_at} (was {base.ends_at})"
             else:
                 text += f"; still ends at {now.ends_at}"
+            if asn is not None:
+                was = asn.path([h.addr for h in base.hops])
+                is_ = asn.path([h.addr for h in now.hops])
+                if was != is_:
+                    text += f"; AS path now {_as_path(is_)} (was {_as_path(was)})"
         else:
             text = f"{who}: path unchanged ({len(now.hops)} hops, ends at {now.ends_at})"
         if self.grew_ms is not None and abs(self.grew_ms) >= GROW_MS:
@@ -237,6 +246,10 @@ class Difference:
             grew_from_hop=self.grew_from,
             ask=now.ask,
         )
+
+
+def _as_path(asns: list[int]) -> str:
+    return " ".join(str(a) for a in asns) or "unknown"
 
 
 def compare(base: Trace | None, now: Trace) -> Difference:
@@ -305,7 +318,8 @@ class Baselines:
     the ``path`` events of those whose path changed (:func:`compare`: a hop that did
     not answer is no change, though it changes the ``path_id``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, asn: AsnTable | None = None) -> None:
+        self.asn = asn
         self.last: dict[Key, Trace] = {}
         self.moves: dict[Key, list[int]] = defaultdict(list)
         self.done = 0  # epoch ns: traces up to here are followed
@@ -336,7 +350,7 @@ class Baselines:
             moves[:] = [m for m in moves if m > cut]
             if first:
                 continue  # what happened before this engine started: known, not news
-            events.append(d.event(len(moves), d.words(t.who())))
+            events.append(d.event(len(moves), d.words(t.who(), self.asn)))
         return events
 
     def flaps(self, key: Key, at: int) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from collector.alerts import paths
 from collector.alerts.anycast import Event
+from collector.alerts.asn import AsnTable
 from collector.alerts.rules import Labels
 from collector.alerts.state import Tracked
 from collector.alerts.window import Snapshot
@@ -86,7 +87,9 @@ class Tracing:
         asker: Asker,
         specs: Callable[[], Mapping[str, dict[str, Any]]],
         lead_s: Callable[[str], float],
+        asn: AsnTable | None = None,
     ) -> None:
+        self.asn = asn  # the operator's prefix -> ASN table, for the words
         self.influx = influx
         self.asker = asker
         self.specs = specs  # target name -> its trace target spec
@@ -185,7 +188,7 @@ class Tracing:
         for t in got:
             base = baseline.get(t.probe, {}).get((t.key[3], t.key[4]))
             diff = paths.compare(base, t)
-            said = diff.words(t.who("control" if t.probe == p.control else ""))
+            said = diff.words(t.who("control" if t.probe == p.control else ""), self.asn)
             words["path_control" if t.probe == p.control else "path"].append(said)
             events.append(diff.event(None, said))
         for pr in asked:
