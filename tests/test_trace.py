@@ -1,6 +1,7 @@
 """The trace check over paths of real router hops (network namespaces, veth links):
 hop addresses, kernel-stamped round trips, the end of the path, over IPv4 and IPv6, by
-UDP (a DNS query), ICMP and TCP (SYNs); a silent destination, a loop, ECMP; as uid 10001
+UDP (a DNS query), ICMP and TCP (SYNs); a router that does not answer, a silent
+destination, a loop, ECMP; as uid 10001
 with every capability dropped; a path change as the alert engine reads it back from
 InfluxDB. The probe runs as ``popwatch-probe once --trace ... --json`` inside
 the source namespace.
@@ -8,6 +9,7 @@ the source namespace.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -152,6 +154,32 @@ def test_a_silent_destination_and_a_loop_are_what_the_trace_shows(
     node = {addr(1, "r1"): "r1", addr(2, "r1"): "r1", addr(2, "ra"): "ra"}
     assert r["reached"] is False
     assert [node.get(a or "") for a in addrs] == ["r1", "ra"] * 3, addrs
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_router_that_does_not_answer_is_a_hop_without_an_address(
+    paths: Paths, family: int
+) -> None:
+    """r3 drops its own time-exceeded messages (iptables in its namespace): hop 3 has no
+    address and no round trip, the hops around it do, and dst is still reached; the
+    path_id is the hash with ``*`` at hop 3."""
+    tool, rule = (
+        ("iptables", ["-p", "icmp", "--icmp-type", "time-exceeded"]) if family == 4 else
+        ("ip6tables", ["-p", "ipv6-icmp", "--icmpv6-type", "time-exceeded"])
+    )  # fmt: skip
+    cmd = paths.exec("r3", tool, "-w", "5", "{}", "OUTPUT", *rule, "-j", "DROP")
+    subprocess.run([c if c != "{}" else "-A" for c in cmd], check=True, capture_output=True)
+    try:
+        dst = paths.dst_v4 if family == 4 else paths.dst_v6
+        r = trace(paths, "udp", dst, "--queries-per-hop", "2", "--hop-timeout", "0.3")
+    finally:
+        subprocess.run([c if c != "{}" else "-D" for c in cmd], check=True, capture_output=True)
+    hops = r["hops"]
+    assert r["reached"] is True and len(hops) == 4, r
+    assert [bool(h.get("addr")) for h in hops] == [True, True, False, True], hops
+    assert not hops[2].get("rtt_ms") and hops[2]["sent"] == 2, hops[2]
+    text = "|".join(h.get("addr") or "*" for h in hops)
+    assert r["path_id"] == hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def test_each_trace_keeps_one_flow_and_so_one_path_through_ecmp(paths: Paths) -> None:
