@@ -283,6 +283,7 @@ def test_the_readmes_dashboard_queries_are_the_dashboards() -> None:
         "Zone propagation": "popwatch-propagation",
         "TTFB": "popwatch-ttfb",
         "Fleet": "popwatch-fleet",
+        "Paths": "popwatch-paths",
     }
     assert set(shown) == set(uids)
     for title, sql in shown.items():

@@ -116,6 +116,11 @@ def ask_name(host: str) -> str:
     return host if _NAME_RE.match(host) else "ask"
 
 
+def flag_options(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
+    """An ``ask`` command line's options of a kind: its flags that were given."""
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
 def ask_options(options: dict[str, Any]) -> dict[str, Any]:
     """An ask's options, refused (ValueError) where they set what the ask sets itself."""
     for key in options:
@@ -156,6 +161,7 @@ __all__ = [
     "StatusSection",
     "ask_name",
     "ask_options",
+    "flag_options",
     "record_tags",
     "text",
     "words",

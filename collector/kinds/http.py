@@ -14,6 +14,7 @@ from collector.kinds.base import (
     Kind,
     ask_name,
     ask_options,
+    flag_options,
     record_tags,
     text,
     words,
@@ -72,18 +73,13 @@ def _ask_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="seconds for each phase (default 5)")
 
 
-def _ask_options(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("method", "resolver", "family", "timeout")
-    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-
-
 ASK: Final = Askable(
     target_type=HttpTarget,
     spec=_ask_spec,
     host=lambda t: _host(t.url),
     series=lambda t: 1,
     add_arguments=_ask_arguments,
-    options=_ask_options,
+    options=lambda args: flag_options(args, ("method", "resolver", "family", "timeout")),
     columns=(("status", 6, "status"), ("ttfb_ms", 9, "ttfb_ms"), ("total_ms", 9, "total_ms")),
     value="ttfb_ms",
     example="http https://www.example.com/ --family 4",

@@ -16,6 +16,7 @@ from collector.kinds.base import (
     Kind,
     ask_name,
     ask_options,
+    flag_options,
     record_tags,
     text,
 )
@@ -57,18 +58,13 @@ def _ask_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="seconds to wait for each reply (default 2)")
 
 
-def _ask_options(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("method", "port", "timeout")
-    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-
-
 ASK: Final = Askable(
     target_type=PingTarget,
     spec=_ask_spec,
     host=lambda t: t.server,
     series=lambda t: len(t.families),
     add_arguments=_ask_arguments,
-    options=_ask_options,
+    options=lambda args: flag_options(args, ("method", "port", "timeout")),
     columns=(("rtt_ms", 9, "rtt_ms"), ("error", 24, "error")),
     value="rtt_ms",
     example="ping 198.51.100.53 --method tcp --port 53",

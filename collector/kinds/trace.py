@@ -20,6 +20,7 @@ from collector.kinds.base import (
     Kind,
     ask_name,
     ask_options,
+    flag_options,
     record_tags,
     text,
 )
@@ -91,18 +92,15 @@ def _ask_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _ask_options(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("method", "port", "qname", "max_hops", "queries_per_hop", "hop_timeout_s")
-    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-
-
 ASK: Final = Askable(
     target_type=TraceTarget,
     spec=_ask_spec,
     host=lambda t: t.server,
     series=lambda t: len(t.families),
     add_arguments=_ask_arguments,
-    options=_ask_options,
+    options=lambda args: flag_options(
+        args, ("method", "port", "qname", "max_hops", "queries_per_hop", "hop_timeout_s")
+    ),
     columns=(
         ("hop", 4, "hop"),
         ("addr", 26, "addr"),

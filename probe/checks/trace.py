@@ -208,14 +208,7 @@ class _Tracer:
     def _message(
         self, seq: int, data: bytes, anc: list[tuple[int, int, bytes]], addr: Any, flags: int
     ) -> _Heard | None:
-        rx = None
-        err = None
-        for level, what, value in anc:
-            if level == socket.SOL_SOCKET and what == net.SO_TIMESTAMPING and len(value) >= 16:
-                sec, nsec = struct.unpack_from("qq", value)
-                rx = sec * 1_000_000_000 + nsec or None
-            elif (level, what) in _RECVERR.values() and len(value) >= _EE.size:
-                err = value
+        rx, err = _ancillary(anc)
         if flags == 0:  # an answer from the destination
             if not self._matches(seq, data, quoted=False):
                 return None
@@ -229,21 +222,14 @@ class _Tracer:
             return _Heard(self.job.address, "reply", rx, time.time_ns(), nsid)
         if err is None:
             return None
-        _errno, origin, icmp_type, _code, _pad, _info, ee_data = _EE.unpack_from(err)
+        _errno, origin, _type, _code, _pad, _info, ee_data = _EE.unpack_from(err)
         if origin == _ORIGIN_TIMESTAMPING:
             if rx is not None:
                 self.tx[ee_data] = rx
             return None
         if origin not in _ORIGIN_ICMP or not self._matches(seq, data, quoted=True):
             return None
-        offender = _offender(err[_EE.size :], self.job.family)
-        if icmp_type == _EXCEEDED[self.job.family]:
-            kind = "time-exceeded"
-        elif icmp_type == _UNREACHABLE[self.job.family]:
-            kind = "unreachable"
-        else:
-            return None
-        return _Heard(offender or "", kind, rx, time.time_ns())
+        return _icmp_heard(err, rx, self.job.family)
 
     async def query(self, ttl: int, seq: int, wait_s: float) -> tuple[_Heard | None, int | None]:
         """One query at ``ttl``: what answered it and its round trip in ns (None: none)."""
@@ -356,24 +342,34 @@ class _TcpTracer:
             _, anc, _, _ = s.recvmsg(512, _ANCBUF, socket.MSG_ERRQUEUE)
         except OSError:
             return None
-        rx = err = None
-        for level, what, value in anc:
-            if level == socket.SOL_SOCKET and what == net.SO_TIMESTAMPING and len(value) >= 16:
-                sec, nsec = struct.unpack_from("qq", value)
-                rx = sec * 1_000_000_000 + nsec or None
-            elif (level, what) in _RECVERR.values() and len(value) >= _EE.size:
-                err = value
-        if err is None:
+        rx, err = _ancillary(anc)
+        if err is None or _EE.unpack_from(err)[1] not in _ORIGIN_ICMP:
             return None
-        _errno, origin, icmp_type, _code, _pad, _info, _data = _EE.unpack_from(err)
-        if origin not in _ORIGIN_ICMP:
-            return None
-        offender = _offender(err[_EE.size :], self.job.family) or ""
-        if icmp_type == _EXCEEDED[self.job.family]:
-            return _Heard(offender, "time-exceeded", rx, time.time_ns())
-        if icmp_type == _UNREACHABLE[self.job.family]:
-            return _Heard(offender, "unreachable", rx, time.time_ns())
-        return None
+        return _icmp_heard(err, rx, self.job.family)
+
+
+def _ancillary(anc: list[tuple[int, int, bytes]]) -> tuple[int | None, bytes | None]:
+    """A message's RX stamp (epoch ns) and extended error (``sock_extended_err`` and the
+    offender's address after it), where it has them."""
+    rx = err = None
+    for level, what, value in anc:
+        if level == socket.SOL_SOCKET and what == net.SO_TIMESTAMPING and len(value) >= 16:
+            sec, nsec = struct.unpack_from("qq", value)
+            rx = sec * 1_000_000_000 + nsec or None
+        elif (level, what) in _RECVERR.values() and len(value) >= _EE.size:
+            err = value
+    return rx, err
+
+
+def _icmp_heard(err: bytes, rx: int | None, family: int) -> _Heard | None:
+    """What an ICMP error (origin ICMP) says: time-exceeded or unreachable, and who."""
+    icmp_type = _EE.unpack_from(err)[2]
+    offender = _offender(err[_EE.size :], family) or ""
+    if icmp_type == _EXCEEDED[family]:
+        return _Heard(offender, "time-exceeded", rx, time.time_ns())
+    if icmp_type == _UNREACHABLE[family]:
+        return _Heard(offender, "unreachable", rx, time.time_ns())
+    return None
 
 
 def _offender(raw: bytes, family: int) -> str | None:

@@ -165,6 +165,7 @@ class Packet:
     icmp_id: int | None = None
     icmp_seq: int | None = None
     payload: bytes = b""
+    ttl: int = 0  # the IPv4 TTL or IPv6 hop limit, as captured
 
     @property
     def syn(self) -> bool:
@@ -194,7 +195,7 @@ def _packet(ts: int, ip: bytes) -> Packet | None:
         )
     else:
         return None
-    p = Packet(ts, version, proto, src, dst)
+    p = Packet(ts, version, proto, src, dst, ttl=ip[8] if version == 4 else ip[7])
     rest = ip[head:]
     if proto == UDP and len(rest) >= 8:
         p.sport, p.dport = struct.unpack_from("!HH", rest)
