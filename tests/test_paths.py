@@ -34,7 +34,7 @@ def test_a_failover_is_a_change_after_the_last_common_hop_to_another_site() -> N
     assert d.grew_ms is not None and round(d.grew_ms, 1) == 29.5 and d.grew_from == 2
     assert d.words("ap-south") == (
         "ap-south: path changed after hop 1 (198.18.12.1); now ends at ams (was sin); "
-        "+29.5 ms from hop 2"
+        "hops added 198.18.20.3, gone 198.18.22.3; +29.5 ms from hop 2"
     )
 
 
@@ -89,9 +89,14 @@ def test_a_longer_path_and_a_change_at_the_first_hop() -> None:
     )  # fmt: skip
     d = compare(SIN, longer)
     assert d.changed and d.after == 2 and d.added == ("10.0.0.1",) and d.gone == ()
-    assert d.words("x") == "x: path changed after hop 2 (198.18.22.3); still ends at sin"
+    assert d.words("x") == (
+        "x: path changed after hop 2 (198.18.22.3); still ends at sin; hops added 10.0.0.1, "
+        "gone none"
+    )
     other = trace(("198.18.99.1", 0.1), ("198.18.22.3", 39.0), ("198.19.53.53", 39.2), site="sin")
-    assert compare(SIN, other).words("x") == "x: path changed at hop 1; still ends at sin"
+    assert compare(SIN, other).words("x") == (
+        "x: path changed at hop 1; still ends at sin; hops added 198.18.99.1, gone 198.18.12.1"
+    )
 
 
 def test_without_a_trace_from_before_it_says_so_and_where_the_path_ends() -> None:
@@ -108,6 +113,7 @@ def test_without_a_trace_from_before_it_says_so_and_where_the_path_ends() -> Non
 def test_the_event_of_a_difference_carries_both_paths_and_the_hops() -> None:
     ams = trace(("198.18.12.1", 0.1), ("198.18.20.3", 68.5), ("198.19.53.53", 68.7), site="ams")
     e = compare(SIN, ams).event(2, "words")
+    assert (e.added, e.gone) == ("198.18.20.3", "198.18.22.3")
     assert (e.kind, e.probe, e.region, e.target, e.family) == (
         "path", "p1", "ap-south", "anycast", "4",
     )  # fmt: skip
@@ -170,6 +176,7 @@ def test_with_the_asn_table_the_words_name_the_networks(tmp_path: Path) -> None:
     ams = trace(("198.18.12.1", 0.1), ("198.18.20.3", 68.5), ("198.19.53.53", 68.7), site="ams")
     assert compare(SIN, ams).words("ap-south", table) == (
         "ap-south: path changed after hop 1 (198.18.12.1, AS64500); now ends at ams (was "
-        "sin); AS path now 64500 64520 64553 (was 64500 64522 64553); +29.5 ms from hop 2"
+        "sin); hops added 198.18.20.3, gone 198.18.22.3; AS path now 64500 64520 64553 (was "
+        "64500 64522 64553); +29.5 ms from hop 2"
     )
     assert compare(SIN, SIN).words("x", table) == "x: path unchanged (3 hops, ends at sin)"

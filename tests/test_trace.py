@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import stat
 import subprocess
 import sys
 import urllib.parse
@@ -25,6 +23,7 @@ from typing import Any
 import msgspec
 import pytest
 from support.paths import LOOP_V4, LOOP_V6, SILENT_V4, SILENT_V6, Paths
+from support.unprivileged import as_user, others_may_enter
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = "import sys; from probe.cli import main; sys.argv[0] = 'popwatch-probe'; main()"
@@ -37,21 +36,9 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def reachable() -> Iterator[None]:
-    """uid 10001 must reach the interpreter and the code: a directory on the way that
-    others may not enter (``mktemp -d`` makes CI's clone's parent 0700) gets ``o+x``
-    for the module's tests, and its mode back after."""
-    changed: list[tuple[Path, int]] = []
-    for top in (ROOT, Path(sys.prefix)):
-        for d in [top, *top.parents]:
-            mode = d.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                changed.append((d, mode))
-                d.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
-    try:
+    """uid 10001 must reach the interpreter and the code (for the module's tests)."""
+    with others_may_enter(ROOT, Path(sys.prefix)):
         yield
-    finally:
-        for d, mode in changed:
-            d.chmod(stat.S_IMODE(mode))
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +57,7 @@ def trace(
     """One trace from ``src``: its wire record."""
     argv = [sys.executable, "-c", MAIN, "once", "--trace", method, server, "--json", *flags]
     if user:
-        setpriv = shutil.which("setpriv")
-        assert setpriv, "setpriv (util-linux) is needed to drop to uid 10001"
-        argv = [
-            setpriv,
-            "--reuid=10001",
-            "--regid=10001",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--no-new-privs",
-            *argv,
-        ]
+        argv = as_user(argv)
     out = subprocess.run(
         paths.exec("src", *argv), capture_output=True, text=True, timeout=120, cwd=ROOT
     )
@@ -182,20 +158,24 @@ def test_a_router_that_does_not_answer_is_a_hop_without_an_address(
     assert r["path_id"] == hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def test_each_trace_keeps_one_flow_and_so_one_path_through_ecmp(paths: Paths) -> None:
-    """r1 hashes flows over ra and rb. Each trace is one flow (one socket, one source
-    port; tcp: a socket per SYN, all bound to one port): all three queries at hop 2 come
-    back from the same router. Across traces (a new port each) both routers are seen."""
-    seen = set()
-    for i in range(24):  # udp and tcp in turn (tcp: one source port for all its SYNs)
-        method = ("udp", "tcp")[i % 2]
-        r = trace(paths, method, paths.dst_v4, "--max-hops", "2", "--hop-timeout", "0.3")
-        hop2 = r["hops"][1]
-        assert hop2["rtt_ms"] and not hop2.get("others"), hop2  # one router: one flow
-        seen.add(hop2["addr"])
-        if len(seen) == 2:
-            break
-    assert seen == {paths.v4(2, "ra"), paths.v4(3, "rb")}, seen
+@pytest.mark.parametrize("family", [4, 6])
+def test_each_trace_keeps_one_flow_and_so_one_path_through_ecmp(paths: Paths, family: int) -> None:
+    """r1 hashes flows over ra and rb (IPv6: the flow label too). Each trace is one flow
+    (one socket, one source port; tcp: a socket per SYN, all bound to one port, flow
+    label 0): all three queries at hop 2 come back from the same router. Across traces
+    (a new port each) both routers are seen, by each method."""
+    dst = paths.dst_v4 if family == 4 else paths.dst_v6
+    addr = paths.v4 if family == 4 else paths.v6
+    for method in ("udp", "tcp"):
+        seen = set()
+        for _ in range(16):
+            r = trace(paths, method, dst, "--max-hops", "2", "--hop-timeout", "0.3")
+            hop2 = r["hops"][1]
+            assert hop2["rtt_ms"] and not hop2.get("others"), hop2  # one router: one flow
+            seen.add(hop2["addr"])
+            if len(seen) == 2:
+                break
+        assert seen == {addr(2, "ra"), addr(3, "rb")}, (method, seen)
 
 
 @pytest.mark.parametrize("method", ["udp", "icmp", "tcp"])
@@ -282,7 +262,9 @@ async def test_a_changed_path_is_a_path_event_that_says_where(
     assert first.path_id != second.path_id
     assert event.after_hop == 1 and event.flaps_1h == 1 and again.flaps_1h == 2
     assert event.message == (
-        f"ap (p1, IPv{family}): path changed after hop 1 ({addr(1, 'r1')}); still ends at {dst}"
+        f"ap (p1, IPv{family}): path changed after hop 1 ({addr(1, 'r1')}); still ends at "
+        f"{dst}; hops added {addr(3, 'rb')}, {addr(5, 'r3')}, gone {addr(2, 'ra')}, "
+        f"{addr(4, 'r3')}"
     ), event.message
     [(key, before)] = base.items()
     assert key == (str(family), "udp") and before.path_id == first.path_id

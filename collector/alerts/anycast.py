@@ -72,6 +72,8 @@ class Event:
     from_path: str = ""  # path: the path_id before, and now
     to_path: str = ""
     after_hop: int | None = None  # path: hops in common from the start
+    added: str = ""  # path: the addresses on it now and not before (comma-separated)
+    gone: str = ""  # path: those on it before and not now
     grew_ms: float | None = None  # path: the end of the path's round trip, now - before
     grew_from_hop: int | None = None  # path: the hop from which it grew
     ask: str = ""  # path: the ask that traced it ("" for a scheduled trace)
@@ -97,6 +99,8 @@ class Event:
             "from_path": self.from_path or None,
             "to_path": self.to_path or None,
             "after_hop": self.after_hop,
+            "added": self.added or None,
+            "gone": self.gone or None,
             "grew_ms": self.grew_ms,
             "grew_from_hop": self.grew_from_hop,
         }

@@ -212,6 +212,9 @@ class Difference:
                 text += f"; now ends at {now.ends_at} (was {base.ends_at})"
             else:
                 text += f"; still ends at {now.ends_at}"
+            if self.added or self.gone:
+                text += f"; hops added {', '.join(self.added) or 'none'}"
+                text += f", gone {', '.join(self.gone) or 'none'}"
             if asn is not None:
                 was = asn.path([h.addr for h in base.hops])
                 is_ = asn.path([h.addr for h in now.hops])
@@ -242,6 +245,8 @@ class Difference:
             from_path=base.path_id if base else "",
             to_path=now.path_id,
             after_hop=self.after,
+            added=",".join(self.added),
+            gone=",".join(self.gone),
             grew_ms=None if self.grew_ms is None else round(self.grew_ms, 3),
             grew_from_hop=self.grew_from,
             ask=now.ask,

@@ -22,7 +22,7 @@ ENGINE: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
         words("kind probe region target family from_site to_site ask"),
         words(
             "outage_ms lost flaps_1h flips serial lag_s message from_path to_path after_hop "
-            "grew_ms grew_from_hop"
+            "added gone grew_ms grew_from_hop"
         ),
     ),
     "alert": (
