@@ -106,21 +106,22 @@ def path_of(alertname: str, region: str, target: str) -> dict[str, str] | None:
 
 
 def wait_baselines(lead_s: float = 35) -> None:
-    """Until every probe has a scheduled trace of the anycast target, in each family,
-    older than ``lead_s``: what an alert's trace is compared with (the last one from
-    before its onset, at most 30 s before it was pending)."""
+    """Until every probe's last scheduled trace of the anycast target older than
+    ``lead_s``, in each family, ends at the site that serves its region now: what an
+    alert's trace is compared with (the last one from before its onset, at most 30 s
+    before it was pending) is the path as it is now, not one an earlier test steered."""
     q = (
-        "SELECT count(path_id) FROM trace WHERE target = 'anycast' AND ask = '' AND hop = '' "  # noqa: S608 - a number
-        f"AND time < now() - {int(lead_s)}s GROUP BY probe, family"
+        "SELECT last(site) AS site FROM trace WHERE target = 'anycast' AND ask = '' AND hop = '' "  # noqa: S608 - a number
+        f"AND time < now() - {int(lead_s)}s GROUP BY probe, region, family"
     )
+    catchment = WORLD.catchment(set(WORLD.site_names))
 
     def ready() -> bool:
         rows = query(q)
-        return len({(r["probe"], r["family"]) for r in rows if r["count"]}) == 2 * len(
-            WORLD.regions
-        )
+        settled = {(r["probe"], r["family"]) for r in rows if r["site"] == catchment[r["region"]]}
+        return len(settled) == 2 * len(WORLD.regions)
 
-    wait_for(f"a trace of every path older than {lead_s:g} s", ready, 120, every=2)
+    wait_for(f"a trace of every path as it is, older than {lead_s:g} s", ready, 120, every=2)
 
 
 def assert_control_unchanged(annotations: dict[str, str], sick: set[str]) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
+
 from collector.alerts import paths
 from collector.alerts.anycast import Event
 from collector.alerts.asn import AsnTable
@@ -29,6 +31,7 @@ from collector.alerts.window import Snapshot
 from collector.asks.model import GRACE_S, START_WITHIN_S
 from collector.store.influxql import InfluxQL, QueryError
 from collector.store.query import Tag
+from probe.targets import TraceTarget
 from probe.wire import NS
 
 log = logging.getLogger("popwatch.collector.alerts")
@@ -126,10 +129,9 @@ class Tracing:
             log.warning("alert engine: cannot ask for the traces of %s: %s", d, exc)
             return Evidence(alert.labels, {"path": f"not traced: {exc}"}, at=at)
         onset = (alert.pending_since or alert.since) - int(self.lead_s(alert.rule) * NS)
-        timeout = float(spec.get("max_hops", 30) * spec.get("queries_per_hop", 3))
-        timeout *= float(spec.get("hop_timeout_s", 1.0))
-        deadline = at + int((START_WITHIN_S + timeout + GRACE_S) * NS)
-        families = len(spec.get("families", [4, 6]))
+        target_ = msgspec.convert(spec, TraceTarget)  # the board took it: it converts
+        deadline = at + int((START_WITHIN_S + target_.timeout + GRACE_S) * NS)
+        families = len(target_.families)
         self.pending[alert.labels] = Pending(
             alert.labels, aid, region, target, probes, control, onset, deadline, families
         )
@@ -141,14 +143,16 @@ class Tracing:
 
     @staticmethod
     def control(snap: Snapshot, target: str, region: str, busy: set[tuple[str, str]]) -> str | None:
-        """A healthy probe of another region that measures ``target``: of a region
-        with no firing alert on it, the one with the most samples in the window."""
+        """A healthy probe of another region that measures ``target`` (in no firing
+        alert on it, nor in one of its own: ``(probe, "")`` in ``busy``): of a region
+        with no firing alert on the target, the one with the most samples in the
+        window."""
         sick = {s.region for s in snap.series.values() if (s.probe, target) in busy}
         found = [
             (s.region in sick, -len(s.samples), s.region, s.probe)
             for s in snap.series.values()
-            if s.target == target and s.region and s.region != region
-            and (s.probe, target) not in busy and s.samples
+            if s.target == target and s.region and s.region != region and s.samples
+            and (s.probe, target) not in busy and (s.probe, "") not in busy
         ]  # fmt: skip
         return min(found)[3] if found else None
 
