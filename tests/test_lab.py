@@ -94,12 +94,15 @@ def alert_bodies() -> list[dict[str, Any]]:
 
 
 def path_of(alertname: str, region: str, target: str) -> dict[str, str] | None:
-    """The path annotations of an alert Alertmanager holds, once its traces are in."""
+    """The path annotations of an alert Alertmanager holds for its receiver (the lab's
+    one, ``lab``), once its traces are in."""
     for a in alert_bodies():
         labels = a["labels"]
         if (labels["alertname"], labels.get("region"), labels.get("target")) == (
             alertname, region, target,
-        ) and "path_control" in a["annotations"]:  # fmt: skip
+        ) and "path_control" in a["annotations"] and {
+            r["name"] for r in a.get("receivers", [])
+        } == {"lab"}:  # fmt: skip
             annotations: dict[str, str] = a["annotations"]
             return annotations
     return None
