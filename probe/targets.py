@@ -31,6 +31,10 @@ TraceMethod = Literal["udp", "icmp", "tcp"]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")]
+# a trace's bounds: TTLs tried, queries at each, seconds per query
+MaxHops = Annotated[int, msgspec.Meta(ge=1, le=64)]
+QueriesPerHop = Annotated[int, msgspec.Meta(ge=1, le=16)]
+HopTimeout = Annotated[float, msgspec.Meta(gt=0, le=10)]
 
 _HOSTNAME_RE: Final = re.compile(
     r"^(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
@@ -158,9 +162,9 @@ class TraceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
 
     method: TraceMethod = "udp"
     every: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 900.0
-    max_hops: Annotated[int, msgspec.Meta(ge=1, le=64)] = 30
-    queries_per_hop: Annotated[int, msgspec.Meta(ge=1, le=16)] = 3
-    hop_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 1.0
+    max_hops: MaxHops = 30
+    queries_per_hop: QueriesPerHop = 3
+    hop_timeout_s: HopTimeout = 1.0
 
 
 class DnsTarget(
@@ -246,6 +250,11 @@ def _check_server(t: DnsTarget | PingTarget) -> None:
         raise ValueError(
             f"timeout ({t.timeout:g}s) must be shorter than interval ({t.interval:g}s)"
         )
+    _check_host(t)
+
+
+def _check_host(t: DnsTarget | PingTarget | TraceTarget) -> None:
+    """The server is an IP address or a host name."""
     if not is_ip(t.server) and not _HOSTNAME_RE.match(t.server):
         raise ValueError(f"server {t.server!r} is neither an IP address nor a host name")
 
@@ -355,7 +364,8 @@ class TraceTarget(
     time-exceeded read from the socket's error queue (``IP_RECVERR``, the offender's
     address), as ``tracepath`` does. ``method: udp`` sends a real DNS query to ``port``,
     so the last hop is the nameserver (and, with ``nsid``, its NSID names the site);
-    ``method: icmp`` an echo request on a ping socket. One query at a time."""
+    ``method: icmp`` an echo request on a ping socket; ``method: tcp`` a SYN to ``port``,
+    each from a new socket bound to the trace's one source port. One query at a time."""
 
     name: Name
     topology: Literal["unicast", "anycast", "resolver"]
@@ -368,14 +378,13 @@ class TraceTarget(
     families: Annotated[list[Literal[4, 6]], msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: [4, 6]
     )
-    max_hops: Annotated[int, msgspec.Meta(ge=1, le=64)] = 30
-    queries_per_hop: Annotated[int, msgspec.Meta(ge=1, le=16)] = 3
-    hop_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 1.0
+    max_hops: MaxHops = 30
+    queries_per_hop: QueriesPerHop = 3
+    hop_timeout_s: HopTimeout = 1.0
     interval: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 900.0
 
     def __post_init__(self) -> None:
-        if not is_ip(self.server) and not _HOSTNAME_RE.match(self.server):
-            raise ValueError(f"server {self.server!r} is neither an IP address nor a host name")
+        _check_host(self)
         worst = self.timeout
         if worst >= self.interval:
             raise ValueError(

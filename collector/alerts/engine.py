@@ -162,8 +162,6 @@ class Engine:
         #: webhooks must have been told
         self.recent: dict[Labels, tuple[str, int, Tracked]] = {}
         self._log_of: dict[tuple[str, str], tuple[str, int]] = {}  # the delivery log
-        #: the operator's prefix -> ASN table (``asn_file``), read by the evaluator
-        self.asn = asn
         self.baselines = paths.Baselines(asn)
         self.tracing = (
             Tracing(influx, asker, traced, self._lead_s, asn)

@@ -102,6 +102,12 @@ def record_tags(r: Any, who: Identity) -> dict[str, str]:
     }
 
 
+def server_tags(r: Any, who: Identity) -> dict[str, str]:
+    """The tags of a record of one server reached one way: :func:`record_tags`, and the
+    server, its family and the method (ping, trace)."""
+    return {**record_tags(r, who), "server": r.server, "family": text(r.family), "method": r.method}
+
+
 #: keys of a target spec an ask's options may not set: the ask sets them itself
 RESERVED_OPTIONS: frozenset[str] = frozenset(
     {"name", "kind", "server", "url", "interval", "sites", "site_every"}
@@ -114,6 +120,19 @@ def ask_name(host: str) -> str:
     name (an address, a host name), else ``ask``."""
     host = host.strip("[]")
     return host if _NAME_RE.match(host) else "ask"
+
+
+def server_spec(target: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The target spec of an ask whose target is the server (ping, trace): the options
+    are its keys (refused where they set what the ask sets itself)."""
+    opts = ask_options(options)
+    return {
+        "name": ask_name(target),
+        "topology": opts.pop("topology", "unicast"),
+        "server": target,
+        "interval": 3600,  # never scheduled: the ask's count and interval_s say when
+        **opts,
+    }
 
 
 def flag_options(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -163,6 +182,8 @@ __all__ = [
     "ask_options",
     "flag_options",
     "record_tags",
+    "server_spec",
+    "server_tags",
     "text",
     "words",
 ]

@@ -7,18 +7,16 @@ alert rules do not judge it.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Final
+from typing import Final
 
 from collector.identity import Identity
 from collector.kinds.base import (
     IDENTITY_TAGS,
     Askable,
     Kind,
-    ask_name,
-    ask_options,
     flag_options,
-    record_tags,
-    text,
+    server_spec,
+    server_tags,
 )
 from collector.store.lineproto import FieldValue, line
 from probe.targets import PingTarget
@@ -26,30 +24,13 @@ from probe.wire import PingRecord
 
 
 def _ping_line(r: PingRecord, who: Identity) -> str:
-    tags = {
-        **record_tags(r, who),
-        "server": r.server,
-        "family": text(r.family),
-        "method": r.method,
-    }
+    tags = server_tags(r, who)
     fields: dict[str, FieldValue | None] = {
         "rtt_ms": r.rtt_ms,
         "ok": r.error is None,
         "error": r.error,
     }
     return line("ping", tags, {k: v for k, v in fields.items() if v is not None}, r.ts)
-
-
-def _ask_spec(target: str, options: dict[str, Any]) -> dict[str, Any]:
-    """A PingTarget spec from an ask: the target is the server; options are its keys."""
-    opts = ask_options(options)
-    return {
-        "name": ask_name(target),
-        "topology": opts.pop("topology", "unicast"),
-        "server": target,
-        "interval": 3600,
-        **opts,
-    }
 
 
 def _ask_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,7 +41,7 @@ def _ask_arguments(p: argparse.ArgumentParser) -> None:
 
 ASK: Final = Askable(
     target_type=PingTarget,
-    spec=_ask_spec,
+    spec=server_spec,
     host=lambda t: t.server,
     series=lambda t: len(t.families),
     add_arguments=_ask_arguments,

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from typing import Any, Final
+from typing import Final
 
 from collector.identity import Identity
 from collector.kinds.base import (
     IDENTITY_TAGS,
     Askable,
     Kind,
-    ask_name,
-    ask_options,
     flag_options,
-    record_tags,
-    text,
+    server_spec,
+    server_tags,
 )
 from collector.store.lineproto import FieldValue, line
 from probe.targets import TraceTarget
@@ -30,12 +28,7 @@ from probe.wire import TraceRecord
 
 
 def _trace_lines(r: TraceRecord, who: Identity) -> str:
-    tags = {
-        **record_tags(r, who),
-        "server": r.server,
-        "family": text(r.family),
-        "method": r.method,
-    }
+    tags = server_tags(r, who)
     out = []
     for h in r.hops:
         fields: dict[str, FieldValue | None] = {
@@ -63,20 +56,6 @@ def _trace_lines(r: TraceRecord, who: Identity) -> str:
     return "\n".join(out)
 
 
-def _ask_spec(target: str, options: dict[str, Any]) -> dict[str, Any]:
-    """A TraceTarget spec from an ask: the target is the server; options are its keys
-    (``method``, ``port``, ``qname``, ``nsid``, ``max_hops``, ``queries_per_hop``,
-    ``hop_timeout_s``)."""
-    opts = ask_options(options)
-    return {
-        "name": ask_name(target),
-        "topology": opts.pop("topology", "unicast"),
-        "server": target,
-        "interval": 3600,  # never scheduled: the ask's count and interval_s say when
-        **opts,
-    }
-
-
 def _ask_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method", choices=("udp", "icmp", "tcp"), help="a DNS query (default), echo or SYN"
@@ -94,7 +73,7 @@ def _ask_arguments(p: argparse.ArgumentParser) -> None:
 
 ASK: Final = Askable(
     target_type=TraceTarget,
-    spec=_ask_spec,
+    spec=server_spec,
     host=lambda t: t.server,
     series=lambda t: len(t.families),
     add_arguments=_ask_arguments,
